@@ -1,0 +1,2 @@
+//! boot: entry points, early page tables, linker script, BootInfo.
+#![no_std]

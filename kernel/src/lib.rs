@@ -1,0 +1,2 @@
+//! kernel placeholder: replaced by the kernel work.
+#![no_std]

@@ -1,0 +1,3 @@
+//! Cryptography for every role of DESIGN.md's "Crypto roles" table.
+
+pub mod bls;
