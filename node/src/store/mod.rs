@@ -237,6 +237,8 @@ pub struct Recovery {
     pub bad_chunks: Vec<u32>,
     /// Durable pool records at or above the purge height, in append order.
     pub pool_records: Vec<PoolRecord>,
+    /// The purge height: records below it are not returned.
+    pub pool_purged_below: u64,
     /// Pool batch copies that were bad and rewritten from their twin.
     pub pool_faults: Vec<PoolFault>,
     /// Mirrored blob copies (meta, manifest, CUP) that were bad and rewritten from their twin.
@@ -466,6 +468,7 @@ impl<D: BlockDevice> Store<D> {
             self.tails.push(tail);
         }
         let floor = self.meta.purged_below;
+        recovery.pool_purged_below = floor;
         recovery.pool_records = records.into_iter().filter(|r| r.height >= floor).collect();
         Ok(())
     }

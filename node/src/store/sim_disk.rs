@@ -17,9 +17,11 @@
 //! | bit rot | [`SimDisk::flip_bit`] | one bit flips in both images |
 //!
 //! Sectors are atomic: a sector is either wholly old or wholly new, except the one a torn
-//! write fills with garbage. A power cut can be scheduled at the n-th write
-//! ([`SimDisk::cut_power_at_write`]): that write fails with `DeviceError::Offline`, pending
-//! writes are resolved as above, and every call fails until [`SimDisk::restart`].
+//! write fills with garbage. A power cut can be scheduled at the n-th write or flush
+//! ([`SimDisk::cut_power_at_op`]): that call fails with `DeviceError::Offline` without taking
+//! effect, pending writes are resolved as above, and every call fails until
+//! [`SimDisk::restart`]. Cutting at a flush is the case where every write of a flush window was
+//! issued and none is yet durable.
 
 use super::device::{check_request, BlockDevice, DeviceError};
 use alloc::collections::BTreeSet;
@@ -114,8 +116,8 @@ pub struct SimDisk {
     rng: SimRng,
     faults: SimFaults,
     offline: bool,
-    writes_issued: u64,
-    cut_at_write: Option<u64>,
+    ops_issued: u64,
+    cut_at_op: Option<u64>,
 }
 
 impl SimDisk {
@@ -133,20 +135,31 @@ impl SimDisk {
             rng: SimRng::new(seed),
             faults,
             offline: false,
-            writes_issued: 0,
-            cut_at_write: None,
+            ops_issued: 0,
+            cut_at_op: None,
         }
     }
 
-    /// Number of `write` calls so far (the crash test's "write points").
-    pub fn writes_issued(&self) -> u64 {
-        self.writes_issued
+    /// Number of `write` and `flush` calls so far (the crash test's "write points").
+    pub fn ops_issued(&self) -> u64 {
+        self.ops_issued
     }
 
-    /// Cuts the power when the `n`-th write (counting from 0 since the disk was made) is issued;
-    /// that write does not happen.
-    pub fn cut_power_at_write(&mut self, n: u64) {
-        self.cut_at_write = Some(n);
+    /// Cuts the power when the `n`-th write or flush (counting from 0 since the disk was made)
+    /// is issued; that call does not take effect.
+    pub fn cut_power_at_op(&mut self, n: u64) {
+        self.cut_at_op = Some(n);
+    }
+
+    /// Counts a write or flush; cuts the power if this is the scheduled one.
+    fn next_op(&mut self) -> Result<(), DeviceError> {
+        let op = self.ops_issued;
+        self.ops_issued += 1;
+        if self.cut_at_op == Some(op) {
+            self.cut_power();
+            return Err(DeviceError::Offline);
+        }
+        Ok(())
     }
 
     /// Cuts the power now: unflushed writes are resolved per the fault model.
@@ -162,7 +175,7 @@ impl SimDisk {
         }
         self.current.clone_from(&self.durable);
         self.offline = true;
-        self.cut_at_write = None;
+        self.cut_at_op = None;
     }
 
     fn resolve_on_power_cut(&mut self, write: PendingWrite) {
@@ -273,12 +286,7 @@ impl BlockDevice for SimDisk {
             return Err(DeviceError::Offline);
         }
         let (_, len) = check_request(self.sector_bytes, self.sector_count, lba, buf.len())?;
-        if self.cut_at_write == Some(self.writes_issued) {
-            self.writes_issued += 1;
-            self.cut_power();
-            return Err(DeviceError::Offline);
-        }
-        self.writes_issued += 1;
+        self.next_op()?;
         let sectors = (len / self.sector_bytes) as u64;
         let mut target = lba;
         if self.rng.chance_ppm(self.faults.misdirected_write_ppm) {
@@ -305,6 +313,7 @@ impl BlockDevice for SimDisk {
         if self.offline {
             return Err(DeviceError::Offline);
         }
+        self.next_op()?;
         for write in core::mem::take(&mut self.pending) {
             let base = write.lba as usize * self.sector_bytes;
             self.durable[base..base + write.data.len()].copy_from_slice(&write.data);
