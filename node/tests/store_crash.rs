@@ -223,7 +223,7 @@ fn rejoin<D: BlockDevice>(mut store: Store<D>, oracle: &Oracle) -> Result<(), St
 }
 
 fn run_one(seed: u64, cut_at: u64) -> Result<(), String> {
-    let sector = if seed % 2 == 0 { 512 } else { 4096 };
+    let sector = if seed.is_multiple_of(2) { 512 } else { 4096 };
     let mut dev = SimDisk::new(sector, DISK_BYTES / sector as u64, seed, SimFaults::crash());
     dev.cut_power_at_op(cut_at);
     let mut oracle = Oracle::default();
