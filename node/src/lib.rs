@@ -13,4 +13,5 @@
 extern crate alloc;
 
 pub mod crypto;
+pub mod store;
 pub mod types;
