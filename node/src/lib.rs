@@ -12,5 +12,6 @@
 
 extern crate alloc;
 
+pub mod api;
 pub mod crypto;
 pub mod types;
