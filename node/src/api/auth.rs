@@ -294,7 +294,7 @@ fn verify_canister_signature(
     }
     let path = [CANISTER_SIG_LABEL, &sha256(seed), &sha256(msg)];
     match tree.lookup(&path) {
-        Lookup::Found(v) if v.is_empty() => Ok(()),
+        Lookup::Found([]) => Ok(()),
         _ => Err(AuthError::BadSignature),
     }
 }
