@@ -12,6 +12,7 @@
 
 extern crate alloc;
 
+pub mod api;
 pub mod crypto;
 pub mod store;
 pub mod types;
