@@ -12,5 +12,6 @@
 
 extern crate alloc;
 
+pub mod attest;
 pub mod crypto;
 pub mod types;
