@@ -12,5 +12,10 @@
 
 extern crate alloc;
 
+pub mod consensus;
 pub mod crypto;
+pub mod p2p;
+pub mod replica;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod types;
