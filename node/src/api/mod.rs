@@ -9,4 +9,10 @@ pub mod hash_tree;
 pub mod http;
 pub mod labeled_tree;
 pub mod request_id;
+pub mod server;
 pub mod state_tree;
+
+pub use server::{
+    ApiBackend, ApiConfig, ConnId, HttpApi, IngressMessage, Output, Reject, ReplicaHealth,
+};
+pub use state_tree::{CanisterEntry, CertifiedState, RequestStatus, StateTreeBuilder, SubnetEntry};
