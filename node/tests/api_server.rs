@@ -246,7 +246,12 @@ fn hex(s: &str) -> Vec<u8> {
 }
 
 /// name, chain, request kind, expected status.
-type DelegationCase<'a> = (&'a str, Vec<(DelegationSpec, &'a Identity)>, &'a str, u16);
+type DelegationCase<'a> = (
+    &'static str,
+    Vec<(DelegationSpec, &'a Identity)>,
+    &'static str,
+    u16,
+);
 
 struct DelegationSpec {
     to: Vec<u8>,
