@@ -623,19 +623,13 @@ fn respond(status: u16, content_type: ContentType, body: Vec<u8>) -> Handled {
     }
 }
 
-fn root_key<B: ApiBackend>(backend: &B) -> Result<bls::PublicKey, Refusal> {
-    bls::PublicKey::from_der(backend.root_key_der())
-        .map_err(|_| Refusal::new(503, "root key unavailable"))
-}
-
 fn authenticate<B: ApiBackend>(
     backend: &B,
     env: &Envelope,
     target: Option<Principal>,
     now_ns: u64,
 ) -> Result<(), Refusal> {
-    let key = root_key(backend)?;
-    auth::authenticate(env, target, now_ns, &key)
+    auth::authenticate(env, target, now_ns, backend.root_key_der())
         .map_err(|e: AuthError| Refusal::new(e.http_status(), e))
 }
 
