@@ -17,7 +17,6 @@ use super::envelope::{CallContent, Content, Envelope, ReadStateContent, RequestK
 use super::http::{self, ContentType, HttpError, Method, Request, RequestReader, Route};
 use super::request_id::{self, RequestId};
 use super::state_tree::CertifiedState;
-use crate::crypto::bls;
 use crate::types::Principal;
 use alloc::collections::BTreeMap;
 use alloc::format;
