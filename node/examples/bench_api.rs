@@ -291,6 +291,7 @@ fn main() {
             public_key_der: root.to_der().to_vec(),
             canister_ranges: vec![],
             nodes: Default::default(),
+            subnet_type: Some("system".into()),
         });
         let start = Instant::now();
         let tree = b.build();

@@ -103,6 +103,7 @@ impl TestBackend {
             public_key_der: self.root_der.clone(),
             canister_ranges: self.ranges.clone(),
             nodes: [(self.node_id, node_der.to_vec())].into_iter().collect(),
+            subnet_type: Some("system".into()),
         });
         self.height += 1;
         let sk = &self.root_sk;
@@ -701,6 +702,73 @@ fn update_call_v2_then_read_state_certifies_the_reply() {
     let mut rs = Req::new("read_state", &other);
     rs.paths = vec![vec![b"request_status".to_vec(), rid.to_vec()]];
     assert_eq!(h.read_state(&path, &rs).status, 403);
+}
+
+#[test]
+fn read_state_of_nothing_reveals_only_time_and_ranges_on_subnet_form() {
+    let mut h = Harness::new();
+    let anon = Identity::Anonymous;
+    let sid = h.backend.subnet_id;
+    let canister_path = format!("/api/v2/canister/{}/read_state", canister(1).to_text());
+    for paths in [vec![], vec![vec![]]] {
+        let mut rs = Req::new("read_state", &anon);
+        rs.paths = paths;
+        let r = h.read_state(&canister_path, &rs);
+        assert_eq!(r.status, 200);
+        let v = record(&r.body);
+        let cert = certificate::verify(
+            field(&v, "certificate").as_bytes().unwrap(),
+            &h.root_key(),
+            Effective::Canister(canister(1)),
+        )
+        .unwrap();
+        assert_eq!(cert.time_ns(), Ok(NOW));
+        assert_eq!(cert.tree.lookup(&[b"subnet".as_slice()]), Lookup::Unknown);
+    }
+    // The IC's own delegation request: key and both forms of the ranges, on the subnet form.
+    let mut rs = Req::new("read_state", &anon);
+    rs.paths = vec![
+        vec![b"subnet".to_vec(), sid.to_vec(), b"public_key".to_vec()],
+        vec![
+            b"subnet".to_vec(),
+            sid.to_vec(),
+            b"canister_ranges".to_vec(),
+        ],
+        vec![b"canister_ranges".to_vec(), sid.to_vec()],
+    ];
+    let r = h.read_state(&format!("/api/v3/subnet/{}/read_state", sid.to_text()), &rs);
+    assert_eq!(r.status, 200);
+    let v = record(&r.body);
+    let cert = certificate::verify(
+        field(&v, "certificate").as_bytes().unwrap(),
+        &h.root_key(),
+        Effective::Subnet(sid),
+    )
+    .unwrap();
+    // Our own certificate, used as a delegation, authorizes exactly our ranges (both forms).
+    certificate::check_canister_in_ranges(&cert.tree, &sid, &canister(5)).unwrap();
+    assert!(certificate::check_canister_in_ranges(&cert.tree, &sid, &canister(0x100000)).is_err());
+    // The canister form may not read canister_ranges/<sid>.
+    assert_eq!(h.read_state(&canister_path, &rs).status, 403);
+    // data_certificate for canisters: certified_data and time, verifiable for the canister.
+    let dc = h
+        .backend
+        .state
+        .as_ref()
+        .unwrap()
+        .data_certificate(&canister(1));
+    let cert = certificate::verify(&dc, &h.root_key(), Effective::Canister(canister(1))).unwrap();
+    let c1 = canister(1).to_vec();
+    assert_eq!(
+        cert.tree
+            .lookup(&[b"canister".as_slice(), &c1, b"certified_data"]),
+        Lookup::Found(&[1, 2, 3])
+    );
+    assert_eq!(
+        cert.tree
+            .lookup(&[b"subnet".as_slice(), &sid.to_vec(), b"type"]),
+        Lookup::Unknown
+    );
 }
 
 #[test]

@@ -528,11 +528,17 @@ impl HttpApi {
             Target::Subnet(_) => None,
         };
         authenticate(backend, &env, delegation_target, now_ns)?;
-        self.check_paths(backend, content, target)?;
+        self.check_paths(content, target)?;
         let state = backend
             .certified_state()
             .ok_or_else(|| Refusal::new(503, "certified state not available yet"))?;
-        let paths: Vec<&[Vec<u8>]> = content.paths.iter().map(|p| p.as_slice()).collect();
+        // An empty path asks for nothing beyond `/time` (never for the whole tree).
+        let paths: Vec<&[Vec<u8>]> = content
+            .paths
+            .iter()
+            .filter(|p| !p.is_empty())
+            .map(|p| p.as_slice())
+            .collect();
         let cert = state.certificate_for(&paths);
         let mut w = Writer::self_describing();
         w.map(1).text("certificate").bytes(&cert);
@@ -540,20 +546,23 @@ impl HttpApi {
     }
 
     /// The read_state path rules of the spec (reference §1.11).
-    fn check_paths<B: ApiBackend>(
-        &self,
-        backend: &B,
-        content: &ReadStateContent,
-        target: Target,
-    ) -> Result<(), Refusal> {
+    fn check_paths(&self, content: &ReadStateContent, target: Target) -> Result<(), Refusal> {
         let forbidden = |why: &str| Err(Refusal::new(403, format!("path not allowed: {why}")));
         let mut request_id: Option<&[u8]> = None;
-        let subnet_id = backend.subnet_id();
+        let mut ranges_of: Option<&[u8]> = None;
         for path in &content.paths {
             let labels: Vec<&[u8]> = path.iter().map(|l| l.as_slice()).collect();
             match (labels.as_slice(), target) {
-                ([b"time"], _) | ([b"subnet", ..], _) | ([b"api_boundary_nodes", ..], _) => {}
-                ([b"canister_ranges", sid], Target::Subnet(_)) if *sid == subnet_id.as_slice() => {}
+                ([], _)
+                | ([b"time"], _)
+                | ([b"subnet", ..], _)
+                | ([b"api_boundary_nodes", ..], _) => {}
+                ([b"canister_ranges", sid], Target::Subnet(_)) => {
+                    if ranges_of.is_some_and(|s| s != *sid) {
+                        return forbidden("canister ranges of more than one subnet");
+                    }
+                    ranges_of = Some(sid);
+                }
                 ([b"request_status", rid, rest @ ..], _) => {
                     if rid.len() != 32 || rest.len() > 1 {
                         return Err(Refusal::new(400, "malformed request_status path"));
