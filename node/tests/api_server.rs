@@ -1118,6 +1118,23 @@ fn oversized_bodies_get_413_without_buffering() {
     assert_eq!(r[0].status, 413);
     assert!(r[0].close);
     assert_eq!(h.api.connections(), 0);
+    // An update call over the ingress limit (but under the HTTP limit): 413.
+    let mut big = Req::new("call", &Identity::Anonymous);
+    big.arg = vec![0; 4 * 1024 * 1024];
+    let r = h.call(2, canister(1), &big);
+    assert_eq!(r.status, 413);
+    // `Expect: 100-continue` gets the interim response, then the answer.
+    let conn = h.open(NOW);
+    let q = Req::new("query", &Identity::Anonymous).envelope();
+    let path = format!("/api/v2/canister/{}/query", canister(1).to_text());
+    let full = post(&path, &q);
+    let split = full.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = [&full[..split], b"\r\nExpect: 100-continue\r\n\r\n"].concat();
+    h.api.receive(&mut h.backend, conn, &head, NOW);
+    let out = h.api.take_outputs();
+    assert_eq!(out[0].bytes, b"HTTP/1.1 100 Continue\r\n\r\n");
+    h.api.receive(&mut h.backend, conn, &q, NOW);
+    assert_eq!(parse_responses(&h.api.take_outputs())[0].status, 200);
     // Huge headers: 431.
     let r = h.exchange(
         &[

@@ -18,7 +18,7 @@ use super::http::{self, ContentType, HttpError, Method, Request, RequestReader, 
 use super::request_id::{self, RequestId};
 use super::state_tree::CertifiedState;
 use crate::types::Principal;
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -115,6 +115,9 @@ pub struct ApiConfig {
     /// How long an idle keep-alive connection is kept.
     pub idle_timeout_ns: u64,
     pub impl_version: &'static str,
+    /// Largest update call envelope (registry `max_ingress_bytes_per_message`; 2 MiB on
+    /// application subnets, 3.5 MiB on system subnets).
+    pub max_ingress_bytes: usize,
 }
 
 impl Default for ApiConfig {
@@ -124,6 +127,7 @@ impl Default for ApiConfig {
             request_timeout_ns: 30_000_000_000,
             idle_timeout_ns: 60_000_000_000,
             impl_version: concat!("cairn-", env!("CARGO_PKG_VERSION")),
+            max_ingress_bytes: 3_584 * 1024,
         }
     }
 }
@@ -191,6 +195,8 @@ pub struct HttpApi {
     conns: BTreeMap<ConnId, Connection>,
     outputs: Vec<Output>,
     submitted: BTreeMap<RequestId, Submitted>,
+    /// `(expiry, id)` of every entry of `submitted`, to forget them in expiry order.
+    expiries: BTreeSet<(u64, RequestId)>,
 }
 
 impl HttpApi {
@@ -200,6 +206,7 @@ impl HttpApi {
             conns: BTreeMap::new(),
             outputs: Vec::new(),
             submitted: BTreeMap::new(),
+            expiries: BTreeSet::new(),
         }
     }
 
@@ -265,7 +272,16 @@ impl HttpApi {
             }
             let request = match c.reader.next_request() {
                 Ok(Some(r)) => r,
-                Ok(None) => return,
+                Ok(None) => {
+                    if c.reader.take_expect_continue() {
+                        self.outputs.push(Output {
+                            conn,
+                            bytes: b"HTTP/1.1 100 Continue\r\n\r\n".to_vec(),
+                            close: false,
+                        });
+                    }
+                    return;
+                }
                 Err(e) => return self.fail(conn, e),
             };
             c.request_started_ns = (c.reader.buffered() > 0).then_some(now_ns);
@@ -344,7 +360,13 @@ impl HttpApi {
             });
             self.conns.remove(&id);
         }
-        self.submitted.retain(|_, s| s.expiry_ns >= now_ns);
+        while let Some(&(expiry, rid)) = self.expiries.first() {
+            if expiry >= now_ns {
+                break;
+            }
+            self.expiries.pop_first();
+            self.submitted.remove(&rid);
+        }
         // Parked connections that were released may hold pipelined requests.
         let ready: Vec<ConnId> = self
             .conns
@@ -454,6 +476,12 @@ impl HttpApi {
         body: &[u8],
         now_ns: u64,
     ) -> Result<Handled, Refusal> {
+        if body.len() > self.config.max_ingress_bytes {
+            return Err(Refusal::new(
+                413,
+                "ingress message larger than the subnet allows",
+            ));
+        }
         let env = Envelope::decode(body, RequestKind::Call).map_err(|e| Refusal::new(400, e))?;
         let Content::Call(content) = &env.content else {
             return Err(Refusal::new(400, "not a call"));
@@ -489,6 +517,7 @@ impl HttpApi {
                 non_replicated_body(version, &reject),
             ));
         }
+        self.expiries.insert((content.ingress_expiry_ns, rid));
         self.submitted.insert(
             rid,
             Submitted {
