@@ -184,7 +184,6 @@ struct Connection {
 /// Who sent an ingress message, kept until its expiry so replays and foreign read_state of
 /// its status can be refused.
 struct Submitted {
-    expiry_ns: u64,
     sender: Principal,
     effective: Principal,
 }
@@ -521,7 +520,6 @@ impl HttpApi {
         self.submitted.insert(
             rid,
             Submitted {
-                expiry_ns: content.ingress_expiry_ns,
                 sender: content.sender,
                 effective: ecid,
             },
