@@ -1077,6 +1077,15 @@ fn malformed_bodies_and_wrong_effective_ids_get_400() {
     mgmt.canister = Principal::MANAGEMENT;
     mgmt.method = "provisional_create_canister_with_cycles";
     assert_eq!(h.call(2, canister(7), &mgmt).status, 202);
+    // ... and the management canister itself as effective id (older ic-utils).
+    mgmt.nonce = Some(vec![1]);
+    assert_eq!(h.call(2, Principal::MANAGEMENT, &mgmt).status, 202);
+    // A non-management canister addressed through aaaaa-aa: refused.
+    assert_eq!(
+        h.call(2, Principal::MANAGEMENT, &Req::new("call", &id))
+            .status,
+        400
+    );
     // Unknown endpoints and bad principals in the path.
     assert_eq!(
         h.exchange(&post("/api/v2/canister/xyz/call", b""), NOW)
