@@ -514,8 +514,9 @@ impl<D: BlockDevice> Store<D> {
         })
     }
 
-    /// Every extent the durable meta (and an unfinished sync) references.
-    fn referenced_extents(&self) -> Vec<Extent> {
+    /// Every data-area extent the durable meta (and an unfinished sync) references; the
+    /// superblock copies are blocks `0..SUPERBLOCK_COPIES` besides these.
+    pub fn referenced_extents(&self) -> Vec<Extent> {
         let mut used: Vec<Extent> = Vec::new();
         used.extend(self.meta_ref.extents());
         if let Some(cp) = &self.meta.checkpoint {

@@ -216,6 +216,11 @@ impl SimDisk {
         self.faults = faults;
     }
 
+    /// Restarts the fault generator from `seed` (e.g. to vary the faults of cloned disks).
+    pub fn reseed(&mut self, seed: u64) {
+        self.rng = SimRng::new(seed);
+    }
+
     /// Makes sector `lba` unreadable until it is written again.
     pub fn inject_latent_error(&mut self, lba: u64) {
         self.latent.insert(lba);
