@@ -204,7 +204,7 @@ fn latent_sector_errors_and_misdirected_reads_never_yield_wrong_data() {
     for i in 0..20 {
         let mut dev = dev.clone();
         dev.reseed(base + i);
-        match Store::open(dev, Verify::Lazy) {
+        match Store::open(dev, Verify::Lazy).map_err(|e| e.error) {
             Ok((mut store, rec)) => {
                 assert_eq!(rec.checkpoint, Some((HEIGHT, root)));
                 for (name, bytes) in &state {

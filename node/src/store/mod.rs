@@ -110,6 +110,10 @@ use space::FreeSpace;
 
 /// Default pool segment size, in bytes.
 pub const POOL_SEGMENT_BYTES_DEFAULT: u32 = 4 << 20;
+/// Most pool segments a store holds (the consensus layer purges long before).
+pub const SEGMENTS_MAX: usize = 4096;
+/// Most bytes of pool records buffered between two `pool_sync` calls.
+pub const POOL_PENDING_BYTES_MAX: usize = 64 << 20;
 /// Smallest pool segment, in blocks.
 pub const POOL_SEGMENT_BLOCKS_MIN: u32 = 4;
 /// Reads of a checksummed structure are retried this many times (a misdirected read is
@@ -181,6 +185,8 @@ pub enum StoreError {
     NotFound,
     /// A pool record is larger than a segment can take.
     RecordTooLarge,
+    /// Too many pool records buffered without `pool_sync`, or too many segments unpurged.
+    PoolFull,
     /// The state's manifest is not acceptable.
     Manifest(ManifestError),
     /// A chunk received in state sync does not match the manifest.
@@ -203,6 +209,7 @@ impl fmt::Display for StoreError {
             StoreError::BadChunk(i) => write!(f, "checkpoint chunk {i} fails its hash"),
             StoreError::NotFound => f.write_str("no such file or chunk"),
             StoreError::RecordTooLarge => f.write_str("pool record too large"),
+            StoreError::PoolFull => f.write_str("pool log full: sync or purge"),
             StoreError::Manifest(e) => write!(f, "manifest: {e}"),
             StoreError::ChunkMismatch(i) => write!(f, "synced chunk {i} does not match"),
             StoreError::SyncState => f.write_str("state sync not in a state to do that"),
@@ -221,6 +228,26 @@ impl From<DeviceError> for StoreError {
 impl From<ManifestError> for StoreError {
     fn from(e: ManifestError) -> Self {
         StoreError::Manifest(e)
+    }
+}
+
+/// `Store::open` failed; the device is handed back (e.g. to format it).
+pub struct OpenError<D> {
+    /// Why.
+    pub error: StoreError,
+    /// The device, untouched by the failed open except for copies repaired from their twin.
+    pub device: D,
+}
+
+impl<D> fmt::Debug for OpenError<D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "OpenError({:?})", self.error)
+    }
+}
+
+impl<D> fmt::Display for OpenError<D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.error.fmt(f)
     }
 }
 
@@ -314,6 +341,7 @@ pub struct Store<D: BlockDevice> {
     /// Per segment of `meta.segments`, where appends continue.
     tails: Vec<SegmentTail>,
     pending: Vec<PoolRecord>,
+    pending_bytes: usize,
     space: FreeSpace,
     /// Extents held by an unfinished state sync.
     reserved: Vec<Extent>,
@@ -376,6 +404,7 @@ impl<D: BlockDevice> Store<D> {
             checkpoint: None,
             tails: Vec::new(),
             pending: Vec::new(),
+            pending_bytes: 0,
             space: FreeSpace::default(),
             reserved: Vec::new(),
             sync_active: false,
@@ -384,16 +413,24 @@ impl<D: BlockDevice> Store<D> {
     }
 
     /// Opens a formatted store: newest superblock with a quorum, its meta, the checkpoint's
-    /// manifest (and, with `Verify::Eager`, every chunk), and the pool log.
-    pub fn open(mut dev: D, verify: Verify) -> Result<(Store<D>, Recovery), StoreError> {
-        let block_count = device_blocks(&dev)?;
-        let (sb, checksum, copies) = read_superblock(&mut dev)?;
+    /// manifest (and, with `Verify::Eager`, every chunk), and the pool log. Mirrored copies
+    /// found bad are rewritten from their twin. On failure the device is handed back.
+    pub fn open(mut dev: D, verify: Verify) -> Result<(Store<D>, Recovery), OpenError<D>> {
+        let found = device_blocks(&dev).and_then(|blocks| {
+            let sb = read_superblock(&mut dev)?;
+            Ok((blocks, sb))
+        });
+        let (block_count, (sb, checksum, copies)) = match found {
+            Ok(found) => found,
+            Err(error) => return Err(OpenError { error, device: dev }),
+        };
         let g = sb.geometry;
         if g.block_count > block_count
             || !manifest::chunk_bytes_supported(g.chunk_bytes)
             || g.pool_segment_blocks < POOL_SEGMENT_BLOCKS_MIN
         {
-            return Err(StoreError::Geometry);
+            let error = StoreError::Geometry;
+            return Err(OpenError { error, device: dev });
         }
         let mut store = Store::empty(dev, g);
         store.sequence = sb.sequence;
@@ -404,24 +441,64 @@ impl<D: BlockDevice> Store<D> {
             superblock_copies: copies,
             ..Recovery::default()
         };
-        let meta_bytes = store.read_blob_repairing(&sb.meta, Structure::Meta, &mut recovery)?;
+        match store.load(&sb, verify, &mut recovery) {
+            Ok(()) => Ok((store, recovery)),
+            Err(error) => Err(OpenError {
+                error,
+                device: store.dev,
+            }),
+        }
+    }
+
+    /// Opens the store on `dev`, or formats it if it holds none (a new disk, or a format that
+    /// was cut short). A store that exists but is corrupt is never formatted over.
+    pub fn open_or_format(
+        dev: D,
+        config: StoreConfig,
+        verify: Verify,
+    ) -> Result<(Store<D>, Recovery), StoreError> {
+        match Store::open(dev, verify) {
+            Ok(opened) => Ok(opened),
+            Err(OpenError {
+                error: StoreError::NotFormatted,
+                device,
+            }) => {
+                let store = Store::format(device, config)?;
+                let recovery = Recovery {
+                    superblock_sequence: store.sequence,
+                    superblock_copies: SUPERBLOCK_COPIES,
+                    ..Recovery::default()
+                };
+                Ok((store, recovery))
+            }
+            Err(e) => Err(e.error),
+        }
+    }
+
+    fn load(
+        &mut self,
+        sb: &Superblock,
+        verify: Verify,
+        recovery: &mut Recovery,
+    ) -> Result<(), StoreError> {
+        let meta_bytes = self.read_blob_repairing(&sb.meta, Structure::Meta, recovery)?;
         let meta: Meta =
             postcard::from_bytes(&meta_bytes).map_err(|_| StoreError::Corrupt(Structure::Meta))?;
-        if meta.version != META_VERSION || meta.segments.len() > usize::from(u16::MAX) {
+        if meta.version != META_VERSION || meta.segments.len() > SEGMENTS_MAX {
             return Err(StoreError::Corrupt(Structure::Meta));
         }
-        store.load_checkpoint(&meta, &mut recovery)?;
+        self.load_checkpoint(&meta, recovery)?;
         if let Some(cup) = meta.cup {
-            store.read_blob_repairing(&cup, Structure::Cup, &mut recovery)?;
+            self.read_blob_repairing(&cup, Structure::Cup, recovery)?;
         }
-        store.meta = meta;
-        store.load_pool(&mut recovery)?;
-        store.dev.flush()?;
-        store.rebuild_space();
+        self.meta = meta;
+        self.load_pool(recovery)?;
+        self.dev.flush()?;
+        self.rebuild_space();
         if verify == Verify::Eager {
-            recovery.bad_chunks = store.verify_checkpoint()?;
+            recovery.bad_chunks = self.verify_checkpoint()?;
         }
-        Ok((store, recovery))
+        Ok(())
     }
 
     fn load_checkpoint(&mut self, meta: &Meta, recovery: &mut Recovery) -> Result<(), StoreError> {

@@ -259,6 +259,10 @@ impl<D: BlockDevice> Store<D> {
         if bytes.len() > POOL_RECORD_BYTES_MAX || needed > room {
             return Err(StoreError::RecordTooLarge);
         }
+        if self.pending_bytes + bytes.len() > super::POOL_PENDING_BYTES_MAX {
+            return Err(StoreError::PoolFull);
+        }
+        self.pending_bytes += bytes.len();
         self.pending.push(PoolRecord {
             height,
             kind,
@@ -272,11 +276,10 @@ impl<D: BlockDevice> Store<D> {
         self.check_usable()?;
         let mut pending = core::mem::take(&mut self.pending);
         let result = self.write_pending(&mut pending);
-        if result.is_err() {
-            // What was not written stays buffered (after a device error the store is poisoned).
-            pending.append(&mut self.pending);
-            self.pending = pending;
-        }
+        // What was not written stays buffered (after a device error the store is poisoned).
+        pending.append(&mut self.pending);
+        self.pending = pending;
+        self.pending_bytes = self.pending.iter().map(|r| r.bytes.len()).sum();
         result
     }
 
@@ -336,6 +339,9 @@ impl<D: BlockDevice> Store<D> {
 
     /// Allocates a new segment and commits a meta naming it (before anything is written to it).
     fn open_segment(&mut self) -> Result<(), StoreError> {
+        if self.meta.segments.len() >= super::SEGMENTS_MAX {
+            return Err(StoreError::PoolFull);
+        }
         let blocks = u64::from(self.geometry.pool_segment_blocks);
         let a = self.alloc(blocks)?;
         let b = match self.alloc(blocks) {

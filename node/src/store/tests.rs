@@ -118,9 +118,16 @@ fn pool_rolls_over_segments_and_purges() {
 #[test]
 fn open_of_blank_disk_is_not_formatted_and_oversized_records_are_refused() {
     assert_eq!(
-        Store::open(disk(512, 1), Verify::Lazy).err(),
+        Store::open(disk(512, 1), Verify::Lazy)
+            .err()
+            .map(|e| e.error),
         Some(StoreError::NotFormatted)
     );
+    // `open_or_format` formats a blank disk, and then finds the store it made.
+    let (store, rec) = Store::open_or_format(disk(512, 8), config(), Verify::Lazy).unwrap();
+    assert_eq!(rec.checkpoint, None);
+    let (_, rec) = Store::open_or_format(store.into_device(), config(), Verify::Lazy).unwrap();
+    assert_eq!(rec.superblock_sequence, 1);
     let mut store = Store::format(disk(512, 8), config()).unwrap();
     assert_eq!(
         store.pool_append(1, 1, &vec![0; 64 * 1024]),
