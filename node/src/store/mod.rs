@@ -20,6 +20,35 @@
 //! a quorum, a hash chain) and the IC state manager's chunk manifests
 //! (`../shared/reference/unikernels-and-snp.md` §5).
 //!
+//! # How the layers use it
+//!
+//! The kernel owns the disk, the replica owns the store; everything is synchronous and
+//! single-threaded (a call returns when its writes and flushes returned).
+//!
+//! ```text
+//! boot (kernel)       dev = virtio-blk driver, which implements BlockDevice
+//!                     (store, recovery) = Store::open_or_format(dev, StoreConfig::default(),
+//!                                                               Verify::Lazy)?
+//! restart (replica)   recovery.checkpoint: (height, root) of the state to load, files through
+//!                     store.file_names() / store.read_file(name) (each chunk verified; a
+//!                     BadChunk means: repair by state sync, never execute on it)
+//!                     store.cup(): the CUP to resume from
+//!                     recovery.pool_records: artifacts to put back into the consensus pool;
+//!                     recovery.records_after_checkpoint(): the finalized blocks to replay
+//! consensus           store.pool_append(height, kind, bytes) per artifact; store.pool_sync()
+//!                     before acting on it (e.g. before sending a share that depends on it)
+//!                     store.pool_purge_below(cup_height) once a CUP is durable
+//! checkpoint          stats = store.checkpoint(height, &[StateFile { name, bytes }, ...])?
+//!                     stats.root_hash goes to consensus to certify (and into the CUP);
+//!                     store.put_cup(bytes) when the CUP is made
+//! state sync (join,   manifest = Manifest::from_bytes(from a peer)?;
+//!  catch up, repair)  sync = store.begin_state_sync(cup.height, &cup.root, manifest)?
+//!                     for i in sync.missing_chunks(): fetch i from peers,
+//!                         store.accept_chunk(&mut sync, i, &bytes)?  (wrong bytes: ask another)
+//!                     store.commit_state_sync(sync)?; then load the files as on restart
+//! serving a peer      store.manifest()?.to_bytes(), store.read_chunk(i)
+//! ```
+//!
 //! # On-disk format (version 1)
 //!
 //! The device is cut into 4 KiB blocks (`BLOCK_BYTES`, a multiple of the 512- or 4096-byte
