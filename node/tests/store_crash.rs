@@ -25,6 +25,7 @@ fn config() -> StoreConfig {
     StoreConfig {
         chunk_bytes: 16 * 1024,
         pool_segment_bytes: 32 * 1024,
+        ..StoreConfig::default()
     }
 }
 

@@ -23,6 +23,7 @@ fn config() -> StoreConfig {
     StoreConfig {
         chunk_bytes: CHUNK_BYTES as u32,
         pool_segment_bytes: 64 * 1024,
+        ..StoreConfig::default()
     }
 }
 

@@ -156,6 +156,9 @@ pub struct StoreConfig {
     pub chunk_bytes: u32,
     /// Pool segment size in bytes (multiple of 4 KiB, at least 16 KiB).
     pub pool_segment_bytes: u32,
+    /// Different for every format of a device (the kernel takes it from its entropy source or
+    /// clock): pool batches left on the disk by an earlier format then never verify.
+    pub format_nonce: u64,
 }
 
 impl Default for StoreConfig {
@@ -163,6 +166,7 @@ impl Default for StoreConfig {
         StoreConfig {
             chunk_bytes: CHUNK_BYTES_DEFAULT,
             pool_segment_bytes: POOL_SEGMENT_BYTES_DEFAULT,
+            format_nonce: 0,
         }
     }
 }
@@ -411,6 +415,7 @@ impl<D: BlockDevice> Store<D> {
         store.rebuild_space();
         let meta = Meta {
             version: META_VERSION,
+            format_nonce: config.format_nonce,
             ..Meta::default()
         };
         store.commit(meta)?;
@@ -567,6 +572,7 @@ impl<D: BlockDevice> Store<D> {
         for segment in self.meta.segments.clone() {
             let tail = scan_segment(
                 &mut self.dev,
+                self.meta.format_nonce,
                 &segment,
                 &mut records,
                 &mut recovery.pool_faults,
@@ -582,6 +588,12 @@ impl<D: BlockDevice> Store<D> {
     /// The device, e.g. to inspect a simulator disk in tests.
     pub fn device(&self) -> &D {
         &self.dev
+    }
+
+    /// The device, mutably: for fault injection in tests. Writing to it behind the store's
+    /// back voids every guarantee.
+    pub fn device_mut(&mut self) -> &mut D {
+        &mut self.dev
     }
 
     /// Closes the store and hands back the device.

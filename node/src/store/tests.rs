@@ -10,6 +10,7 @@ fn config() -> StoreConfig {
     StoreConfig {
         chunk_bytes: CHUNK,
         pool_segment_bytes: 64 * 1024,
+        ..StoreConfig::default()
     }
 }
 
@@ -133,4 +134,34 @@ fn open_of_blank_disk_is_not_formatted_and_oversized_records_are_refused() {
         store.pool_append(1, 1, &vec![0; 64 * 1024]),
         Err(StoreError::RecordTooLarge)
     );
+}
+
+#[test]
+fn reformat_does_not_resurrect_pool_records_of_the_previous_format() {
+    let mut old = Store::format(disk(512, 8), config()).unwrap();
+    old.pool_append(1, 1, b"old format").unwrap();
+    old.pool_sync().unwrap();
+    let old = old.into_device();
+    let config = StoreConfig {
+        format_nonce: 2,
+        ..config()
+    };
+    // Cut the power at every point of "open the first segment, write its first batch": the
+    // segment the new format names sits where the old one was, with the old batch still there.
+    for extra in 0..12 {
+        let mut dev = old.clone();
+        let mut store = Store::format(&mut dev, config).unwrap();
+        let cut_at = store.device().ops_issued() + extra;
+        store.device_mut().cut_power_at_op(cut_at);
+        let _ = store
+            .pool_append(5, 1, b"new")
+            .and_then(|()| store.pool_sync());
+        drop(store);
+        dev.restart();
+        let (_, rec) = Store::open(&mut dev, Verify::Lazy).unwrap();
+        assert!(
+            rec.pool_records.iter().all(|r| r.bytes == b"new"),
+            "cut at +{extra}"
+        );
+    }
 }
