@@ -664,15 +664,21 @@ impl<D: BlockDevice> Store<D> {
         self.space = FreeSpace::derive(DATA_START_BLOCK, self.geometry.block_count, used);
     }
 
+    /// Allocates for a chunk (from the bottom of the data area).
     fn alloc(&mut self, blocks: u64) -> Result<Extent, StoreError> {
         self.space.alloc(blocks).ok_or(StoreError::NoSpace)
+    }
+
+    /// Allocates for a small structure: blob or pool segment (from the top).
+    fn alloc_high(&mut self, blocks: u64) -> Result<Extent, StoreError> {
+        self.space.alloc_high(blocks).ok_or(StoreError::NoSpace)
     }
 
     /// Writes `bytes` as a mirrored blob into two fresh extents (not flushed).
     fn write_blob(&mut self, bytes: &[u8]) -> Result<BlobRef, StoreError> {
         let blocks = blocks_for(bytes.len() as u64);
-        let a = self.alloc(blocks)?;
-        let b = self.alloc(blocks)?;
+        let a = self.alloc_high(blocks)?;
+        let b = self.alloc_high(blocks)?;
         let mut padded = vec![0u8; blocks as usize * BLOCK_BYTES];
         padded[..bytes.len()].copy_from_slice(bytes);
         for e in [a, b] {

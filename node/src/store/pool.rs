@@ -351,8 +351,8 @@ impl<D: BlockDevice> Store<D> {
             return Err(StoreError::PoolFull);
         }
         let blocks = u64::from(self.geometry.pool_segment_blocks);
-        let a = self.alloc(blocks)?;
-        let b = match self.alloc(blocks) {
+        let a = self.alloc_high(blocks)?;
+        let b = match self.alloc_high(blocks) {
             Ok(b) => b,
             Err(e) => {
                 self.rebuild_space();
