@@ -11,6 +11,8 @@
 //! Kernel command line options:
 //! - `cairn.exit=1`: after `cairn: ready`, exit QEMU through isa-debug-exit with success
 //!   (status 33), falling back to ACPI S5; used by boot tests and benches.
+//! - `cairn.crash=panic` / `cairn.crash=fault`: after `cairn: ready`, panic or read an
+//!   unmapped page, to test that failures are reported (status 35, message on the console).
 #![no_std]
 #![no_main]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -21,7 +23,10 @@ extern crate alloc;
 // and the runtime; the normal build does not call all of it yet.
 #[cfg_attr(
     not(feature = "kernel-tests"),
-    allow(dead_code, reason = "API used by the kernel-tests build and later issues")
+    allow(
+        dead_code,
+        reason = "API used by the kernel-tests build and later issues"
+    )
 )]
 mod arch;
 mod heap;
@@ -80,6 +85,7 @@ extern "C" fn cairn_boot64(info_paddr: u64, protocol: u64) -> ! {
 /// Normal build: idle (later issues run the node here), or leave with `cairn.exit=1`.
 /// Test build: run the in-kernel tests and leave with their verdict.
 fn after_ready(info: &BootInfo) -> ! {
+    crash_if_asked(info.option("cairn.crash"));
     #[cfg(feature = "kernel-tests")]
     if !tests::run_all() {
         power::fail_and_halt();
@@ -91,6 +97,23 @@ fn after_ready(info: &BootInfo) -> ! {
         power::power_off();
     }
     cpu::halt_forever()
+}
+
+/// `cairn.crash=panic|fault` lets host tests prove that a kernel panic or an
+/// unexpected fault ends the run with the message on the console and a failure status.
+fn crash_if_asked(what: Option<&str>) {
+    match what {
+        Some("panic") => panic!("deliberate panic (cairn.crash=panic)"),
+        Some("fault") => {
+            let unmapped = paging::DYNAMIC_MAP_BASE + 0x10_0000;
+            // SAFETY: deliberately not safe: reading an unmapped page must raise #PF, which
+            // the fatal exception path reports before stopping the machine.
+            let value = unsafe { core::ptr::read_volatile(unmapped as *const u64) };
+            log::error!("read of an unmapped page returned {value:#x}");
+        }
+        Some(other) => log::warn!("cairn.crash={other}: unknown, ignored"),
+        None => {}
+    }
 }
 
 fn print_banner(
