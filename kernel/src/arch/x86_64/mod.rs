@@ -9,6 +9,7 @@ pub mod idt;
 mod mem;
 pub mod memory;
 pub mod paging;
+pub mod pci;
 mod port;
 pub mod power;
 pub mod serial;
