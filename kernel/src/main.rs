@@ -43,7 +43,7 @@ mod panic;
 mod tests;
 
 use alloc::string::String;
-use arch::{acpi, clock, cpu, entropy, memory, paging, power, serial};
+use arch::{acpi, apic, clock, cpu, entropy, memory, paging, power, serial};
 use boot::{BootInfo, MemoryKind};
 use core::fmt::Write;
 use spin::Once;
@@ -158,10 +158,37 @@ fn after_ready(info: &BootInfo, network: Option<net::Network>) -> ! {
         power::power_off();
     }
     match network {
-        Some(mut network) => loop {
-            network.poll();
-        },
+        Some(network) => serve(network),
         None => cpu::halt_forever(),
+    }
+}
+
+/// How long the network loop keeps spinning after the last activity before it sleeps until
+/// the next APIC tick (1 ms): busy streams never sleep, an idle VM costs the host little.
+const IDLE_AFTER_NS: u64 = 2_000_000;
+
+fn serve(mut network: net::Network) -> ! {
+    let sleep = match apic::init() {
+        Ok(hz) => {
+            log::info!(
+                "apic: timer {} kHz, idle tick {} us",
+                hz / 1000,
+                apic::IDLE_TICK_US
+            );
+            true
+        }
+        Err(e) => {
+            log::warn!("apic: {e}; the network loop spins");
+            false
+        }
+    };
+    let mut last_activity = clock::now_ns();
+    loop {
+        if network.poll() {
+            last_activity = clock::now_ns();
+        } else if sleep && clock::now_ns() - last_activity > IDLE_AFTER_NS {
+            apic::idle();
+        }
     }
 }
 

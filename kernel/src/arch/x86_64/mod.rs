@@ -1,6 +1,7 @@
 //! x86_64 (PC platform) support: the only place that touches the machine directly.
 
 pub mod acpi;
+pub mod apic;
 pub mod clock;
 pub mod cpu;
 pub mod entropy;
