@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 /// Host time the in-kernel test suite may take, boot included.
 pub const KERNEL_TESTS_TIMEOUT_S: u64 = 300;
 /// Host time a deliberately panicking or faulting kernel may take to show its message and stop.
-pub const FAULT_TIMEOUT_S: u64 = 60;
+pub const FAULT_TIMEOUT_S: u64 = 30;
 /// Allowed difference between the guest's clock and the host's over the clock check.
 pub const CLOCK_TOLERANCE_PERCENT: u64 = 5;
 
