@@ -20,8 +20,8 @@ pub const CLOCK_TOLERANCE_PERCENT: u64 = 5;
 /// Kernel command line option that makes the kernel panic after boot (the fault tests'
 /// convention with kernel/src/main.rs).
 pub const PANIC_CMDLINE: &str = "cairn.crash=panic";
-/// Kernel command line option that makes the kernel touch an unmapped page after boot.
-pub const FAULT_CMDLINE: &str = "cairn.crash=pagefault";
+/// Kernel command line option that makes the kernel read an unmapped page after boot.
+pub const FAULT_CMDLINE: &str = "cairn.crash=fault";
 /// What the kernel's panic handler prints (kernel/src/panic.rs).
 pub const PANIC_MESSAGE: &str = "KERNEL PANIC at";
 /// What the kernel's exception handler prints for a page fault (kernel/src/arch/x86_64/idt.rs).
@@ -319,7 +319,7 @@ fn panic_fails_fast(paths: &Paths) -> Result<String, String> {
 }
 
 fn fault_fails_fast(paths: &Paths) -> Result<String, String> {
-    fails_fast(paths, "pagefault", FAULT_CMDLINE, PAGE_FAULT_MESSAGE)
+    fails_fast(paths, "fault", FAULT_CMDLINE, PAGE_FAULT_MESSAGE)
 }
 
 /// Boot a kernel told to break itself and require that the run ends by itself, well within the
