@@ -11,6 +11,12 @@
 //! Kernel command line options:
 //! - `cairn.exit=1`: after `cairn: ready`, exit QEMU through isa-debug-exit with success
 //!   (status 33), falling back to ACPI S5; used by boot tests and benches.
+//! - `cairn.ip=a.b.c.d/len`, `cairn.gw=a.b.c.d`, `cairn.ip6=x::y/len`: static addressing of
+//!   the virtio-net interface (DHCPv4 when `cairn.ip` is absent).
+//! - `cairn.disk-check=write|verify`: pattern check of the first 64 MiB of the virtio-blk
+//!   disk before `cairn: ready` (see `disk_check`).
+//! - `cairn.crash=panic` / `cairn.crash=fault`: after `cairn: ready`, panic or read an
+//!   unmapped page, to test that failures are reported (status 35, message on the console).
 #![no_std]
 #![no_main]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -21,17 +27,23 @@ extern crate alloc;
 // and the runtime; the normal build does not call all of it yet.
 #[cfg_attr(
     not(feature = "kernel-tests"),
-    allow(dead_code, reason = "API used by the kernel-tests build and later issues")
+    allow(
+        dead_code,
+        reason = "API used by the kernel-tests build and later issues"
+    )
 )]
 mod arch;
+mod disk_check;
+mod drivers;
 mod heap;
 mod logger;
+mod net;
 mod panic;
 #[cfg(feature = "kernel-tests")]
 mod tests;
 
 use alloc::string::String;
-use arch::{acpi, clock, cpu, entropy, memory, paging, power, serial};
+use arch::{acpi, apic, clock, cpu, entropy, memory, paging, power, serial};
 use boot::{BootInfo, MemoryKind};
 use core::fmt::Write;
 use spin::Once;
@@ -69,17 +81,72 @@ extern "C" fn cairn_boot64(info_paddr: u64, protocol: u64) -> ! {
         Err(e) => panic!("clock: {e}"),
     };
     print_banner(info, &mapped, &heap, tsc_hz, clock_source);
+    let mut devices = drivers::virtio::probe();
+    let network = start_network(info, &mut devices);
+    report_devices(info, &mut devices);
     serial::write_fmt(format_args!(
         "boot: ready in {} us after kernel entry\n",
         clock::ns_since_entry() / 1_000
     ));
     serial::write_fmt(format_args!("{READY_LINE}\n"));
-    after_ready(info)
+    after_ready(info, network)
+}
+
+/// Brings up smoltcp on the first virtio-net device, if any.
+fn start_network(info: &BootInfo, devices: &mut drivers::virtio::Devices) -> Option<net::Network> {
+    let nic = devices.net.take()?;
+    let config = match net::NetConfig::from_boot(info) {
+        Ok(c) => c,
+        Err(e) => {
+            log::error!("net: {e}; falling back to DHCP");
+            net::NetConfig::default()
+        }
+    };
+    let seed = entropy::rdrand64().unwrap_or_else(|_| cpu::rdtsc());
+    let network = net::Network::new(nic, config, seed);
+    serial::write_fmt(format_args!(
+        "net: virtio-net mac {} {:?} ipv4 {}{}; tcp echo :7, http :8080\n",
+        network.mac,
+        network.addressing,
+        network
+            .ipv4()
+            .map_or(String::from("pending"), |a| alloc::format!("{a}")),
+        config
+            .gateway
+            .map_or(String::new(), |g| alloc::format!(" gw {g}")),
+    ));
+    Some(network)
+}
+
+fn report_devices(info: &BootInfo, devices: &mut drivers::virtio::Devices) {
+    serial::write_fmt(format_args!(
+        "pci: {} functions via {:?}\n",
+        devices.pci_functions, devices.cam
+    ));
+    if let Some(blk) = devices.blk.take() {
+        let mut disk = drivers::block::VirtioBlock::new(blk);
+        serial::write_fmt(format_args!(
+            "blk: virtio-blk {} sectors ({} MiB)\n",
+            disk.capacity_sectors(),
+            disk.capacity_sectors() * drivers::block::SECTOR_BYTES as u64 / MIB
+        ));
+        if let Some(mode) = info.option("cairn.disk-check") {
+            disk_check::run(&mut disk, mode);
+        }
+    }
+    if let Some(rng) = devices.rng.as_mut() {
+        let mut bytes = [0u8; 16];
+        match rng.request_entropy(&mut bytes) {
+            Ok(n) => serial::write_fmt(format_args!("rng: virtio-rng ok ({n} bytes)\n")),
+            Err(e) => serial::write_fmt(format_args!("rng: virtio-rng failed: {e}\n")),
+        }
+    }
 }
 
 /// Normal build: idle (later issues run the node here), or leave with `cairn.exit=1`.
 /// Test build: run the in-kernel tests and leave with their verdict.
-fn after_ready(info: &BootInfo) -> ! {
+fn after_ready(info: &BootInfo, network: Option<net::Network>) -> ! {
+    crash_if_asked(info.option("cairn.crash"));
     #[cfg(feature = "kernel-tests")]
     if !tests::run_all() {
         power::fail_and_halt();
@@ -90,7 +157,56 @@ fn after_ready(info: &BootInfo) -> ! {
         power::qemu_exit(power::EXIT_SUCCESS);
         power::power_off();
     }
-    cpu::halt_forever()
+    match network {
+        Some(network) => serve(network),
+        None => cpu::halt_forever(),
+    }
+}
+
+/// How long the network loop keeps spinning after the last activity before it sleeps until
+/// the next APIC tick (1 ms): busy streams never sleep, an idle VM costs the host little.
+const IDLE_AFTER_NS: u64 = 2_000_000;
+
+fn serve(mut network: net::Network) -> ! {
+    let sleep = match apic::init() {
+        Ok(hz) => {
+            log::info!(
+                "apic: timer {} kHz, idle tick {} us",
+                hz / 1000,
+                apic::IDLE_TICK_US
+            );
+            true
+        }
+        Err(e) => {
+            log::warn!("apic: {e}; the network loop spins");
+            false
+        }
+    };
+    let mut last_activity = clock::now_ns();
+    loop {
+        if network.poll() {
+            last_activity = clock::now_ns();
+        } else if sleep && clock::now_ns() - last_activity > IDLE_AFTER_NS {
+            apic::idle();
+        }
+    }
+}
+
+/// `cairn.crash=panic|fault` lets host tests prove that a kernel panic or an
+/// unexpected fault ends the run with the message on the console and a failure status.
+fn crash_if_asked(what: Option<&str>) {
+    match what {
+        Some("panic") => panic!("deliberate panic (cairn.crash=panic)"),
+        Some("fault") => {
+            let unmapped = paging::DYNAMIC_MAP_BASE + 0x10_0000;
+            // SAFETY: deliberately not safe: reading an unmapped page must raise #PF, which
+            // the fatal exception path reports before stopping the machine.
+            let value = unsafe { core::ptr::read_volatile(unmapped as *const u64) };
+            log::error!("read of an unmapped page returned {value:#x}");
+        }
+        Some(other) => log::warn!("cairn.crash={other}: unknown, ignored"),
+        None => {}
+    }
 }
 
 fn print_banner(

@@ -73,6 +73,31 @@ pub fn breakpoint() {
     unsafe { asm!("int3", options(nomem, nostack)) };
 }
 
+/// Reads a model-specific register.
+///
+/// # Safety
+/// `msr` must exist on this CPU (else #GP) and reading it must have no side effects.
+pub unsafe fn rdmsr(msr: u32) -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: the caller checked the MSR exists.
+    unsafe {
+        asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags))
+    };
+    (u64::from(hi) << 32) | u64::from(lo)
+}
+
+/// Writes a model-specific register.
+///
+/// # Safety
+/// `msr` must exist and the write must keep the machine in a state the kernel expects.
+pub unsafe fn wrmsr(msr: u32, value: u64) {
+    // SAFETY: per the caller's contract.
+    unsafe {
+        asm!("wrmsr", in("ecx") msr, in("eax") value as u32, in("edx") (value >> 32) as u32,
+             options(nostack, preserves_flags))
+    };
+}
+
 /// What the kernel needs to know about the CPU.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CpuFeatures {

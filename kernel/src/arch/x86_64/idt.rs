@@ -13,8 +13,10 @@
 //! - Anything else is fatal: vector, name, error code, RIP, CR2, registers and a stack walk
 //!   are printed, then the machine reports failure (isa-debug-exit 0x11) and stops.
 //!
-//! Interrupts stay masked for the kernel's whole life (the runtime polls), so vectors 32..255
-//! have no gates; a stray one arrives as #GP with the vector in the error code.
+//! Interrupts stay masked (the runtime polls) except while idling in `apic::idle`, where the
+//! local APIC timer (vector 0x30) wakes the CPU; it and the spurious vector (0xff) have tiny
+//! stubs. Other vectors have no gates: a stray one arrives as #GP with the vector in the error
+//! code.
 
 use super::gdt::{self, IST_DOUBLE_FAULT, IST_EXCEPTION, IST_NMI_MCE, KERNEL_CODE_SELECTOR};
 use super::{cpu, power, serial};
@@ -152,6 +154,37 @@ cairn_isr_common:
     add $16, %rsp
     iretq
 
+    /* Local APIC timer: count, acknowledge (EOI by MMIO, or MSR 0x80b in x2APIC mode), return.
+       Interrupts are only unmasked inside `apic::idle`, so nothing else is interrupted. */
+    .balign 16
+    .global cairn_irq_timer
+cairn_irq_timer:
+    push %rax
+    push %rcx
+    push %rdx
+    lock incq CAIRN_TIMER_TICKS(%rip)
+    mov CAIRN_LAPIC_EOI_ADDR(%rip), %rax
+    test %rax, %rax
+    jz 1f
+    movl $0, (%rax)
+    jmp 2f
+1:
+    mov $0x80b, %ecx
+    xor %eax, %eax
+    xor %edx, %edx
+    wrmsr
+2:
+    pop %rdx
+    pop %rcx
+    pop %rax
+    iretq
+
+    /* Spurious APIC interrupts need no EOI. */
+    .balign 16
+    .global cairn_irq_spurious
+cairn_irq_spurious:
+    iretq
+
     .section .rodata.cairn_isr_table, "a"
     .balign 8
     .global cairn_isr_table
@@ -166,7 +199,12 @@ cairn_isr_table:
 
 unsafe extern "C" {
     static cairn_isr_table: [u64; EXCEPTION_VECTORS];
+    fn cairn_irq_timer();
+    fn cairn_irq_spurious();
 }
+
+/// Gates in the IDT: all 256 vectors (unused ones not present).
+const IDT_VECTORS: usize = 256;
 
 /// An IDT gate descriptor (SDM vol. 3A figure 6-8).
 #[repr(C)]
@@ -207,9 +245,9 @@ impl Gate {
 }
 
 #[repr(C, align(16))]
-struct Idt([Gate; EXCEPTION_VECTORS]);
+struct Idt([Gate; IDT_VECTORS]);
 
-static mut IDT: Idt = Idt([Gate::MISSING; EXCEPTION_VECTORS]);
+static mut IDT: Idt = Idt([Gate::MISSING; IDT_VECTORS]);
 
 #[repr(C, packed(2))]
 struct DescriptorPointer {
@@ -240,6 +278,11 @@ pub fn init() {
             };
             (*idt).0[vector] = Gate::interrupt_gate((*table)[vector], ist);
         }
+        let timer = usize::from(super::apic::TIMER_VECTOR);
+        let spurious = usize::from(super::apic::SPURIOUS_VECTOR);
+        (*idt).0[timer] = Gate::interrupt_gate(cairn_irq_timer as *const () as u64, IST_EXCEPTION);
+        (*idt).0[spurious] =
+            Gate::interrupt_gate(cairn_irq_spurious as *const () as u64, IST_EXCEPTION);
         let ptr = DescriptorPointer {
             limit: (size_of::<Idt>() - 1) as u16,
             base: idt as u64,

@@ -1,6 +1,7 @@
 //! x86_64 (PC platform) support: the only place that touches the machine directly.
 
 pub mod acpi;
+pub mod apic;
 pub mod clock;
 pub mod cpu;
 pub mod entropy;
@@ -9,6 +10,7 @@ pub mod idt;
 mod mem;
 pub mod memory;
 pub mod paging;
+pub mod pci;
 mod port;
 pub mod power;
 pub mod serial;

@@ -319,7 +319,6 @@ pub fn translate(vaddr: u64) -> Option<u64> {
     None
 }
 
-#[allow(dead_code, reason = "PCI BAR mapping (issue 5) is the first user")]
 /// Identity-maps `[paddr, paddr + len)` uncached if it is not mapped yet (device MMIO, e.g.
 /// a 64-bit PCI BAR above RAM), with 2 MiB pages.
 pub fn map_mmio(paddr: u64, len: u64) -> Result<(), MapError> {
