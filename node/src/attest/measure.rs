@@ -236,7 +236,10 @@ fn le_u32(b: &[u8], at: usize) -> Option<u32> {
 impl<'a> Ovmf<'a> {
     /// Parses the footer table and the SEV metadata of a firmware image.
     pub fn parse(image: &'a [u8]) -> Result<Ovmf<'a>, MeasureError> {
-        if image.is_empty() || image.len() % PAGE_BYTES != 0 || image.len() > MAX_FIRMWARE_BYTES {
+        if image.is_empty()
+            || !image.len().is_multiple_of(PAGE_BYTES)
+            || image.len() > MAX_FIRMWARE_BYTES
+        {
             return Err(MeasureError::BadFirmwareSize);
         }
         let mut ovmf = Ovmf {
@@ -273,7 +276,10 @@ impl<'a> Ovmf<'a> {
 }
 
 /// The footer table entries as (GUID, data), last entry first. Absent table → no entries.
-fn footer_entries(image: &[u8]) -> Result<Vec<([u8; 16], &[u8])>, MeasureError> {
+/// One footer table entry: its GUID and its data.
+type FooterEntry<'a> = ([u8; 16], &'a [u8]);
+
+fn footer_entries(image: &[u8]) -> Result<Vec<FooterEntry<'_>>, MeasureError> {
     let bad = MeasureError::MalformedFooter;
     let footer_start = image
         .len()
@@ -436,7 +442,7 @@ impl LaunchDigest {
     }
 
     fn update_normal_pages(&mut self, start_gpa: u64, data: &[u8]) {
-        debug_assert!(data.len() % PAGE_BYTES == 0);
+        debug_assert!(data.len().is_multiple_of(PAGE_BYTES));
         for (i, page) in data.chunks_exact(PAGE_BYTES).enumerate() {
             let hash: [u8; 48] = Sha384::digest(page).into();
             self.update(PageType::Normal, start_gpa + (i * PAGE_BYTES) as u64, &hash);
@@ -555,7 +561,7 @@ pub fn snp_launch_digest(
     for section in &ovmf.sections {
         let gpa = u64::from(section.gpa);
         let size = u64::from(section.size);
-        if size % PAGE_BYTES as u64 != 0 {
+        if !size.is_multiple_of(PAGE_BYTES as u64) {
             return Err(MeasureError::BadSection);
         }
         match section.kind {
