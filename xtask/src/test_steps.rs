@@ -1,0 +1,438 @@
+//! `cargo xtask test`: every check of the project, in order, stopping at the first failure.
+//!
+//! Each step prints what it checks and how long it took; the last line is `N passed, M failed`
+//! (steps), which CI reads. `--keep-going` runs every step; naming steps (or parts of their
+//! names) runs only those, plus the steps they need (the kernel build, the disk image).
+
+use crate::boot_paths::{boot_to_ready, failure_report, spawn_quiet, BootPath, READY_LINE};
+use crate::{cargo, has_flag, kernel_build, run_status, Paths};
+use qemu::{ExitOutcome, LinePattern, QemuCommand};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// Host time the in-kernel test suite may take, boot included.
+pub const KERNEL_TESTS_TIMEOUT_S: u64 = 300;
+/// Host time a deliberately panicking or faulting kernel may take to show its message and stop.
+pub const FAULT_TIMEOUT_S: u64 = 60;
+/// Allowed difference between the guest's clock and the host's over the clock check.
+pub const CLOCK_TOLERANCE_PERCENT: u64 = 5;
+
+/// Kernel command line options the kernel provides for the fault tests (kernel/src/main.rs).
+pub const PANIC_CMDLINE: &str = "cairn.test=panic";
+pub const FAULT_CMDLINE: &str = "cairn.test=pagefault";
+
+type StepFn = fn(&Paths) -> Result<String, String>;
+
+struct Step {
+    name: &'static str,
+    what: &'static str,
+    needs: &'static [&'static str],
+    run: StepFn,
+}
+
+const STEPS: &[Step] = &[
+    Step {
+        name: "fmt",
+        what: "cargo fmt --all --check",
+        needs: &[],
+        run: fmt,
+    },
+    Step {
+        name: "clippy",
+        what: "cargo clippy --workspace --all-targets --all-features -- -D warnings",
+        needs: &[],
+        run: clippy,
+    },
+    Step {
+        name: "host-tests",
+        what: "cargo test --workspace --all-features",
+        needs: &[],
+        run: host_tests,
+    },
+    Step {
+        name: "build",
+        what:
+            "kernel.elf + kernel-test.elf; build guard (no undefined symbols, no dynamic section)",
+        needs: &[],
+        run: build,
+    },
+    Step {
+        name: "image",
+        what: "GPT disk image with GRUB for BIOS and UEFI",
+        needs: &["build"],
+        run: image_step,
+    },
+    Step {
+        name: "kernel-tests",
+        what: "in-kernel tests under QEMU exit 33; guest clock within 5% of the host's",
+        needs: &["build"],
+        run: kernel_tests,
+    },
+    Step {
+        name: "boot-pvh",
+        what: "PVH direct boot reaches `cairn: ready`",
+        needs: &["build"],
+        run: boot_pvh,
+    },
+    Step {
+        name: "boot-bios",
+        what: "SeaBIOS → GRUB → multiboot2 from the disk image reaches `cairn: ready`",
+        needs: &["image"],
+        run: boot_bios,
+    },
+    Step {
+        name: "boot-uefi",
+        what: "OVMF → GRUB → multiboot2 from the disk image reaches `cairn: ready`",
+        needs: &["image"],
+        run: boot_uefi,
+    },
+    Step {
+        name: "panic-fails-fast",
+        what: "a panicking kernel fails the boot test at once, with its message",
+        needs: &["build"],
+        run: panic_fails_fast,
+    },
+    Step {
+        name: "fault-fails-fast",
+        what: "a page-faulting kernel fails the boot test at once, with the exception report",
+        needs: &["build"],
+        run: fault_fails_fast,
+    },
+];
+
+/// Run the steps; print the summary; exit code 0 only if all selected steps passed.
+pub fn run(paths: &Paths, args: &[String]) -> ExitCode {
+    let keep_going = has_flag(args, "--keep-going");
+    let filters: Vec<&str> = args
+        .iter()
+        .filter(|a| !a.starts_with("--"))
+        .map(String::as_str)
+        .collect();
+    let selected = select(&filters);
+    if selected.is_empty() {
+        let names: Vec<&str> = STEPS.iter().map(|s| s.name).collect();
+        eprintln!(
+            "no test step matches {filters:?}; steps: {}",
+            names.join(", ")
+        );
+        return ExitCode::from(2);
+    }
+    let total = Instant::now();
+    let (mut passed, mut failed) = (0usize, 0usize);
+    let mut not_run = Vec::new();
+    for (i, step) in selected.iter().enumerate() {
+        if failed > 0 && !keep_going {
+            not_run.push(step.name);
+            continue;
+        }
+        println!(
+            "\n==> [{}/{}] {}: {}",
+            i + 1,
+            selected.len(),
+            step.name,
+            step.what
+        );
+        let started = Instant::now();
+        let result = (step.run)(paths);
+        let took = started.elapsed().as_secs_f64();
+        match result {
+            Ok(detail) => {
+                passed += 1;
+                let detail = if detail.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {detail}")
+                };
+                println!("==> {} ok ({took:.1} s){detail}", step.name);
+            }
+            Err(message) => {
+                failed += 1;
+                println!("==> {} FAILED ({took:.1} s)\n{message}", step.name);
+            }
+        }
+    }
+    println!();
+    if !not_run.is_empty() {
+        println!("not run after the first failure: {}", not_run.join(", "));
+    }
+    println!(
+        "cargo xtask test took {:.1} s",
+        total.elapsed().as_secs_f64()
+    );
+    println!("{passed} passed, {failed} failed");
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// The steps matching `filters` and everything they need, in the suite's order.
+fn select(filters: &[&str]) -> Vec<&'static Step> {
+    if filters.is_empty() {
+        return STEPS.iter().collect();
+    }
+    let mut wanted: Vec<&str> = STEPS
+        .iter()
+        .filter(|s| filters.iter().any(|f| s.name.contains(f)))
+        .map(|s| s.name)
+        .collect();
+    // Add prerequisites until nothing changes (the graph is two levels deep).
+    loop {
+        let before = wanted.len();
+        let needed: Vec<&str> = STEPS
+            .iter()
+            .filter(|s| wanted.contains(&s.name))
+            .flat_map(|s| s.needs.iter().copied())
+            .collect();
+        for need in needed {
+            if !wanted.contains(&need) {
+                wanted.push(need);
+            }
+        }
+        if wanted.len() == before {
+            break;
+        }
+    }
+    STEPS.iter().filter(|s| wanted.contains(&s.name)).collect()
+}
+
+fn fmt(paths: &Paths) -> Result<String, String> {
+    run_status(cargo(paths).args(["fmt", "--all", "--check"])).map(|_| String::new())
+}
+
+fn clippy(paths: &Paths) -> Result<String, String> {
+    run_status(cargo(paths).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--all-features",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+    .map(|_| String::new())
+}
+
+fn host_tests(paths: &Paths) -> Result<String, String> {
+    run_status(cargo(paths).args(["test", "--workspace", "--all-features"])).map(|_| String::new())
+}
+
+fn build(paths: &Paths) -> Result<String, String> {
+    kernel_build::build_all(paths).map(|_| String::new())
+}
+
+fn image_step(paths: &Paths) -> Result<String, String> {
+    crate::run_vm::build_image(
+        paths,
+        crate::run_vm::DEFAULT_CMDLINE,
+        image::DEFAULT_STORE_MIB,
+    )?;
+    verify_image(paths)
+}
+
+/// Read the written image's GPT back and check the partitions the later issues rely on.
+fn verify_image(paths: &Paths) -> Result<String, String> {
+    use std::io::Read;
+    let path = paths.disk_image();
+    let mut file =
+        std::fs::File::open(&path).map_err(|e| format!("open {}: {e}", path.display()))?;
+    let bytes = file.metadata().map_err(|e| e.to_string())?.len();
+    let mut head = vec![0u8; 34 * 512];
+    file.read_exact(&mut head).map_err(|e| e.to_string())?;
+    let gpt = image::gpt::Gpt::read(&head, bytes / 512)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    for (name, type_guid) in [
+        (image::PART_CONFIG, image::gpt::TYPE_CAIRN_CONFIG),
+        (image::PART_STORE, image::gpt::TYPE_CAIRN_STORE),
+        (image::PART_ESP, image::gpt::TYPE_EFI_SYSTEM),
+        (image::PART_BIOS_BOOT, image::gpt::TYPE_BIOS_BOOT),
+    ] {
+        let part = image::partition(&gpt, name).ok_or(format!("no partition {name}"))?;
+        if part.type_guid != type_guid {
+            return Err(format!(
+                "partition {name} has type {}, expected {type_guid}",
+                part.type_guid
+            ));
+        }
+    }
+    Ok(format!(
+        "{} partitions, GPT CRCs valid",
+        gpt.partitions.len()
+    ))
+}
+
+fn boot_pvh(paths: &Paths) -> Result<String, String> {
+    boot(paths, BootPath::Pvh)
+}
+
+fn boot_bios(paths: &Paths) -> Result<String, String> {
+    boot(paths, BootPath::Bios)
+}
+
+fn boot_uefi(paths: &Paths) -> Result<String, String> {
+    boot(paths, BootPath::Uefi)
+}
+
+fn boot(paths: &Paths, path: BootPath) -> Result<String, String> {
+    let took = boot_to_ready(paths, path, &format!("test-boot-{}", path.name()))?;
+    Ok(format!(
+        "ready {:.2} s after QEMU started",
+        took.as_secs_f64()
+    ))
+}
+
+/// Boot the test kernel; it runs its cases and exits through `isa-debug-exit`.
+fn kernel_tests(paths: &Paths) -> Result<String, String> {
+    let run_dir = paths.run_dir("test-kernel-tests");
+    let cmd = QemuCommand::pvh(paths.test_kernel()).accel(crate::boot_paths::accel());
+    let limit = Duration::from_secs(KERNEL_TESTS_TIMEOUT_S);
+    let mut vm = spawn_quiet("kernel-tests", &cmd, &run_dir, limit)?;
+    let outcome = match vm.wait_exit(limit) {
+        Ok(outcome) => outcome,
+        Err(err) => return Err(failure_report(&mut vm, &err.to_string())),
+    };
+    if outcome != ExitOutcome::Pass {
+        return Err(failure_report(
+            &mut vm,
+            &format!("in-kernel tests: QEMU {outcome}"),
+        ));
+    }
+    let lines: Vec<qemu::Line> = vm.console().iter().cloned().collect();
+    match clock::check(&lines, CLOCK_TOLERANCE_PERCENT) {
+        Ok(summary) => Ok(format!("guest reported pass; {summary}")),
+        Err(err) => Err(failure_report(&mut vm, &format!("clock check: {err}"))),
+    }
+}
+
+fn panic_fails_fast(paths: &Paths) -> Result<String, String> {
+    fails_fast(paths, "panic", PANIC_CMDLINE, "panicked at")
+}
+
+fn fault_fails_fast(paths: &Paths) -> Result<String, String> {
+    fails_fast(paths, "pagefault", FAULT_CMDLINE, "page fault")
+}
+
+/// Boot a kernel told to break itself, wait for the ready line as a boot test would, and
+/// require that the wait fails well within the boot timeout, with `message` on the console.
+fn fails_fast(paths: &Paths, name: &str, cmdline: &str, message: &str) -> Result<String, String> {
+    let run_dir = paths.run_dir(&format!("test-{name}"));
+    let cmd = QemuCommand::pvh(paths.kernel())
+        .append(cmdline)
+        .accel(crate::boot_paths::accel());
+    let limit = Duration::from_secs(FAULT_TIMEOUT_S);
+    let mut vm = spawn_quiet(name, &cmd, &run_dir, limit)?;
+    let started = Instant::now();
+    let waited = vm.wait_for(&LinePattern::substring(READY_LINE), limit);
+    let took = started.elapsed();
+    let console = vm.console_text();
+    match waited {
+        Ok(_) => Err(failure_report(
+            &mut vm,
+            &format!("kernel booted to ready despite `{cmdline}`"),
+        )),
+        Err(err) if !console.to_lowercase().contains(&message.to_lowercase()) => {
+            Err(failure_report(
+                &mut vm,
+                &format!("the boot failed ({err}) but the console lacks {message:?}"),
+            ))
+        }
+        Err(qemu::VmError::Exited { outcome, .. }) => Ok(format!(
+            "failed in {:.2} s ({outcome}) with {message:?} on the console",
+            took.as_secs_f64()
+        )),
+        Err(err) => Ok(format!(
+            "guest printed {message:?} and stopped; the run was ended by the timeout ({err})"
+        )),
+    }
+}
+
+mod clock {
+    //! The clock check: the test kernel prints `clock-check start`, spins for one second of
+    //! its monotonic clock, then prints `clock-check end guest_ns=<N>` with the guest
+    //! nanoseconds it measured. The host times the same interval by the arrival of the two
+    //! lines and requires the two to agree within the tolerance.
+
+    use qemu::Line;
+
+    pub fn check(lines: &[Line], tolerance_percent: u64) -> Result<String, String> {
+        let start = lines
+            .iter()
+            .find(|l| l.text.contains("clock-check start"))
+            .ok_or("no `clock-check start` line")?;
+        let end = lines
+            .iter()
+            .find(|l| l.text.contains("clock-check end"))
+            .ok_or("no `clock-check end` line")?;
+        let guest_ns: u64 = end
+            .text
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("guest_ns="))
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("no guest_ns=<number> in {:?}", end.text))?;
+        let host_ns = u64::try_from(end.at.saturating_sub(start.at).as_nanos()).unwrap_or(u64::MAX);
+        if host_ns == 0 {
+            return Err("the two clock-check lines arrived together".into());
+        }
+        let diff = guest_ns.abs_diff(host_ns);
+        let summary = format!(
+            "clock: guest {:.3} s vs host {:.3} s ({:+.2}%)",
+            guest_ns as f64 / 1e9,
+            host_ns as f64 / 1e9,
+            (guest_ns as f64 - host_ns as f64) * 100.0 / host_ns as f64
+        );
+        if diff.saturating_mul(100) > host_ns.saturating_mul(tolerance_percent) {
+            return Err(format!("{summary}: more than {tolerance_percent}% apart"));
+        }
+        Ok(summary)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use std::time::Duration;
+
+        fn line(text: &str, ms: u64) -> Line {
+            Line {
+                text: text.into(),
+                at: Duration::from_millis(ms),
+            }
+        }
+
+        #[test]
+        fn within_and_outside_tolerance() {
+            let ok = [
+                line("clock-check start", 1000),
+                line("clock-check end guest_ns=1000000000", 2030),
+            ];
+            assert!(check(&ok, 5)
+                .unwrap()
+                .contains("guest 1.000 s vs host 1.030 s"));
+            let slow = [
+                line("clock-check start", 1000),
+                line("clock-check end guest_ns=1000000000", 2100),
+            ];
+            assert!(check(&slow, 5).unwrap_err().contains("more than 5% apart"));
+            assert!(check(&ok[..1], 5).is_err());
+            let garbled = [
+                line("clock-check start", 0),
+                line("clock-check end guest_ns=x", 1),
+            ];
+            assert!(check(&garbled, 5).is_err());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selection_adds_prerequisites_in_suite_order() {
+        let names = |f: &[&str]| select(f).iter().map(|s| s.name).collect::<Vec<_>>();
+        assert_eq!(names(&["boot-uefi"]), ["build", "image", "boot-uefi"]);
+        assert_eq!(names(&["fmt"]), ["fmt"]);
+        assert_eq!(names(&[]).len(), STEPS.len());
+        assert!(names(&["nothing-like-this"]).is_empty());
+    }
+}
