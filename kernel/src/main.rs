@@ -127,8 +127,9 @@ fn report_devices(info: &BootInfo, devices: &mut drivers::virtio::Devices) {
         let mut disk = drivers::block::VirtioBlock::new(blk);
         serial::write_fmt(format_args!(
             "blk: virtio-blk {} sectors ({} MiB)\n",
-            disk.capacity_sectors(),
-            disk.capacity_sectors() * drivers::block::SECTOR_BYTES as u64 / MIB
+            node::store::BlockDevice::sector_count(&disk),
+            node::store::BlockDevice::sector_count(&disk) * drivers::block::SECTOR_BYTES as u64
+                / MIB
         ));
         if let Some(mode) = info.option("cairn.disk-check") {
             disk_check::run(&mut disk, mode);
