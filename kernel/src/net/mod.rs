@@ -93,8 +93,8 @@ fn now() -> Instant {
 impl Network {
     /// Brings the interface up on `net` with `config` (DHCPv4 when it has no IPv4 address).
     pub fn new(net: VirtioNet, config: NetConfig, random_seed: u64, info: &BootInfo) -> Network {
-        let mac = EthernetAddress(net.mac_address());
         let mut device = NetDevice::new(net);
+        let mac = EthernetAddress(device.mac_address());
         let mut iface_config = Config::new(HardwareAddress::Ethernet(mac));
         iface_config.random_seed = random_seed;
         let mut iface = Interface::new(iface_config, &mut device, now());
