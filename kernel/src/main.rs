@@ -40,6 +40,7 @@ mod drivers;
 mod heap;
 mod logger;
 mod net;
+#[cfg(not(feature = "host-std-check"))]
 mod panic;
 #[cfg(feature = "kernel-tests")]
 mod tests;
