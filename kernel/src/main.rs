@@ -17,8 +17,9 @@
 //!   pattern to each target's TCP echo and send UDP datagrams to its UDP echo (`net::check`).
 //! - `cairn.disk-check=write|verify`: pattern check of the first 64 MiB of the virtio-blk
 //!   disk before `cairn: ready` (see `disk_check`).
-//! - `cairn.crash=panic` / `cairn.crash=fault`: after `cairn: ready`, panic or read an
-//!   unmapped page, to test that failures are reported (status 35, message on the console).
+//! - `cairn.test=panic` / `cairn.test=pagefault`: just before `cairn: ready`, panic or read
+//!   an unmapped page, to test that failures are reported (status 35, message on the
+//!   console, no ready line).
 #![no_std]
 #![no_main]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -87,6 +88,7 @@ extern "C" fn cairn_boot64(info_paddr: u64, protocol: u64) -> ! {
     let mut devices = drivers::virtio::probe();
     let network = start_network(info, &mut devices);
     report_devices(info, &mut devices);
+    crash_if_asked(info.option("cairn.test"));
     serial::write_fmt(format_args!(
         "boot: ready in {} us after kernel entry\n",
         clock::ns_since_entry() / 1_000
@@ -150,7 +152,6 @@ fn report_devices(info: &BootInfo, devices: &mut drivers::virtio::Devices) {
 /// Normal build: idle (later issues run the node here), or leave with `cairn.exit=1`.
 /// Test build: run the in-kernel tests and leave with their verdict.
 fn after_ready(info: &BootInfo, network: Option<net::Network>) -> ! {
-    crash_if_asked(info.option("cairn.crash"));
     #[cfg(feature = "kernel-tests")]
     if !tests::run_all() {
         power::fail_and_halt();
@@ -196,19 +197,20 @@ fn serve(mut network: net::Network) -> ! {
     }
 }
 
-/// `cairn.crash=panic|fault` lets host tests prove that a kernel panic or an
-/// unexpected fault ends the run with the message on the console and a failure status.
+/// `cairn.test=panic|pagefault` lets host tests prove that a kernel panic or an unexpected
+/// fault during boot ends the run (before `cairn: ready`) with the message on the console
+/// and a failure status.
 fn crash_if_asked(what: Option<&str>) {
     match what {
-        Some("panic") => panic!("deliberate panic (cairn.crash=panic)"),
-        Some("fault") => {
+        Some("panic") => panic!("deliberate panic (cairn.test=panic)"),
+        Some("pagefault") => {
             let unmapped = paging::DYNAMIC_MAP_BASE + 0x10_0000;
             // SAFETY: deliberately not safe: reading an unmapped page must raise #PF, which
             // the fatal exception path reports before stopping the machine.
             let value = unsafe { core::ptr::read_volatile(unmapped as *const u64) };
             log::error!("read of an unmapped page returned {value:#x}");
         }
-        Some(other) => log::warn!("cairn.crash={other}: unknown, ignored"),
+        Some(other) => log::warn!("cairn.test={other}: unknown, ignored"),
         None => {}
     }
 }
