@@ -110,7 +110,7 @@ fn start_network(info: &BootInfo, devices: &mut drivers::virtio::Devices) -> Opt
     let seed = entropy::rdrand64().unwrap_or_else(|_| cpu::rdtsc());
     let network = net::Network::new(nic, config, seed, info);
     serial::write_fmt(format_args!(
-        "net: virtio-net mac {} {:?} ipv4 {}{}; tcp+udp echo :7, http :8080\n",
+        "net: virtio-net mac {} {:?} ipv4 {}{}{}; tcp+udp echo :7, http :8080\n",
         network.mac,
         network.addressing,
         network
@@ -119,6 +119,9 @@ fn start_network(info: &BootInfo, devices: &mut drivers::virtio::Devices) -> Opt
         config
             .gateway
             .map_or(String::new(), |g| alloc::format!(" gw {g}")),
+        config
+            .ipv6
+            .map_or(String::new(), |a| alloc::format!(" ipv6 {a}")),
     ));
     Some(network)
 }

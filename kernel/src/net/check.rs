@@ -1,4 +1,4 @@
-//! `cairn.net-check=<ipv4>[:port][,…]`: a client that proves the path to each peer. For each
+//! `cairn.net-check=<ipv4>[:port]|[<ipv6>][:port][,…]`: a client that proves the path to each peer. For each
 //! target it streams [`CHECK_BYTES_DEFAULT`] bytes (or `cairn.net-check-bytes=N`) of a
 //! position-dependent pattern over TCP to the target's echo port (7 unless given), checks
 //! every echoed byte against the pattern as it arrives, then sends [`UDP_DATAGRAMS`] UDP
@@ -19,7 +19,7 @@ use alloc::vec::Vec;
 use core::str::FromStr;
 use smoltcp::iface::{Interface, SocketHandle, SocketSet};
 use smoltcp::socket::{tcp, udp};
-use smoltcp::wire::{IpEndpoint, Ipv4Address};
+use smoltcp::wire::{IpEndpoint, Ipv4Address, Ipv6Address};
 
 use crate::arch::{clock, serial};
 
@@ -80,8 +80,24 @@ pub struct NetCheck {
     reported_done: bool,
 }
 
-/// Parses `a.b.c.d[:port]`.
+/// Parses `a.b.c.d[:port]`, `[v6][:port]` or a bare IPv6 address.
 fn parse_target(s: &str) -> Option<IpEndpoint> {
+    if let Some(rest) = s.strip_prefix('[') {
+        let (ip, tail) = rest.split_once(']')?;
+        let port = match tail.strip_prefix(':') {
+            Some(p) => p.parse().ok()?,
+            None if tail.is_empty() => DEFAULT_PORT,
+            None => return None,
+        };
+        return Some(IpEndpoint::new(
+            Ipv6Address::from_str(ip).ok()?.into(),
+            port,
+        ));
+    }
+    if s.matches(':').count() > 1 {
+        let ip = Ipv6Address::from_str(s).ok()?;
+        return Some(IpEndpoint::new(ip.into(), DEFAULT_PORT));
+    }
     let (ip, port) = match s.split_once(':') {
         Some((ip, port)) => (ip, port.parse().ok()?),
         None => (s, DEFAULT_PORT),
