@@ -108,7 +108,7 @@ fn start_network(info: &BootInfo, devices: &mut drivers::virtio::Devices) -> Opt
         }
     };
     let seed = entropy::rdrand64().unwrap_or_else(|_| cpu::rdtsc());
-    let network = net::Network::new(nic, config, seed, info);
+    let network = net::Network::new(nic, config, seed);
     serial::write_fmt(format_args!(
         "net: virtio-net mac {} {:?} ipv4 {}{}{}; tcp+udp echo :7, http :8080\n",
         network.mac,
@@ -166,7 +166,12 @@ fn after_ready(info: &BootInfo, network: Option<net::Network>) -> ! {
         power::power_off();
     }
     match network {
-        Some(network) => serve(network),
+        Some(network) => {
+            let check = info.option("cairn.net-check").and_then(|targets| {
+                net::check::NetCheck::new(targets, info.option("cairn.net-check-bytes"))
+            });
+            serve(network, check)
+        }
         None => cpu::halt_forever(),
     }
 }
@@ -175,7 +180,7 @@ fn after_ready(info: &BootInfo, network: Option<net::Network>) -> ! {
 /// the next APIC tick (1 ms): busy streams never sleep, an idle VM costs the host little.
 const IDLE_AFTER_NS: u64 = 2_000_000;
 
-fn serve(mut network: net::Network) -> ! {
+fn serve(mut network: net::Network, mut check: Option<net::check::NetCheck>) -> ! {
     let sleep = match apic::init() {
         Ok(hz) => {
             log::info!(
@@ -192,7 +197,11 @@ fn serve(mut network: net::Network) -> ! {
     };
     let mut last_activity = clock::now_ns();
     loop {
-        if network.poll() {
+        let mut active = network.poll();
+        if let Some(check) = check.as_mut() {
+            active |= check.poll(&mut network);
+        }
+        if active {
             last_activity = clock::now_ns();
         } else if sleep && clock::now_ns() - last_activity > IDLE_AFTER_NS {
             apic::idle();

@@ -12,29 +12,29 @@
 //! ```
 //! Peers that are not up yet are retried until [`CONNECT_DEADLINE_MS`].
 
+use super::socket::{TcpId, UdpId};
+use super::Network;
+use crate::arch::{clock, serial};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::str::FromStr;
-use smoltcp::iface::{Interface, SocketHandle, SocketSet};
-use smoltcp::socket::{tcp, udp};
+use smoltcp::socket::tcp::State;
 use smoltcp::wire::{IpEndpoint, Ipv4Address, Ipv6Address};
-
-use crate::arch::{clock, serial};
 
 pub const CHECK_BYTES_DEFAULT: u64 = 16 * 1024 * 1024;
 /// The most targets one check accepts.
 const MAX_TARGETS: usize = 8;
 const DEFAULT_PORT: u16 = 7;
-const FIRST_LOCAL_PORT: u16 = 49_200;
-const TCP_BUFFER_BYTES: usize = 64 * 1024;
+/// UDP ports the check binds, one per target.
+const FIRST_UDP_PORT: u16 = 40_700;
 const UDP_DATAGRAMS: u32 = 64;
 const UDP_DATAGRAM_BYTES: usize = 512;
-const UDP_BUFFER_PACKETS: usize = 32;
 /// Datagrams in flight at most.
 const UDP_WINDOW: u32 = 4;
 const UDP_RESEND_GAP_MS: u64 = 50;
+const CHUNK_BYTES: usize = 16 * 1024;
 const CONNECT_RETRY_MS: u64 = 500;
 const CONNECT_DEADLINE_MS: u64 = 120_000;
 const STREAM_DEADLINE_MS: u64 = 600_000;
@@ -60,9 +60,9 @@ enum Phase {
 
 struct Target {
     remote: IpEndpoint,
-    local_port: u16,
-    tcp: SocketHandle,
-    udp: SocketHandle,
+    udp_port: u16,
+    tcp: Option<TcpId>,
+    udp: Option<UdpId>,
     phase: Phase,
     started_ms: u64,
     streaming_since_ms: u64,
@@ -74,9 +74,11 @@ struct Target {
     failed: bool,
 }
 
+/// The check's state; poll it after each `Network::poll`.
 pub struct NetCheck {
     targets: Vec<Target>,
     bytes: u64,
+    scratch: Vec<u8>,
     reported_done: bool,
 }
 
@@ -110,42 +112,26 @@ fn parse_target(s: &str) -> Option<IpEndpoint> {
 
 impl NetCheck {
     /// Creates the check from the option values; None when no target parses.
-    pub fn new(
-        sockets: &mut SocketSet<'static>,
-        targets: &str,
-        bytes: Option<&str>,
-    ) -> Option<NetCheck> {
+    pub fn new(targets: &str, bytes: Option<&str>) -> Option<NetCheck> {
         let bytes = bytes
             .and_then(|b| b.parse().ok())
             .unwrap_or(CHECK_BYTES_DEFAULT);
         let now = now_ms();
         let mut list = Vec::new();
-        for (i, text) in targets
+        let texts = targets
             .split(',')
             .filter(|t| !t.is_empty())
-            .take(MAX_TARGETS)
-            .enumerate()
-        {
+            .take(MAX_TARGETS);
+        for (i, text) in texts.enumerate() {
             let Some(remote) = parse_target(text) else {
                 serial::write_fmt(format_args!("net-check: bad target {text:?}, skipped\n"));
                 continue;
             };
-            let tcp = sockets.add(tcp::Socket::new(
-                tcp::SocketBuffer::new(vec![0; TCP_BUFFER_BYTES]),
-                tcp::SocketBuffer::new(vec![0; TCP_BUFFER_BYTES]),
-            ));
-            let udp_buffer = || {
-                udp::PacketBuffer::new(
-                    vec![udp::PacketMetadata::EMPTY; UDP_BUFFER_PACKETS],
-                    vec![0; UDP_BUFFER_PACKETS * UDP_DATAGRAM_BYTES],
-                )
-            };
-            let udp = sockets.add(udp::Socket::new(udp_buffer(), udp_buffer()));
             list.push(Target {
                 remote,
-                local_port: FIRST_LOCAL_PORT + i as u16,
-                tcp,
-                udp,
+                udp_port: FIRST_UDP_PORT + i as u16,
+                tcp: None,
+                udp: None,
                 phase: Phase::Connecting { retry_at_ms: now },
                 started_ms: now,
                 streaming_since_ms: now,
@@ -157,19 +143,25 @@ impl NetCheck {
                 failed: false,
             });
         }
-        (!list.is_empty()).then_some(NetCheck {
+        (!list.is_empty()).then(|| NetCheck {
             targets: list,
             bytes,
+            scratch: vec![0; CHUNK_BYTES],
             reported_done: false,
         })
     }
 
     /// Advances every target; true when data moved.
-    pub fn poll(&mut self, iface: &mut Interface, sockets: &mut SocketSet<'static>) -> bool {
+    pub fn poll(&mut self, net: &mut Network) -> bool {
         let now = now_ms();
         let mut moved = false;
         for t in self.targets.iter_mut() {
-            moved |= step(t, self.bytes, now, iface, sockets);
+            moved |= match t.phase {
+                Phase::Connecting { retry_at_ms } => connect(t, net, now, retry_at_ms),
+                Phase::Streaming => stream(t, net, self.bytes, now, &mut self.scratch),
+                Phase::Udp { until_ms } => udp_step(t, net, now, until_ms),
+                Phase::Done => false,
+            };
         }
         if !self.reported_done && self.targets.iter().all(|t| t.phase == Phase::Done) {
             self.reported_done = true;
@@ -183,94 +175,96 @@ impl NetCheck {
     }
 }
 
-fn fail(t: &mut Target, why: String) {
+fn fail(t: &mut Target, net: &mut Network, why: String) {
     serial::write_fmt(format_args!("net-check: tcp {} FAILED: {why}\n", t.remote));
+    if let Some(id) = t.tcp.take() {
+        net.tcp_abort(id);
+    }
     t.failed = true;
     t.phase = Phase::Udp {
         until_ms: now_ms() + UDP_WAIT_MS,
     };
 }
 
-fn step(
-    t: &mut Target,
-    bytes: u64,
-    now: u64,
-    iface: &mut Interface,
-    sockets: &mut SocketSet<'static>,
-) -> bool {
-    match t.phase {
-        Phase::Connecting { retry_at_ms } => {
-            let socket = sockets.get_mut::<tcp::Socket>(t.tcp);
-            if socket.state() == tcp::State::Established {
-                t.phase = Phase::Streaming;
-                t.streaming_since_ms = now;
-                return true;
+fn connect(t: &mut Target, net: &mut Network, now: u64, retry_at_ms: u64) -> bool {
+    if now.saturating_sub(t.started_ms) > CONNECT_DEADLINE_MS {
+        fail(t, net, String::from("could not connect"));
+        return false;
+    }
+    let Some(id) = t.tcp else {
+        if now >= retry_at_ms {
+            match net.tcp_connect(t.remote) {
+                Ok(id) => t.tcp = Some(id),
+                Err(e) => fail(t, net, format!("{e}")),
             }
-            if now.saturating_sub(t.started_ms) > CONNECT_DEADLINE_MS {
-                socket.abort();
-                fail(t, String::from("could not connect"));
-                return false;
-            }
-            if !socket.is_open() && now >= retry_at_ms {
-                let local = t.local_port;
-                if let Err(e) = socket.connect(iface.context(), t.remote, local) {
-                    fail(t, format!("connect: {e}"));
-                    return false;
-                }
-                t.phase = Phase::Connecting {
-                    retry_at_ms: now + CONNECT_RETRY_MS,
-                };
-            }
+        }
+        return false;
+    };
+    match net.tcp_state(id) {
+        Ok(State::Established) => {
+            t.phase = Phase::Streaming;
+            t.streaming_since_ms = now;
+            true
+        }
+        // Refused (the peer is not listening yet): retry later on a fresh connection.
+        Ok(State::Closed) | Err(_) => {
+            net.tcp_abort(id);
+            t.tcp = None;
+            t.phase = Phase::Connecting {
+                retry_at_ms: now + CONNECT_RETRY_MS,
+            };
             false
         }
-        Phase::Streaming => stream(t, bytes, now, sockets),
-        Phase::Udp { until_ms } => udp_step(t, now, until_ms, sockets),
-        Phase::Done => false,
+        Ok(_) => false,
     }
 }
 
-fn stream(t: &mut Target, bytes: u64, now: u64, sockets: &mut SocketSet<'static>) -> bool {
-    let socket = sockets.get_mut::<tcp::Socket>(t.tcp);
+fn stream(t: &mut Target, net: &mut Network, bytes: u64, now: u64, scratch: &mut [u8]) -> bool {
+    let Some(id) = t.tcp else {
+        fail(t, net, String::from("no connection"));
+        return false;
+    };
     let mut moved = false;
-    while t.sent < bytes && socket.can_send() {
-        let start = t.sent;
-        let want = (bytes - start).min(usize::MAX as u64) as usize;
-        let Ok(n) = socket.send(|buf| {
-            let n = buf.len().min(want);
-            for (i, b) in buf[..n].iter_mut().enumerate() {
-                *b = pattern(start + i as u64);
+    while t.sent < bytes {
+        let len = (bytes - t.sent).min(scratch.len() as u64) as usize;
+        for (i, b) in scratch[..len].iter_mut().enumerate() {
+            *b = pattern(t.sent + i as u64);
+        }
+        match net.tcp_send(id, &scratch[..len]) {
+            Ok(0) => break,
+            Ok(n) => {
+                t.sent += n as u64;
+                moved = true;
             }
-            (n, n)
-        }) else {
-            break;
-        };
-        if n == 0 {
-            break;
+            Err(e) => {
+                fail(t, net, format!("send after {} bytes: {e}", t.sent));
+                return true;
+            }
         }
-        t.sent += n as u64;
-        moved = true;
     }
-    while socket.can_recv() {
-        let start = t.verified;
-        let Ok((n, bad)) = socket.recv(|buf| {
-            let bad = buf
-                .iter()
-                .enumerate()
-                .position(|(i, &b)| b != pattern(start + i as u64));
-            (buf.len(), (buf.len(), bad))
-        }) else {
-            break;
-        };
-        if let Some(i) = bad {
-            socket.abort();
-            fail(t, format!("byte {} differs", start + i as u64));
-            return true;
+    loop {
+        match net.tcp_recv(id, scratch) {
+            Ok(0) => break,
+            Ok(n) => {
+                let start = t.verified;
+                let bad = (0..n).find(|&i| scratch[i] != pattern(start + i as u64));
+                if let Some(i) = bad {
+                    fail(t, net, format!("byte {} differs", start + i as u64));
+                    return true;
+                }
+                t.verified += n as u64;
+                moved = true;
+            }
+            Err(e) => {
+                let why = format!("{e} after {} of {bytes} bytes", t.verified);
+                fail(t, net, why);
+                return true;
+            }
         }
-        t.verified += n as u64;
-        moved |= n > 0;
     }
     if t.verified >= bytes {
-        socket.close();
+        net.tcp_close(id);
+        t.tcp = None;
         let ms = now.saturating_sub(t.streaming_since_ms).max(1);
         serial::write_fmt(format_args!(
             "net-check: tcp {} {bytes} bytes echoed ok in {ms} ms ({} kB/s)\n",
@@ -280,42 +274,51 @@ fn stream(t: &mut Target, bytes: u64, now: u64, sockets: &mut SocketSet<'static>
         t.phase = Phase::Udp {
             until_ms: now + UDP_WAIT_MS,
         };
-    } else if !socket.is_open() || now.saturating_sub(t.streaming_since_ms) > STREAM_DEADLINE_MS {
-        socket.abort();
-        let why = format!("connection lost after {} of {bytes} bytes", t.verified);
-        fail(t, why);
+    } else if now.saturating_sub(t.streaming_since_ms) > STREAM_DEADLINE_MS {
+        fail(
+            t,
+            net,
+            format!("timed out after {} of {bytes} bytes", t.verified),
+        );
     }
     moved
 }
 
-fn udp_step(t: &mut Target, now: u64, until_ms: u64, sockets: &mut SocketSet<'static>) -> bool {
-    let socket = sockets.get_mut::<udp::Socket>(t.udp);
-    if !socket.is_open() && socket.bind(t.local_port).is_err() {
-        t.phase = Phase::Done;
-        return false;
-    }
+fn udp_step(t: &mut Target, net: &mut Network, now: u64, until_ms: u64) -> bool {
+    let id = match t.udp {
+        Some(id) => id,
+        None => match net.udp_bind(t.udp_port) {
+            Ok(id) => *t.udp.insert(id),
+            Err(e) => {
+                serial::write_fmt(format_args!("net-check: udp {} FAILED: {e}\n", t.remote));
+                t.phase = Phase::Done;
+                return false;
+            }
+        },
+    };
     let mut moved = false;
     // A small window keeps the burst inside the peer's receive queue; a lost datagram
     // stalls the window for at most UDP_RESEND_GAP_MS.
     let window_open = t.udp_sent - t.udp_received < UDP_WINDOW
         || now.saturating_sub(t.udp_last_send_ms) > UDP_RESEND_GAP_MS;
-    if t.udp_sent < UDP_DATAGRAMS && window_open && socket.can_send() {
+    if t.udp_sent < UDP_DATAGRAMS && window_open {
         let mut datagram = [0u8; UDP_DATAGRAM_BYTES];
         datagram[..4].copy_from_slice(&t.udp_sent.to_le_bytes());
-        if socket.send_slice(&datagram, t.remote).is_ok() {
+        if net.udp_send_to(id, &datagram, t.remote).is_ok() {
             t.udp_sent += 1;
             t.udp_last_send_ms = now;
             moved = true;
         }
     }
     let mut buf = [0u8; UDP_DATAGRAM_BYTES];
-    while let Ok((n, meta)) = socket.recv_slice(&mut buf) {
-        if meta.endpoint == t.remote && n == UDP_DATAGRAM_BYTES {
+    while let Ok(Some((n, from))) = net.udp_recv_from(id, &mut buf) {
+        if from == t.remote && n == UDP_DATAGRAM_BYTES {
             t.udp_received += 1;
         }
         moved = true;
     }
-    if t.udp_received >= t.udp_sent.max(1) && t.udp_sent == UDP_DATAGRAMS || now > until_ms {
+    let all_back = t.udp_sent == UDP_DATAGRAMS && t.udp_received >= UDP_DATAGRAMS;
+    if all_back || now > until_ms {
         serial::write_fmt(format_args!(
             "net-check: udp {} sent {} received {}\n",
             t.remote, t.udp_sent, t.udp_received

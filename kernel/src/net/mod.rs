@@ -1,14 +1,17 @@
 //! The network stack: smoltcp on virtio-net, addressed from the kernel command line
 //! (`cairn.ip=10.0.0.2/24 cairn.gw=10.0.0.1`, optional `cairn.ip6=fd00::2/64`) or by DHCPv4,
-//! the services that prove it (TCP/UDP echo on port 7, `GET /health` on port 8080), and the
-//! optional peer check client (`cairn.net-check=…`, see `check`).
+//! the services that prove it (TCP/UDP echo on port 7, `GET /health` on port 8080), the
+//! socket layer the runtime uses (`socket`), and the optional peer check client built on it
+//! (`cairn.net-check=…`, see `check`).
 //!
 //! The stack is polled (interrupts stay masked): [`Network::poll`] moves frames between the
 //! device and smoltcp and runs the services; the caller loops on it.
 
-mod check;
+pub mod check;
 mod device;
+mod echo;
 mod services;
+pub mod socket;
 
 use crate::drivers::virtio::VirtioNet;
 use alloc::vec;
@@ -81,7 +84,8 @@ pub struct Network {
     sockets: SocketSet<'static>,
     dhcp: Option<SocketHandle>,
     services: Services,
-    check: Option<check::NetCheck>,
+    table: socket::SocketTable,
+    echo: Option<echo::TcpEcho>,
     pub mac: EthernetAddress,
     pub addressing: Addressing,
 }
@@ -92,7 +96,7 @@ fn now() -> Instant {
 
 impl Network {
     /// Brings the interface up on `net` with `config` (DHCPv4 when it has no IPv4 address).
-    pub fn new(net: VirtioNet, config: NetConfig, random_seed: u64, info: &BootInfo) -> Network {
+    pub fn new(net: VirtioNet, config: NetConfig, random_seed: u64) -> Network {
         let mut device = NetDevice::new(net);
         let mac = EthernetAddress(device.mac_address());
         let mut iface_config = Config::new(HardwareAddress::Ethernet(mac));
@@ -115,11 +119,9 @@ impl Network {
             None => (Some(sockets.add(dhcpv4::Socket::new())), Addressing::Dhcp),
         };
         let services = Services::new(&mut sockets);
-        let check = info.option("cairn.net-check").and_then(|targets| {
-            check::NetCheck::new(&mut sockets, targets, info.option("cairn.net-check-bytes"))
-        });
-        Network {
-            check,
+        let mut network = Network {
+            table: socket::SocketTable::default(),
+            echo: None,
             iface,
             device,
             sockets,
@@ -127,7 +129,12 @@ impl Network {
             services,
             mac,
             addressing,
+        };
+        match echo::TcpEcho::new(&mut network) {
+            Ok(e) => network.echo = Some(e),
+            Err(e) => log::warn!("tcp echo: {e}"),
         }
+        network
     }
 
     /// The interface's IPv4 address, once it has one.
@@ -147,12 +154,17 @@ impl Network {
         let served = self
             .services
             .poll(&mut self.sockets, ip, self.mac, self.device.counters());
-        let checked = match self.check.as_mut() {
-            Some(check) => check.poll(&mut self.iface, &mut self.sockets),
+        let echoed = match self.echo.take() {
+            Some(mut echo) => {
+                let moved = echo.poll(self);
+                self.echo = Some(echo);
+                moved
+            }
             None => false,
         };
+        self.reap_closed();
         changed == PollResult::SocketStateChanged
-            || checked
+            || echoed
             || served
             || frames_before != self.device.counters()
     }
