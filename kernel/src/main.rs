@@ -6,7 +6,9 @@
 //! 3. GDT/TSS/IDT: faults from here on are reported, not triple faults;
 //! 4. page tables from the memory map, then the heap over all free RAM;
 //! 5. clock (TSC against the PIT), entropy health check, ACPI tables;
-//! 6. banner, `cairn: ready`, then idle (or tests, or power-off with `cairn.exit=1`).
+//! 6. PCI and the virtio devices; smoltcp on virtio-net (static or DHCPv4);
+//! 7. banner lines, `cairn: ready`, then serve the network (idling on the APIC timer when
+//!    quiet) or halt without a NIC; or run the tests; or power off with `cairn.exit=1`.
 //!
 //! Kernel command line options:
 //! - `cairn.exit=1`: after `cairn: ready`, exit QEMU through isa-debug-exit with success
