@@ -13,6 +13,7 @@ mod attest;
 mod bench;
 mod boot_paths;
 mod kernel_build;
+mod net_tests;
 mod run_vm;
 mod test_steps;
 

@@ -94,6 +94,18 @@ const STEPS: &[Step] = &[
         run: boot_uefi,
     },
     Step {
+        name: "net-health",
+        what: "GET /health on a booted VM (user-mode net, 127.0.0.1 forward) answers 200 ok",
+        needs: &["build"],
+        run: crate::net_tests::health,
+    },
+    Step {
+        name: "net-echo",
+        what: "a 16 MiB TCP echo round trip through port 7 is byte-identical",
+        needs: &["build"],
+        run: crate::net_tests::echo,
+    },
+    Step {
         name: "panic-fails-fast",
         what: "a panicking kernel fails the boot test at once, with its message",
         needs: &["build"],
