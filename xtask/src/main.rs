@@ -12,6 +12,7 @@
 mod attest;
 mod bench;
 mod boot_paths;
+mod disk_tests;
 mod kernel_build;
 mod net_tests;
 mod run_vm;

@@ -106,6 +106,13 @@ const STEPS: &[Step] = &[
         run: crate::net_tests::echo,
     },
     Step {
+        name: "disk",
+        what: "64 MiB pattern written to virtio-blk survives a power-off; past-end read fails; \
+               a flipped byte is detected",
+        needs: &["build"],
+        run: crate::disk_tests::disk,
+    },
+    Step {
         name: "panic-fails-fast",
         what: "a panicking kernel fails the boot test at once, with its message",
         needs: &["build"],
