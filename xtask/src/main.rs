@@ -17,6 +17,7 @@ mod kernel_build;
 mod net_tests;
 mod run_vm;
 mod test_steps;
+mod testnet_tests;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};

@@ -106,6 +106,12 @@ const STEPS: &[Step] = &[
         run: crate::net_tests::echo,
     },
     Step {
+        name: "testnet",
+        what: "3 VMs on one virtual L2 segment (the qemu crate's switch) each answer ARP",
+        needs: &["build"],
+        run: crate::testnet_tests::testnet,
+    },
+    Step {
         name: "disk",
         what: "64 MiB pattern written to virtio-blk survives a power-off; past-end read fails; \
                a flipped byte is detected",
