@@ -13,6 +13,8 @@
 //!   (status 33), falling back to ACPI S5; used by boot tests and benches.
 //! - `cairn.ip=a.b.c.d/len`, `cairn.gw=a.b.c.d`, `cairn.ip6=x::y/len`: static addressing of
 //!   the virtio-net interface (DHCPv4 when `cairn.ip` is absent).
+//! - `cairn.net-check=<ip>[:port][,…]` (and `cairn.net-check-bytes=N`): stream a checked
+//!   pattern to each target's TCP echo and send UDP datagrams to its UDP echo (`net::check`).
 //! - `cairn.disk-check=write|verify`: pattern check of the first 64 MiB of the virtio-blk
 //!   disk before `cairn: ready` (see `disk_check`).
 //! - `cairn.crash=panic` / `cairn.crash=fault`: after `cairn: ready`, panic or read an
@@ -38,6 +40,7 @@ mod drivers;
 mod heap;
 mod logger;
 mod net;
+#[cfg(not(feature = "host-std-check"))]
 mod panic;
 #[cfg(feature = "kernel-tests")]
 mod tests;
@@ -103,9 +106,9 @@ fn start_network(info: &BootInfo, devices: &mut drivers::virtio::Devices) -> Opt
         }
     };
     let seed = entropy::rdrand64().unwrap_or_else(|_| cpu::rdtsc());
-    let network = net::Network::new(nic, config, seed);
+    let network = net::Network::new(nic, config, seed, info);
     serial::write_fmt(format_args!(
-        "net: virtio-net mac {} {:?} ipv4 {}{}; tcp echo :7, http :8080\n",
+        "net: virtio-net mac {} {:?} ipv4 {}{}; tcp+udp echo :7, http :8080\n",
         network.mac,
         network.addressing,
         network
@@ -127,8 +130,9 @@ fn report_devices(info: &BootInfo, devices: &mut drivers::virtio::Devices) {
         let mut disk = drivers::block::VirtioBlock::new(blk);
         serial::write_fmt(format_args!(
             "blk: virtio-blk {} sectors ({} MiB)\n",
-            disk.capacity_sectors(),
-            disk.capacity_sectors() * drivers::block::SECTOR_BYTES as u64 / MIB
+            node::store::BlockDevice::sector_count(&disk),
+            node::store::BlockDevice::sector_count(&disk) * drivers::block::SECTOR_BYTES as u64
+                / MIB
         ));
         if let Some(mode) = info.option("cairn.disk-check") {
             disk_check::run(&mut disk, mode);

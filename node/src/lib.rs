@@ -12,5 +12,8 @@
 
 extern crate alloc;
 
+pub mod api;
+pub mod attest;
 pub mod crypto;
+pub mod store;
 pub mod types;

@@ -1,10 +1,12 @@
 //! The network stack: smoltcp on virtio-net, addressed from the kernel command line
 //! (`cairn.ip=10.0.0.2/24 cairn.gw=10.0.0.1`, optional `cairn.ip6=fd00::2/64`) or by DHCPv4,
-//! and the two services that prove it: TCP echo (port 7) and `GET /health` (port 8080).
+//! the services that prove it (TCP/UDP echo on port 7, `GET /health` on port 8080), and the
+//! optional peer check client (`cairn.net-check=…`, see `check`).
 //!
 //! The stack is polled (interrupts stay masked): [`Network::poll`] moves frames between the
 //! device and smoltcp and runs the services; the caller loops on it.
 
+mod check;
 mod device;
 mod services;
 
@@ -79,6 +81,7 @@ pub struct Network {
     sockets: SocketSet<'static>,
     dhcp: Option<SocketHandle>,
     services: Services,
+    check: Option<check::NetCheck>,
     pub mac: EthernetAddress,
     pub addressing: Addressing,
 }
@@ -89,9 +92,9 @@ fn now() -> Instant {
 
 impl Network {
     /// Brings the interface up on `net` with `config` (DHCPv4 when it has no IPv4 address).
-    pub fn new(net: VirtioNet, config: NetConfig, random_seed: u64) -> Network {
-        let mac = EthernetAddress(net.mac_address());
+    pub fn new(net: VirtioNet, config: NetConfig, random_seed: u64, info: &BootInfo) -> Network {
         let mut device = NetDevice::new(net);
+        let mac = EthernetAddress(device.mac_address());
         let mut iface_config = Config::new(HardwareAddress::Ethernet(mac));
         iface_config.random_seed = random_seed;
         let mut iface = Interface::new(iface_config, &mut device, now());
@@ -112,7 +115,11 @@ impl Network {
             None => (Some(sockets.add(dhcpv4::Socket::new())), Addressing::Dhcp),
         };
         let services = Services::new(&mut sockets);
+        let check = info.option("cairn.net-check").and_then(|targets| {
+            check::NetCheck::new(&mut sockets, targets, info.option("cairn.net-check-bytes"))
+        });
         Network {
+            check,
             iface,
             device,
             sockets,
@@ -140,7 +147,12 @@ impl Network {
         let served = self
             .services
             .poll(&mut self.sockets, ip, self.mac, self.device.counters());
+        let checked = match self.check.as_mut() {
+            Some(check) => check.poll(&mut self.iface, &mut self.sockets),
+            None => false,
+        };
         changed == PollResult::SocketStateChanged
+            || checked
             || served
             || frames_before != self.device.counters()
     }

@@ -1,5 +1,5 @@
-//! The two services that prove the stack: TCP echo on port 7 and HTTP `GET /health` on
-//! port 8080 (JSON: uptime, address, counters).
+//! The services that prove the stack: TCP and UDP echo on port 7 (RFC 862) and HTTP
+//! `GET /health` on port 8080 (JSON: uptime, address, counters).
 //!
 //! Each service owns a fixed pool of listening sockets. A socket that does not reach
 //! Established within [`HANDSHAKE_TIMEOUT_MS`], or whose HTTP request is incomplete after
@@ -13,7 +13,7 @@ use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 use smoltcp::iface::{SocketHandle, SocketSet};
-use smoltcp::socket::tcp;
+use smoltcp::socket::{tcp, udp};
 use smoltcp::wire::{EthernetAddress, Ipv4Cidr};
 
 pub const ECHO_PORT: u16 = 7;
@@ -28,6 +28,10 @@ const ECHO_BUFFER_BYTES: usize = 64 * 1024;
 const HTTP_BUFFER_BYTES: usize = 8 * 1024;
 /// The largest HTTP request head accepted.
 const MAX_REQUEST_BYTES: usize = 4096;
+/// Datagrams the UDP echo socket buffers each way.
+const UDP_ECHO_PACKETS: usize = 64;
+/// The largest UDP datagram echoed (one Ethernet frame's payload).
+const UDP_ECHO_MAX_BYTES: usize = 1472;
 /// Bytes moved per echo socket per poll.
 const ECHO_CHUNK_BYTES: usize = 16 * 1024;
 const HANDSHAKE_TIMEOUT_MS: u64 = 3_000;
@@ -55,6 +59,7 @@ struct Slot {
 }
 
 pub struct Services {
+    udp_echo: SocketHandle,
     echo: Vec<Slot>,
     http: Vec<Slot>,
     counters: ServiceCounters,
@@ -87,7 +92,18 @@ impl Services {
         };
         let echo = pool(ECHO_SOCKETS, ECHO_BUFFER_BYTES);
         let http = pool(HTTP_SOCKETS, HTTP_BUFFER_BYTES);
+        let udp_buffer = || {
+            udp::PacketBuffer::new(
+                vec![udp::PacketMetadata::EMPTY; UDP_ECHO_PACKETS],
+                vec![0; UDP_ECHO_PACKETS * UDP_ECHO_MAX_BYTES],
+            )
+        };
+        let mut udp_socket = udp::Socket::new(udp_buffer(), udp_buffer());
+        // Binding a fresh socket to a fixed non-zero port cannot fail.
+        let _ = udp_socket.bind(ECHO_PORT);
+        let udp_echo = sockets.add(udp_socket);
         Services {
+            udp_echo,
             echo,
             http,
             counters: ServiceCounters::default(),
@@ -104,7 +120,10 @@ impl Services {
         frames: FrameCounters,
     ) -> bool {
         let now = now_ms();
-        let mut moved = false;
+        let mut moved = udp_echo(
+            sockets.get_mut::<udp::Socket>(self.udp_echo),
+            &mut self.scratch,
+        );
         for i in 0..self.echo.len() {
             let socket = sockets.get_mut::<tcp::Socket>(self.echo[i].handle);
             if !lifecycle(
@@ -175,6 +194,20 @@ fn lifecycle(
         counters.echo_connections += 1;
     }
     established
+}
+
+/// Echoes waiting datagrams back to their senders (RFC 862), as many as fit.
+fn udp_echo(socket: &mut udp::Socket<'_>, scratch: &mut [u8]) -> bool {
+    let mut moved = false;
+    while socket.can_recv() && socket.can_send() {
+        let Ok((n, meta)) = socket.recv_slice(scratch) else {
+            break;
+        };
+        // A send fails only when the buffer is full, which `can_send` just ruled out.
+        let _ = socket.send_slice(&scratch[..n], meta.endpoint);
+        moved = true;
+    }
+    moved
 }
 
 fn echo(socket: &mut tcp::Socket<'_>, scratch: &mut [u8], counters: &mut ServiceCounters) -> bool {
