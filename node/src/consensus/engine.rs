@@ -21,6 +21,8 @@ pub const STEP_ROUNDS_MAX: usize = 64;
 pub const BLOCK_TIME_SKEW_MS: u64 = 500;
 /// Ingress messages queued locally for inclusion in a block.
 pub const INGRESS_QUEUE_MAX: usize = 10_000;
+/// Ids remembered as invalid (so they are not requested again); the oldest are forgotten.
+pub const BAD_IDS_MAX: usize = 65_536;
 /// Advert ids per status answer.
 pub const STATUS_ADVERTS_MAX: usize = crate::p2p::IDS_PER_MESSAGE_MAX;
 
@@ -796,6 +798,9 @@ impl Consensus {
         self.stats.rejected += 1;
         self.pool.remove_unvalidated(&id);
         self.pool.remove_validated(&id);
+        if self.bad.len() >= BAD_IDS_MAX {
+            self.bad.pop_first();
+        }
         self.bad.insert(id);
     }
 
