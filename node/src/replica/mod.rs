@@ -36,7 +36,7 @@ use alloc::vec::Vec;
 use core::fmt;
 
 /// Default interval between status messages to each peer (drives re-advertisement).
-pub const STATUS_INTERVAL_MS: u64 = 300;
+pub const STATUS_INTERVAL_MS: u64 = 200;
 /// Bytes of artifacts in one delivery message.
 pub const DELIVERY_BYTES_MAX: usize = 1024 * 1024;
 /// Artifacts up to this size are pushed whole by their creator; larger ones are adverted.
@@ -269,6 +269,11 @@ impl Replica {
         }
     }
 
+    /// The consensus state (read-only), for diagnostics and tests.
+    pub fn consensus(&self) -> &Consensus {
+        &self.consensus
+    }
+
     /// (validated, unvalidated) artifacts in the pool.
     pub fn pool_sizes(&self) -> (usize, usize) {
         self.consensus.pool_sizes()
@@ -369,10 +374,10 @@ impl Replica {
                         adverts.push(artifact.id());
                         continue;
                     }
-                    for peer in 0..n {
+                    for (peer, list) in pushes.iter_mut().enumerate() {
                         if peer as NodeIndex != self.index && to.is_none_or(|t| t as usize == peer)
                         {
-                            pushes[peer].push(encoded.clone());
+                            list.push(encoded.clone());
                         }
                     }
                 }
