@@ -12,5 +12,9 @@
 
 extern crate alloc;
 
+pub mod candid;
 pub mod crypto;
+pub mod execution;
+pub mod routing;
+pub mod state;
 pub mod types;
