@@ -192,6 +192,9 @@ impl StateMachine {
             }
             route(st, out);
         }
+        // A canister whose message was paused got its slice for this round.
+        let mut sliced: alloc::collections::BTreeSet<Principal> =
+            alloc::collections::BTreeSet::new();
         for _pass in 0..ROUND_PASSES_MAX {
             let mut progress = process_subnet_queue(&env, st);
             let ids: Vec<Principal> = st.canisters.keys().copied().collect();
@@ -206,7 +209,7 @@ impl StateMachine {
                 }
                 let mut out = Vec::new();
                 if let Some(c) = st.canisters.get_mut(id) {
-                    if c.status == CanisterStatus::Stopped {
+                    if c.status == CanisterStatus::Stopped || sliced.contains(id) {
                         continue;
                     }
                     while budget > 0 {
@@ -218,6 +221,7 @@ impl StateMachine {
                         total += used;
                         if c.paused.is_some() {
                             // A sliced message holds the canister until a later round.
+                            sliced.insert(*id);
                             break;
                         }
                     }

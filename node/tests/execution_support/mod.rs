@@ -504,3 +504,194 @@ pub mod wasm {
         v
     }
 }
+
+/// The hand-written test canister every limit, call and determinism test uses.
+///
+/// | export | what it does |
+/// |---|---|
+/// | `canister_update inc` | memory[0] += 1, replies the 4-byte LE counter |
+/// | `canister_query read` | replies the counter |
+/// | `canister_update loop` | loops forever |
+/// | `canister_update alloc` | grows memory by one page until it fails, then traps |
+/// | `canister_update recurse` | unbounded recursion |
+/// | `canister_update work` | counts to the u32 in its argument, then replies "done" |
+/// | `canister_update call_inc` | calls `inc` on the canister whose id is its argument; replies with the callee's reply, or the reject code (4 bytes LE) |
+/// | `canister_update stable_put` | grows stable memory to 1 page if needed, writes the argument at offset 0 |
+/// | `canister_query stable_get` | replies the first 8 bytes of stable memory |
+/// | `canister_update trap_after_write` | writes memory[0] = 1000, then traps |
+pub fn test_canister() -> Vec<u8> {
+    use wasm::*;
+    let mut m = Module::default();
+    let append = m.import("msg_reply_data_append", &[I32, I32], &[]);
+    let reply = m.import("msg_reply", &[], &[]);
+    let arg_size = m.import("msg_arg_data_size", &[], &[I32]);
+    let arg_copy = m.import("msg_arg_data_copy", &[I32, I32, I32], &[]);
+    let call_new = m.import("call_new", &[I32; 8], &[]);
+    let call_perform = m.import("call_perform", &[], &[I32]);
+    let reject_code = m.import("msg_reject_code", &[], &[I32]);
+    let trap = m.import("trap", &[I32, I32], &[]);
+    let st_size = m.import("stable64_size", &[], &[I64]);
+    let st_grow = m.import("stable64_grow", &[I64], &[I64]);
+    let st_write = m.import("stable64_write", &[I64, I64, I64], &[]);
+    let st_read = m.import("stable64_read", &[I64, I64, I64], &[]);
+    m.memory_pages = Some(1);
+    m.data.push((16, b"out of memory".to_vec()));
+    m.data.push((300, b"inc".to_vec()));
+    m.data.push((320, b"done".to_vec()));
+    m.data.push((340, b"deliberate".to_vec()));
+    let reply_counter = [i32c(0), i32c(4), call(append), call(reply)].concat();
+    // inc
+    let body = [
+        i32c(0),
+        i32c(0),
+        vec![0x28, 2, 0],
+        i32c(1),
+        vec![0x6a, 0x36, 2, 0],
+        reply_counter.clone(),
+    ]
+    .concat();
+    let f = m.func(&[], &[], vec![], body);
+    m.export("canister_update inc", f);
+    let f = m.func(&[], &[], vec![], reply_counter.clone());
+    m.export("canister_query read", f);
+    let f = m.func(&[], &[], vec![], vec![0x03, 0x40, 0x0c, 0, 0x0b]);
+    m.export("canister_update loop", f);
+    // alloc: block { loop { memory.grow(1) == -1 ? br 1 : br 0 } }; trap
+    let body = [
+        vec![0x02, 0x40, 0x03, 0x40],
+        i32c(1),
+        vec![0x40, 0x00],
+        i32c(-1),
+        vec![0x46, 0x0d, 1, 0x0c, 0, 0x0b, 0x0b],
+        i32c(16),
+        i32c(13),
+        call(trap),
+    ]
+    .concat();
+    let f = m.func(&[], &[], vec![], body);
+    m.export("canister_update alloc", f);
+    // recurse: a function calling itself (its own index is the next one).
+    let next = (m.imports.len() + m.funcs.len()) as u32;
+    let f = m.func(&[], &[], vec![], call(next));
+    assert_eq!(f, next);
+    m.export("canister_update recurse", f);
+    // work: n = arg as u32 (first 4 bytes); count i from 0 to n; reply "done".
+    let body = [
+        i32c(400),
+        i32c(0),
+        i32c(4),
+        call(arg_copy),
+        i32c(400),
+        vec![0x28, 2, 0, 0x21, 1],
+        vec![
+            0x03, 0x40, 0x20, 0, 0x41, 1, 0x6a, 0x22, 0, 0x20, 1, 0x49, 0x0d, 0, 0x0b,
+        ],
+        i32c(320),
+        i32c(4),
+        call(append),
+        call(reply),
+    ]
+    .concat();
+    let f = m.func(&[], &[], vec![(2, I32)], body);
+    m.export("canister_update work", f);
+    // call_inc: callee = arg bytes at 100.
+    let body = [
+        call(arg_size),
+        vec![0x21, 0],
+        i32c(100),
+        i32c(0),
+        vec![0x20, 0],
+        call(arg_copy),
+        i32c(100),
+        vec![0x20, 0],
+        i32c(300),
+        i32c(3),
+        i32c(0),
+        i32c(0),
+        i32c(1),
+        i32c(0),
+        call(call_new),
+        call(call_perform),
+        vec![0x1a],
+    ]
+    .concat();
+    let f = m.func(&[], &[], vec![(1, I32)], body);
+    m.export("canister_update call_inc", f);
+    // on_reply(env): reply with the callee's reply.
+    let body = [
+        call(arg_size),
+        vec![0x21, 1],
+        i32c(200),
+        i32c(0),
+        vec![0x20, 1],
+        call(arg_copy),
+        i32c(200),
+        vec![0x20, 1],
+        call(append),
+        call(reply),
+    ]
+    .concat();
+    let on_reply = m.func(&[I32], &[], vec![(1, I32)], body);
+    // on_reject(env): reply with the reject code.
+    let body = [
+        i32c(500),
+        call(reject_code),
+        vec![0x36, 2, 0],
+        i32c(500),
+        i32c(4),
+        call(append),
+        call(reply),
+    ]
+    .concat();
+    let on_reject = m.func(&[I32], &[], vec![], body);
+    m.table_funcs = vec![on_reply, on_reject];
+    // stable_put: if size == 0 grow 1; write arg (8 bytes) at 0.
+    let body = [
+        call(st_size),
+        vec![0x50, 0x04, 0x40],
+        i64c(1),
+        call(st_grow),
+        vec![0x1a, 0x0b],
+        i32c(600),
+        i32c(0),
+        i32c(8),
+        call(arg_copy),
+        i64c(0),
+        i64c(600),
+        i64c(8),
+        call(st_write),
+        reply_counter.clone(),
+    ]
+    .concat();
+    let f = m.func(&[], &[], vec![], body);
+    m.export("canister_update stable_put", f);
+    let body = [
+        i64c(700),
+        i64c(0),
+        i64c(8),
+        call(st_read),
+        i32c(700),
+        i32c(8),
+        call(append),
+        call(reply),
+    ]
+    .concat();
+    let f = m.func(&[], &[], vec![], body);
+    m.export("canister_query stable_get", f);
+    let body = [
+        i32c(0),
+        i32c(1000),
+        vec![0x36, 2, 0],
+        i32c(340),
+        i32c(10),
+        call(trap),
+    ]
+    .concat();
+    let f = m.func(&[], &[], vec![], body);
+    m.export("canister_update trap_after_write", f);
+    m.encode()
+}
+
+pub fn u32_le(b: &[u8]) -> u32 {
+    u32::from_le_bytes(b[..4].try_into().expect("4 bytes"))
+}
