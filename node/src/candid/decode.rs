@@ -209,6 +209,12 @@ impl Decoder<'_> {
                 -21 => Type::Variant(self.read_fields()?),
                 -22 => Type::Func(Box::new(self.read_func()?)),
                 -23 => self.read_service()?,
+                op if op < -24 => {
+                    // A future type: its description is length-prefixed and skipped.
+                    let len = self.leb_usize()?;
+                    self.take(len)?;
+                    Type::Future
+                }
                 _ => return Err(DecodeError::BadTypeTable),
             };
             defs.push(t);
@@ -391,6 +397,13 @@ impl Decoder<'_> {
             (Type::Vec(wi), Type::Vec(ei)) => self.vec_value(wi, ei),
             (Type::Record(wf), Type::Record(ef)) => self.record_value(wf, ef),
             (Type::Variant(wa), Type::Variant(ea)) => self.variant_value(wa, ea),
+            (Type::Service(_), Type::Principal) => Ok(Value::Principal(self.principal()?)),
+            (Type::Func(_), Type::Func(_)) | (Type::Service(_), Type::Service(_))
+                if !self.subtype(&w, &e, &mut Vec::new(), 0) =>
+            {
+                self.skip(&w)?;
+                Err(DecodeError::TypeMismatch)
+            }
             (Type::Func(_), Type::Func(_)) => {
                 if self.byte()? != 1 {
                     return Err(DecodeError::BadValue);
@@ -419,6 +432,10 @@ impl Decoder<'_> {
             other => {
                 // `t <: opt T` when `t <: T` and `T` is not null/opt/reserved.
                 let e = self.exp_resolve(inner)?;
+                if self.opt_cycle(&e) {
+                    // `fix opt`: no non-opt type to decode into, ever.
+                    return Err(DecodeError::TypeMismatch);
+                }
                 if matches!(e, Type::Null | Type::Opt(_) | Type::Reserved) {
                     self.skip(other)?;
                     return Ok(Value::Opt(None));
@@ -583,9 +600,120 @@ impl Decoder<'_> {
                 self.principal()?;
                 self.text().map(|_| ())
             }
+            Type::Future => {
+                let len = self.leb_usize()?;
+                let _refs = self.leb_usize()?;
+                self.take(len).map(|_| ())
+            }
             Type::Var(_) => Err(DecodeError::BadTypeTable),
         }
     }
+
+    /// Whether an expected `opt` chain loops back on itself without reaching another type.
+    fn opt_cycle(&self, t: &Type) -> bool {
+        let mut cur = t.clone();
+        for _ in 0..=self.env.defs.len() + 1 {
+            match cur {
+                Type::Opt(inner) => match self.env.resolve(&inner) {
+                    Some(r) => cur = r.clone(),
+                    None => return false,
+                },
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    fn exp_opt_like(&self, t: &Type) -> bool {
+        matches!(
+            self.env.resolve(t),
+            Some(Type::Null | Type::Opt(_) | Type::Reserved)
+        )
+    }
+
+    /// The subtype relation `wire <: expected` on types (for function and service
+    /// references). `seen` holds assumed pairs, so recursive types terminate.
+    fn subtype(&mut self, w: &Type, e: &Type, seen: &mut Vec<(Type, Type)>, depth: usize) -> bool {
+        if depth > DECODE_DEPTH_MAX || self.charge(1).is_err() {
+            return false;
+        }
+        let key = (w.clone(), e.clone());
+        if seen.contains(&key) {
+            return true;
+        }
+        let (Some(wr), Some(er)) = (self.wire.resolve(w).cloned(), self.env.resolve(e).cloned())
+        else {
+            return false;
+        };
+        if matches!((w, e), (Type::Var(_), _) | (_, Type::Var(_))) {
+            seen.push(key);
+        }
+        match (&wr, &er) {
+            (_, Type::Reserved) | (Type::Empty, _) | (_, Type::Opt(_)) => true,
+            (Type::Nat, Type::Int) => true,
+            (Type::Vec(a), Type::Vec(b)) => self.subtype(a, b, seen, depth + 1),
+            (Type::Record(wf), Type::Record(ef)) => {
+                ef.iter()
+                    .all(|(id, et)| match wf.iter().find(|(i, _)| i == id) {
+                        Some((_, wt)) => self.subtype(wt, et, seen, depth + 1),
+                        None => self.exp_opt_like(et),
+                    })
+            }
+            (Type::Variant(wa), Type::Variant(ea)) => {
+                wa.iter()
+                    .all(|(id, wt)| match ea.iter().find(|(i, _)| i == id) {
+                        Some((_, et)) => self.subtype(wt, et, seen, depth + 1),
+                        None => false,
+                    })
+            }
+            (Type::Func(wf), Type::Func(ef)) => {
+                if wf.modes != ef.modes {
+                    return false;
+                }
+                // Arguments are contravariant, results covariant. The argument check runs
+                // with the environments swapped, which this decoder cannot express; the
+                // tuples are compared by arity and opt-tolerance instead.
+                let args_ok = wf.args.iter().enumerate().all(|(i, _)| {
+                    i < ef.args.len()
+                        || matches!(
+                            self.wire.resolve(&wf.args[i]),
+                            Some(Type::Null | Type::Opt(_) | Type::Reserved)
+                        )
+                });
+                let results_ok =
+                    ef.results
+                        .iter()
+                        .enumerate()
+                        .all(|(i, et)| match wf.results.get(i) {
+                            Some(wt) => self.subtype(wt, et, seen, depth + 1),
+                            None => self.exp_opt_like(et),
+                        });
+                args_ok && results_ok
+            }
+            (Type::Service(wm), Type::Service(em)) => {
+                em.iter()
+                    .all(|(name, et)| match wm.iter().find(|(n, _)| n == name) {
+                        Some((_, wt)) => self.subtype(wt, et, seen, depth + 1),
+                        None => false,
+                    })
+            }
+            (a, b) => a == b && is_primitive(a),
+        }
+    }
+}
+
+fn is_primitive(t: &Type) -> bool {
+    !matches!(
+        t,
+        Type::Opt(_)
+            | Type::Vec(_)
+            | Type::Record(_)
+            | Type::Variant(_)
+            | Type::Func(_)
+            | Type::Service(_)
+            | Type::Var(_)
+            | Type::Future
+    )
 }
 
 fn set_bits(limbs: &mut Vec<u64>, bit: usize, chunk: u64) {

@@ -57,7 +57,7 @@ impl Encoder {
             Type::Reserved => -16,
             Type::Empty => -17,
             Type::Principal => -24,
-            Type::Var(_) => return None,
+            Type::Var(_) | Type::Future => return None,
             _ => 0,
         };
         if prim != 0 {

@@ -65,6 +65,8 @@ pub enum Type {
     Service(Vec<(String, Type)>),
     /// A reference to a named type in a [`TypeEnv`] (for recursive types).
     Var(u32),
+    /// A type from a future Candid version (opcode below -24): only skippable.
+    Future,
 }
 
 /// A function type: arguments, results, annotations.
