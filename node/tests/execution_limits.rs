@@ -425,3 +425,89 @@ fn install_argument_encoding_round_trips() {
     );
     assert!(a.starts_with(b"DIDL"));
 }
+
+#[test]
+fn gzip_compressed_module_installs() {
+    let wasm = test_canister();
+    let deflated = miniz_oxide::deflate::compress_to_vec(&wasm, 6);
+    let mut gz = vec![0x1f, 0x8b, 0x08, 0, 0, 0, 0, 0, 0, 0xff];
+    gz.extend_from_slice(&deflated);
+    gz.extend_from_slice(&crc32(&wasm).to_le_bytes());
+    gz.extend_from_slice(&(wasm.len() as u32).to_le_bytes());
+    let mut sub = Subnet::with_config(small_limits());
+    let id = sub.create_canister();
+    sub.install(id, &gz, EMPTY_ARGS, "install", false).reply();
+    use sha2::Digest;
+    let want: [u8; 32] = sha2::Sha256::digest(&gz).into();
+    assert_eq!(sub.sm.canister(&id).expect("c").module_hash(), Some(want));
+    assert_eq!(
+        u32_le(&sub.update(user(), id, "inc", EMPTY_ARGS).reply()),
+        1
+    );
+    // A truncated gzip is malformed.
+    let r = sub
+        .install(id, &gz[..gz.len() / 2], EMPTY_ARGS, "reinstall", false)
+        .reject();
+    assert_eq!(r.error_code, "IC0505");
+}
+
+#[test]
+fn replies_become_done_after_the_expiry_window() {
+    let (mut sub, ids) = setup(small_limits(), 1);
+    let m = sub.message(user(), ids[0], "inc", EMPTY_ARGS);
+    let id = m.id;
+    sub.batch(vec![m]);
+    assert!(matches!(status(&sub, &id), IngressStatus::Replied(_)));
+    // Batches advance time by one second each.
+    for _ in 0..301 {
+        sub.batch(vec![]);
+    }
+    assert_eq!(status(&sub, &id), IngressStatus::Done);
+    for _ in 0..301 {
+        sub.batch(vec![]);
+    }
+    assert!(sub.sm.request_status(&id).is_none());
+}
+
+#[test]
+fn restart_from_state_continues_identically() {
+    let (mut a, ids) = setup(small_limits(), 2);
+    let (mut b, _) = setup(small_limits(), 2);
+    for sub in [&mut a, &mut b] {
+        sub.update(user(), ids[0], "inc", EMPTY_ARGS).reply();
+        sub.update(user(), ids[1], "stable_put", &7u64.to_le_bytes())
+            .reply();
+    }
+    // b restarts: its state is handed to a new state machine (as after loading a
+    // checkpoint), which recompiles the modules.
+    let state = std::mem::take(&mut b.sm.state);
+    b.sm = node::routing::StateMachine::from_state(small_limits(), state).expect("restart");
+    for sub in [&mut a, &mut b] {
+        sub.update(user(), ids[0], "call_inc", ids[1].as_slice())
+            .reply();
+    }
+    assert_eq!(a.sm.height(), b.sm.height());
+    assert_eq!(
+        a.sm.state_hash(a.sm.height()),
+        b.sm.state_hash(b.sm.height())
+    );
+    assert_eq!(
+        b.query(user(), ids[1], "stable_get", EMPTY_ARGS).reply(),
+        7u64.to_le_bytes()
+    );
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for b in data {
+        crc ^= *b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}

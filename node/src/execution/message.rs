@@ -645,7 +645,12 @@ pub fn execute_query(
             format!("Canister {} is not running", c.id),
         ));
     }
-    let export = format!("canister_query {method}");
+    // A composite query runs as a plain query here (calls from queries are not supported,
+    // so `call_new` traps in this context).
+    let mut export = format!("canister_query {method}");
+    if !module.prepared.methods.contains_key(&export) {
+        export = format!("canister_composite_query {method}");
+    }
     if !module.prepared.methods.contains_key(&export) {
         return Err(reject(
             RejectCode::DestinationInvalid,

@@ -145,8 +145,50 @@ fn parse_err(e: wasmparser::BinaryReaderError) -> WasmError {
     WasmError::Malformed(e.to_string())
 }
 
+/// The gzip magic: a module may be installed gzip-compressed (spec §3.1).
+const GZIP_MAGIC: [u8; 3] = [0x1f, 0x8b, 0x08];
+
+/// Decompresses a gzip-wrapped module (RFC 1952), bounded by [`MODULE_BYTES_MAX`].
+pub fn gunzip(data: &[u8]) -> Result<Vec<u8>, WasmError> {
+    let bad = |m: &str| WasmError::Malformed(format!("gzip: {m}"));
+    let flags = *data.get(3).ok_or_else(|| bad("truncated header"))?;
+    let mut pos = 10usize;
+    if flags & 0x04 != 0 {
+        let xlen = data
+            .get(pos..pos + 2)
+            .ok_or_else(|| bad("truncated extra field"))?;
+        pos += 2 + u16::from_le_bytes([xlen[0], xlen[1]]) as usize;
+    }
+    for flag in [0x08u8, 0x10] {
+        if flags & flag != 0 {
+            let rest = data.get(pos..).ok_or_else(|| bad("truncated name"))?;
+            pos += rest
+                .iter()
+                .position(|b| *b == 0)
+                .ok_or_else(|| bad("unterminated name"))?
+                + 1;
+        }
+    }
+    if flags & 0x02 != 0 {
+        pos += 2;
+    }
+    let body = data
+        .get(pos..data.len().saturating_sub(8))
+        .ok_or_else(|| bad("truncated body"))?;
+    miniz_oxide::inflate::decompress_to_vec_with_limit(body, MODULE_BYTES_MAX)
+        .map_err(|_| bad("invalid deflate stream or module exceeds 100 MiB"))
+}
+
 /// Checks a module against the canister interface rules and rewrites it for cairn.
 pub fn prepare(wasm: &[u8]) -> Result<PreparedModule, WasmError> {
+    if wasm.starts_with(&GZIP_MAGIC) {
+        // One level of compression only: a gzip inside the gzip is not a Wasm module.
+        return prepare_raw(&gunzip(wasm)?);
+    }
+    prepare_raw(wasm)
+}
+
+fn prepare_raw(wasm: &[u8]) -> Result<PreparedModule, WasmError> {
     let sections = split_sections(wasm)?;
     let mut p = PreparedModule {
         binary: Vec::new(),

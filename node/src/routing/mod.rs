@@ -43,6 +43,11 @@ pub const BATCH_INGRESS_MAX: usize = 10_000;
 pub const INPUT_QUEUE_MESSAGES_MAX: usize = 10_000;
 /// Heights whose state hashes are kept for lookups.
 pub const STATE_HASHES_KEPT: usize = 1_024;
+/// How long a reply or reject stays in the ingress history before the status becomes
+/// `done` (the spec's maximum ingress expiry, 5 minutes).
+pub const INGRESS_HISTORY_REPLY_KEPT_NS: u64 = 300_000_000_000;
+/// How long a `done` status stays before the entry is pruned.
+pub const INGRESS_HISTORY_DONE_KEPT_NS: u64 = 300_000_000_000;
 
 /// An ingress message as consensus delivers it; `id` is the request id the API computed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,6 +91,31 @@ impl StateMachine {
             config,
             hashes: BTreeMap::new(),
         }
+    }
+
+    /// A state machine over a state loaded from a checkpoint: every canister's compiled
+    /// module is rebuilt from its stored Wasm (the compiled form is a cache, not state).
+    /// Paused executions are not part of a checkpoint; a checkpoint is taken between rounds
+    /// with none in flight.
+    pub fn from_state(
+        config: ExecutionConfig,
+        mut state: ReplicatedState,
+    ) -> Result<StateMachine, crate::execution::wasm::WasmError> {
+        let runtime = Runtime::new();
+        for c in state.canisters.values_mut() {
+            c.module = match &c.wasm {
+                Some(w) => Some(alloc::sync::Arc::new(runtime.compile(w)?)),
+                None => None,
+            };
+        }
+        let mut hashes = BTreeMap::new();
+        hashes.insert(state.height, state.hash());
+        Ok(StateMachine {
+            state,
+            runtime,
+            config,
+            hashes,
+        })
     }
 
     pub fn config(&self) -> &ExecutionConfig {
@@ -154,6 +184,7 @@ impl StateMachine {
         st.randomness = batch.randomness;
         st.raw_rand_draws = 0;
         charge_storage(st, st.time_ns - previous_time);
+        age_ingress_history(st);
         for m in batch.ingress.into_iter().take(BATCH_INGRESS_MAX) {
             induct(st, m);
         }
@@ -237,6 +268,25 @@ impl StateMachine {
     }
 }
 
+/// Replied / rejected statuses become `done` after [`INGRESS_HISTORY_REPLY_KEPT_NS`];
+/// `done` entries are pruned after [`INGRESS_HISTORY_DONE_KEPT_NS`] more.
+fn age_ingress_history(st: &mut ReplicatedState) {
+    let now = st.time_ns;
+    let mut prune = Vec::new();
+    for (id, finished) in st.ingress_finished_ns.iter() {
+        let age = now.saturating_sub(*finished);
+        if age > INGRESS_HISTORY_REPLY_KEPT_NS + INGRESS_HISTORY_DONE_KEPT_NS {
+            prune.push(*id);
+        } else if age > INGRESS_HISTORY_REPLY_KEPT_NS {
+            st.ingress_history.insert(*id, IngressStatus::Done);
+        }
+    }
+    for id in prune {
+        st.ingress_finished_ns.remove(&id);
+        st.ingress_history.remove(&id);
+    }
+}
+
 fn charge_storage(st: &mut ReplicatedState, elapsed_ns: u64) {
     for c in st.canisters.values_mut() {
         let fee = cycles::storage_cost(c.memory_bytes(), elapsed_ns);
@@ -246,6 +296,7 @@ fn charge_storage(st: &mut ReplicatedState, elapsed_ns: u64) {
 
 fn ingress_reject(st: &mut ReplicatedState, id: RequestId, r: Reject) {
     st.ingress_history.insert(id, IngressStatus::Rejected(r));
+    st.ingress_finished_ns.insert(id, st.time_ns);
 }
 
 /// Methods of the management canister an ingress message may call.
@@ -368,7 +419,14 @@ fn route(st: &mut ReplicatedState, out: Vec<Output>) {
                     )
                 );
                 if !terminal {
+                    let done = matches!(
+                        status,
+                        IngressStatus::Replied(_) | IngressStatus::Rejected(_)
+                    );
                     st.ingress_history.insert(id, status);
+                    if done {
+                        st.ingress_finished_ns.insert(id, st.time_ns);
+                    }
                 }
             }
             Output::Request(r) => {

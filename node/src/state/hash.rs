@@ -247,6 +247,11 @@ impl ReplicatedState {
                 IngressStatus::Done => f.u8(4),
             }
         }
+        f.u64(self.ingress_finished_ns.len() as u64);
+        for (id, t) in &self.ingress_finished_ns {
+            f.0.update(id);
+            f.u64(*t);
+        }
         f.u64(self.subnet_queue.len() as u64);
         for (origin, caller, method, arg, cycles) in &self.subnet_queue {
             f.origin(origin);

@@ -264,6 +264,8 @@ pub struct ReplicatedState {
     pub canisters: BTreeMap<Principal, CanisterState>,
     pub next_canister_index: u64,
     pub ingress_history: BTreeMap<RequestId, IngressStatus>,
+    /// When each ingress message got its reply or reject (for the transition to `Done`).
+    pub ingress_finished_ns: BTreeMap<RequestId, u64>,
     /// Requests to the management canister, processed in arrival order.
     pub subnet_queue: VecDeque<(CallOrigin, Principal, String, Vec<u8>, u128)>,
     /// The latest batch's randomness and how many `raw_rand` calls drew from it.
