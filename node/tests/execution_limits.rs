@@ -511,3 +511,21 @@ fn crc32(data: &[u8]) -> u32 {
     }
     !crc
 }
+
+#[test]
+fn cycles_move_with_calls_and_the_rest_is_refunded() {
+    let (mut sub, ids) = setup(small_limits(), 2);
+    let (a, b) = (ids[0], ids[1]);
+    let before_b = sub.sm.canister(&b).expect("b").cycles;
+    let before_b_instr = sub.sm.canister(&b).expect("b").instructions_total;
+    let refund = sub.update(user(), a, "send_cycles", b.as_slice()).reply();
+    assert_eq!(
+        u128::from_le_bytes(refund[..16].try_into().expect("16")),
+        500_000
+    );
+    let cb = sub.sm.canister(&b).expect("b");
+    let fee = node::execution::cycles::execution_cost(cb.instructions_total - before_b_instr);
+    // b kept half, paid for its execution, and (tiny) storage for the elapsed seconds.
+    let gained = cb.cycles as i128 - before_b as i128 + fee as i128;
+    assert!((499_000..=500_000).contains(&gained), "b gained {gained}");
+}

@@ -519,6 +519,8 @@ pub mod wasm {
 /// | `canister_update stable_put` | grows stable memory to 1 page if needed, writes the argument at offset 0 |
 /// | `canister_query stable_get` | replies the first 8 bytes of stable memory |
 /// | `canister_update trap_after_write` | writes memory[0] = 1000, then traps |
+/// | `canister_update accept_half` | accepts half the attached cycles, replies the amount (u128 LE) |
+/// | `canister_update send_cycles` | calls `accept_half` on its argument with 1,000,000 cycles, replies the refund (u128 LE) |
 pub fn test_canister() -> Vec<u8> {
     use wasm::*;
     let mut m = Module::default();
@@ -534,6 +536,10 @@ pub fn test_canister() -> Vec<u8> {
     let st_grow = m.import("stable64_grow", &[I64], &[I64]);
     let st_write = m.import("stable64_write", &[I64, I64, I64], &[]);
     let st_read = m.import("stable64_read", &[I64, I64, I64], &[]);
+    let cycles_add = m.import("call_cycles_add128", &[I64, I64], &[]);
+    let cycles_available = m.import("msg_cycles_available128", &[I32], &[]);
+    let cycles_accept = m.import("msg_cycles_accept128", &[I64, I64, I32], &[]);
+    let cycles_refunded = m.import("msg_cycles_refunded128", &[I32], &[]);
     m.memory_pages = Some(1);
     m.data.push((16, b"out of memory".to_vec()));
     m.data.push((300, b"inc".to_vec()));
@@ -644,7 +650,65 @@ pub fn test_canister() -> Vec<u8> {
     ]
     .concat();
     let on_reject = m.func(&[I32], &[], vec![], body);
-    m.table_funcs = vec![on_reply, on_reject];
+    // on_reply_refund(env): reply with the refunded cycles (16 bytes LE).
+    let body = [
+        i32c(900),
+        call(cycles_refunded),
+        i32c(900),
+        i32c(16),
+        call(append),
+        call(reply),
+    ]
+    .concat();
+    let on_reply_refund = m.func(&[I32], &[], vec![], body);
+    m.table_funcs = vec![on_reply, on_reject, on_reply_refund];
+    // accept_half: accept half of the attached cycles, reply with the accepted amount.
+    let body = [
+        i32c(800),
+        call(cycles_available),
+        i64c(0),
+        i32c(800),
+        vec![0x29, 3, 0], // i64.load
+        i64c(1),
+        vec![0x88], // i64.shr_u
+        i32c(816),
+        call(cycles_accept),
+        i32c(816),
+        i32c(16),
+        call(append),
+        call(reply),
+    ]
+    .concat();
+    let f = m.func(&[], &[], vec![], body);
+    m.export("canister_update accept_half", f);
+    // send_cycles: call `accept_half` on the argument's canister with 1,000,000 cycles; the
+    // reply callback answers with the refund.
+    m.data.push((960, b"accept_half".to_vec()));
+    let body = [
+        call(arg_size),
+        vec![0x21, 0],
+        i32c(100),
+        i32c(0),
+        vec![0x20, 0],
+        call(arg_copy),
+        i32c(100),
+        vec![0x20, 0],
+        i32c(960),
+        i32c(11),
+        i32c(2),
+        i32c(0),
+        i32c(1),
+        i32c(0),
+        call(call_new),
+        i64c(0),
+        i64c(1_000_000),
+        call(cycles_add),
+        call(call_perform),
+        vec![0x1a],
+    ]
+    .concat();
+    let f = m.func(&[], &[], vec![(1, I32)], body);
+    m.export("canister_update send_cycles", f);
     // stable_put: if size == 0 grow 1; write arg (8 bytes) at 0.
     let body = [
         call(st_size),
