@@ -46,7 +46,9 @@ fn main() {
     let wasm = test_canister();
     sub.install(id, &wasm, EMPTY_ARGS, "install", false).reply();
     let _ = std::fs::create_dir_all("target");
-    let _ = std::fs::write("target/bench_exec_loop.wasm", &wasm);
+    // The module exactly as wasmi runs it (with cairn's extra exports, e.g. its memory).
+    let prepared = node::execution::wasm::prepare(&wasm).expect("valid module");
+    let _ = std::fs::write("target/bench_exec_loop.wasm", &prepared.binary);
     let m = sub.message(user(), id, "work", &LOOP_ITERATIONS.to_le_bytes());
     let start = Instant::now();
     let r = sub.batch(vec![m]);

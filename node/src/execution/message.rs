@@ -484,6 +484,8 @@ fn execute_response(
         }
     };
     let mut host = new_host(env, c, api, limit);
+    // Callbacks run to completion within the per-message limit (no slicing).
+    host.slice_fuel = limit;
     host.caller = cb.respondent;
     host.cycles_refunded = r.refund;
     if let Some(cc) = c.call_contexts.get(&ctx) {
@@ -519,6 +521,7 @@ fn execute_response(
         finish_execution(c, f, ctx, true, out);
     } else if let Some(cleanup) = cb.on_cleanup {
         let mut host = new_host(env, c, ApiContext::Cleanup, limit);
+        host.slice_fuel = limit;
         host.caller = cb.respondent;
         if let Some(cc) = c.call_contexts.get(&ctx) {
             host.already_responded = cc.responded;
@@ -595,7 +598,8 @@ pub fn run_system_tasks(env: &Env<'_>, c: &mut CanisterState, out: &mut Vec<Outp
             return used;
         };
         let ctx = open_context(c, CallOrigin::System, 0, task);
-        let host = new_host(env, c, ApiContext::SystemTask, limit);
+        let mut host = new_host(env, c, ApiContext::SystemTask, limit);
+        host.slice_fuel = limit;
         let outcome = env.runtime.execute(
             &module,
             c.heap.as_ref(),

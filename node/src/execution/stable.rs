@@ -64,18 +64,26 @@ impl StableMemory {
     pub fn read(&self, offset: u64, len: u64) -> Result<Vec<u8>, OutOfBounds> {
         self.check(offset, len)?;
         let mut out = alloc::vec![0u8; len as usize];
+        self.read_into(offset, &mut out)?;
+        Ok(out)
+    }
+
+    /// Reads `out.len()` bytes at `offset` into `out` (no intermediate buffer).
+    pub fn read_into(&self, offset: u64, out: &mut [u8]) -> Result<(), OutOfBounds> {
+        self.check(offset, out.len() as u64)?;
         let mut pos = 0usize;
         while pos < out.len() {
             let at = offset + pos as u64;
             let chunk = at / CHUNK_BYTES as u64;
             let within = (at % CHUNK_BYTES as u64) as usize;
             let n = (CHUNK_BYTES - within).min(out.len() - pos);
-            if let Some(c) = self.chunks.get(&chunk) {
-                out[pos..pos + n].copy_from_slice(&c[within..within + n]);
+            match self.chunks.get(&chunk) {
+                Some(c) => out[pos..pos + n].copy_from_slice(&c[within..within + n]),
+                None => out[pos..pos + n].fill(0),
             }
             pos += n;
         }
-        Ok(out)
+        Ok(())
     }
 
     /// The chunks that were ever written, in order (for hashing and checkpoints).

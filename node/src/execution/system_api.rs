@@ -905,6 +905,9 @@ fn dispatch(api: Api, c: &mut Caller<'_, Host>, a: &[u64; 8]) -> Result<u64, Err
         }
         MsgReject => {
             check_can_respond(c.data())?;
+            if a[1] > REPLY_BYTES_MAX as u64 {
+                return Err(trap("reject message too long"));
+            }
             let bytes = mem_slice(c, a[0], a[1])?;
             let msg = String::from_utf8(bytes).map_err(|_| trap("reject message is not UTF-8"))?;
             c.data_mut().response = Some(Response::Reject(msg));
@@ -981,6 +984,9 @@ fn dispatch(api: Api, c: &mut Caller<'_, Host>, a: &[u64; 8]) -> Result<u64, Err
             Ok(0)
         }
         CallDataAppend => {
+            if a[1] > CALL_PAYLOAD_BYTES_MAX as u64 {
+                return Err(trap("call payload too large"));
+            }
             let bytes = mem_slice(c, a[0], a[1])?;
             charge(c, a[1])?;
             let call = c
@@ -1005,24 +1011,8 @@ fn dispatch(api: Api, c: &mut Caller<'_, Host>, a: &[u64; 8]) -> Result<u64, Err
         CallPerform => call_perform(c.data_mut()),
         Stable64Size => Ok(c.data().stable.pages()),
         Stable64Grow => Ok(stable_grow(c.data_mut(), a[0])),
-        Stable64Write => {
-            let bytes = mem_slice(c, a[1], a[2])?;
-            charge(c, a[2])?;
-            c.data_mut()
-                .stable
-                .write(a[0], &bytes)
-                .map_err(|_| trap("stable memory out of bounds"))?;
-            Ok(0)
-        }
-        Stable64Read => {
-            let bytes = c
-                .data()
-                .stable
-                .read(a[1], a[2])
-                .map_err(|_| trap("stable memory out of bounds"))?;
-            charge(c, a[2])?;
-            mem_write(c, a[0], &bytes).map(|_| 0)
-        }
+        Stable64Write => stable_write(c, a[0], a[1], a[2]),
+        Stable64Read => stable_read(c, a[0], a[1], a[2]),
         StableSize => {
             let pages = c.data().stable.pages();
             if pages > u32::MAX as u64 / 65536 + 1 {
@@ -1039,24 +1029,8 @@ fn dispatch(api: Api, c: &mut Caller<'_, Host>, a: &[u64; 8]) -> Result<u64, Err
             let r = stable_grow(h, a[0]);
             Ok(r & 0xffff_ffff)
         }
-        StableWrite => {
-            let bytes = mem_slice(c, a[1], a[2])?;
-            charge(c, a[2])?;
-            c.data_mut()
-                .stable
-                .write(a[0], &bytes)
-                .map_err(|_| trap("stable memory out of bounds"))?;
-            Ok(0)
-        }
-        StableRead => {
-            let bytes = c
-                .data()
-                .stable
-                .read(a[1], a[2])
-                .map_err(|_| trap("stable memory out of bounds"))?;
-            charge(c, a[2])?;
-            mem_write(c, a[0], &bytes).map(|_| 0)
-        }
+        StableWrite => stable_write(c, a[0], a[1], a[2]),
+        StableRead => stable_read(c, a[0], a[1], a[2]),
         RootKeySize => Ok(c.data().root_key.len() as u64),
         RootKeyCopy => {
             let k = c.data().root_key.clone();
@@ -1100,6 +1074,9 @@ fn dispatch(api: Api, c: &mut Caller<'_, Host>, a: &[u64; 8]) -> Result<u64, Err
             }
         }
         IsController => {
+            if a[1] > PRINCIPAL_BYTES_MAX {
+                return Err(trap("is_controller: not a principal"));
+            }
             let bytes = mem_slice(c, a[0], a[1])?;
             let p = Principal::from_slice(&bytes)
                 .map_err(|_| trap("is_controller: not a principal"))?;
@@ -1163,6 +1140,9 @@ fn check_can_respond(h: &Host) -> Result<(), Error> {
 
 fn reply_data_append(c: &mut Caller<'_, Host>, src: u64, size: u64) -> Result<u64, Error> {
     check_can_respond(c.data())?;
+    if c.data().reply_buffer.len() as u64 + size > REPLY_BYTES_MAX as u64 {
+        return Err(trap("reply exceeds the maximum payload size"));
+    }
     let bytes = mem_slice(c, src, size)?;
     charge(c, size)?;
     let h = c.data_mut();
@@ -1184,7 +1164,16 @@ fn accept(h: &mut Host, want: u128) -> u128 {
     got
 }
 
+/// Bytes of a principal (the spec's bound).
+const PRINCIPAL_BYTES_MAX: u64 = 29;
+
+/// Bytes of a method name in `call_new`.
+pub const METHOD_NAME_BYTES_MAX: u64 = 20_000;
+
 fn call_new(c: &mut Caller<'_, Host>, a: &[u64; 8]) -> Result<u64, Error> {
+    if a[1] > PRINCIPAL_BYTES_MAX || a[3] > METHOD_NAME_BYTES_MAX {
+        return Err(trap("call_new: callee or method name too long"));
+    }
     let callee = mem_slice(c, a[0], a[1])?;
     let method = mem_slice(c, a[2], a[3])?;
     let callee = Principal::from_slice(&callee).map_err(|_| trap("call_new: bad callee"))?;
@@ -1240,6 +1229,55 @@ fn call_perform(h: &mut Host) -> Result<u64, Error> {
     }
     h.cycles_balance -= fee;
     h.calls.push(call);
+    Ok(0)
+}
+
+/// Bytes copied between stable memory and the heap per step (no buffer of the full size).
+const STABLE_COPY_STEP_BYTES: u64 = 64 * 1024;
+
+fn stable_read(c: &mut Caller<'_, Host>, dst: u64, offset: u64, size: u64) -> Result<u64, Error> {
+    charge(c, size)?;
+    let mem = c
+        .data()
+        .memory
+        .ok_or_else(|| trap("module has no memory"))?;
+    let (data, host) = mem.data_and_store_mut(&mut *c);
+    let end = dst
+        .checked_add(size)
+        .filter(|e| *e <= data.len() as u64)
+        .ok_or_else(|| trap(format!("heap out of bounds: {dst}+{size}")))?;
+    host.stable
+        .read_into(offset, &mut data[dst as usize..end as usize])
+        .map_err(|_| trap("stable memory out of bounds"))?;
+    Ok(0)
+}
+
+fn stable_write(c: &mut Caller<'_, Host>, offset: u64, src: u64, size: u64) -> Result<u64, Error> {
+    charge(c, size)?;
+    let mem = c
+        .data()
+        .memory
+        .ok_or_else(|| trap("module has no memory"))?;
+    let (data, host) = mem.data_and_store_mut(&mut *c);
+    let end = src
+        .checked_add(size)
+        .filter(|e| *e <= data.len() as u64)
+        .ok_or_else(|| trap(format!("heap out of bounds: {src}+{size}")))?;
+    if offset
+        .checked_add(size)
+        .is_none_or(|e| e > host.stable.size_bytes())
+    {
+        return Err(trap("stable memory out of bounds"));
+    }
+    let mut pos = src;
+    while pos < end {
+        let n = (end - pos).min(STABLE_COPY_STEP_BYTES);
+        let at = offset + (pos - src);
+        host.stable
+            .write(at, &data[pos as usize..(pos + n) as usize])
+            .map_err(|_| trap("stable memory out of bounds"))?;
+        pos += n;
+    }
     Ok(0)
 }
 
