@@ -1319,3 +1319,214 @@ fn garbage_never_crashes() {
         h.api.disconnect(conn);
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Byte compatibility with DFINITY's agent-side types (the code ic-agent runs): envelopes
+// they encode are accepted with the same request id, and the responses and certificates
+// we produce parse and verify with their code.
+
+mod agent_compat {
+    use super::*;
+    use ic_transport_types::{
+        Delegation, Envelope, EnvelopeContent, QueryResponse, ReadStateResponse, SignedDelegation,
+        TransportCallResponse,
+    };
+    use std::borrow::Cow;
+
+    type Cert = ic_certification::Certificate;
+
+    fn cp(p: Principal) -> candid::Principal {
+        candid::Principal::from_slice(p.as_slice())
+    }
+
+    fn encode(
+        content: EnvelopeContent,
+        id: &Identity,
+        signer: &Identity,
+        chain: Option<Vec<SignedDelegation>>,
+    ) -> (Vec<u8>, [u8; 32]) {
+        let rid: [u8; 32] = *content.to_request_id();
+        let der = id.der();
+        let sig = der
+            .as_ref()
+            .map(|_| signer.sign(&[auth::DS_REQUEST, &rid].concat()));
+        let env = Envelope {
+            content: Cow::Owned(content),
+            sender_pubkey: der,
+            sender_sig: sig,
+            sender_delegation: chain,
+        };
+        (env.encode_bytes(), rid)
+    }
+
+    /// Checks a certificate with ic-certification's tree and ic-verify-bls-signature.
+    fn dfinity_verify(cert: &[u8], root_der: &[u8]) -> Cert {
+        let cert: Cert = serde_cbor::from_slice(cert).unwrap();
+        let msg = [certificate::DS_STATE_ROOT, &cert.tree.digest()].concat();
+        ic_verify_bls_signature::verify_bls_signature(&cert.signature, &msg, &root_der[37..])
+            .unwrap();
+        cert
+    }
+
+    #[test]
+    fn agent_envelopes_and_our_responses_interoperate() {
+        let mut h = Harness::new();
+        let root = ed25519(20);
+        let session = Identity::P256(p256::ecdsa::SigningKey::from_slice(&[21; 32]).unwrap());
+        let c1 = canister(1);
+        // Call through a delegation, v2.
+        let delegation = Delegation {
+            pubkey: session.der().unwrap(),
+            expiration: NOW + 600 * SEC,
+            targets: Some(vec![cp(c1)]),
+            permissions: None,
+        };
+        let signed = SignedDelegation {
+            signature: root.sign(&delegation.signable()),
+            delegation,
+        };
+        let call = EnvelopeContent::Call {
+            nonce: Some(vec![1, 2, 3]),
+            ingress_expiry: NOW + 180 * SEC,
+            sender: cp(root.principal()),
+            canister_id: cp(c1),
+            method_name: "echo".into(),
+            arg: b"DIDL\x00\x01\x71\x02hi".to_vec(),
+            sender_info: None,
+        };
+        let (body, rid) = encode(call, &root, &session, Some(vec![signed]));
+        let path = format!("/api/v2/canister/{}/call", c1.to_text());
+        let r = h.exchange(&post(&path, &body), NOW);
+        assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            h.backend.submissions.get(&rid),
+            Some(&1),
+            "same request id as the agent's"
+        );
+        h.backend.execute(NOW + SEC);
+
+        // read_state of its status, parsed and verified by DFINITY's code.
+        let rs = EnvelopeContent::ReadState {
+            ingress_expiry: NOW + 180 * SEC,
+            sender: cp(root.principal()),
+            paths: vec![vec!["request_status".into(), rid[..].into()]],
+        };
+        // read_state is signed by the session key through the same chain.
+        let delegation = Delegation {
+            pubkey: session.der().unwrap(),
+            expiration: NOW + 600 * SEC,
+            targets: None,
+            permissions: None,
+        };
+        let signed = SignedDelegation {
+            signature: root.sign(&delegation.signable()),
+            delegation,
+        };
+        let (body, _) = encode(rs, &root, &session, Some(vec![signed]));
+        let r = h.exchange(
+            &post(
+                &format!("/api/v3/canister/{}/read_state", c1.to_text()),
+                &body,
+            ),
+            NOW,
+        );
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let resp: ReadStateResponse = serde_cbor::from_slice(&r.body).unwrap();
+        let cert = dfinity_verify(&resp.certificate, &h.backend.root_der);
+        let reply = cert
+            .tree
+            .lookup_path([b"request_status".as_slice(), &rid, b"reply"]);
+        assert_eq!(
+            reply,
+            ic_certification::LookupResult::Found(b"DIDL\x00\x01\x71\x02hi".as_slice())
+        );
+
+        // A v4 call answered synchronously: TransportCallResponse::Replied.
+        let call = EnvelopeContent::Call {
+            nonce: None,
+            ingress_expiry: NOW + 180 * SEC,
+            sender: cp(Principal::ANONYMOUS),
+            canister_id: cp(c1),
+            method_name: "echo".into(),
+            arg: vec![7],
+            sender_info: None,
+        };
+        let anon = Identity::Anonymous;
+        let (body, rid) = encode(call, &anon, &anon, None);
+        let conn = h.open(NOW);
+        h.api.receive(
+            &mut h.backend,
+            conn,
+            &post(&format!("/api/v4/canister/{}/call", c1.to_text()), &body),
+            NOW,
+        );
+        h.backend.execute(NOW + SEC);
+        h.api.poll(&mut h.backend, NOW + SEC);
+        let r = parse_responses(&h.api.take_outputs()).remove(0);
+        match serde_cbor::from_slice::<TransportCallResponse>(&r.body).unwrap() {
+            TransportCallResponse::Replied { certificate } => {
+                let cert = dfinity_verify(&certificate, &h.backend.root_der);
+                let status = cert
+                    .tree
+                    .lookup_path([b"request_status".as_slice(), &rid, b"status"]);
+                assert_eq!(
+                    status,
+                    ic_certification::LookupResult::Found(b"replied".as_slice())
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+
+        // Queries: the response and its node signature, checked as ic-agent checks them.
+        use ed25519_dalek::Verifier;
+        let node_key = h.backend.node_sk.verifying_key();
+        for method in ["greet", "missing"] {
+            let q = EnvelopeContent::Query {
+                ingress_expiry: NOW + 180 * SEC,
+                sender: cp(Principal::ANONYMOUS),
+                canister_id: cp(c1),
+                method_name: method.into(),
+                arg: vec![],
+                nonce: None,
+                sender_info: None,
+            };
+            let (body, rid) = encode(q, &anon, &anon, None);
+            let r = h.exchange(
+                &post(&format!("/api/v3/canister/{}/query", c1.to_text()), &body),
+                NOW,
+            );
+            let resp: QueryResponse = serde_cbor::from_slice(&r.body).unwrap();
+            let sig = &resp.signatures()[0];
+            assert_eq!(sig.identity, cp(h.backend.node_id));
+            let signable = resp.signable(ic_transport_types::RequestId::new(&rid), sig.timestamp);
+            let s = ed25519_dalek::Signature::from_slice(&sig.signature).unwrap();
+            node_key.verify(&signable, &s).unwrap();
+            match (&resp, method) {
+                (QueryResponse::Replied { reply, .. }, "greet") => assert_eq!(reply.arg, b"hello "),
+                (QueryResponse::Rejected { reject, .. }, "missing") => {
+                    assert_eq!(reject.error_code.as_deref(), Some("IC0536"))
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    /// Certificates we build (root-signed, as a single-subnet node serves them) hash the same
+    /// under ic-certification and verify under DFINITY's BLS verifier.
+    #[test]
+    fn our_certificates_verify_with_dfinity_code() {
+        let h = Harness::new();
+        let state = h.backend.state.as_ref().unwrap();
+        let sid = h.backend.subnet_id.to_vec();
+        let cert = state.certificate_for(&[&[b"subnet".as_slice(), &sid][..]]);
+        let parsed = dfinity_verify(&cert, &h.backend.root_der);
+        assert_eq!(parsed.tree.digest(), state.tree.digest());
+        let key = parsed
+            .tree
+            .lookup_path([b"subnet".as_slice(), &sid, b"public_key"]);
+        assert_eq!(
+            key,
+            ic_certification::LookupResult::Found(h.backend.root_der.as_slice())
+        );
+    }
+}
