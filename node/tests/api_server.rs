@@ -1530,3 +1530,114 @@ mod agent_compat {
         );
     }
 }
+
+/// Internet Identity style: the sender key is a canister signature key, whose "signature" on
+/// a delegation is a certificate over the canister's certified data.
+#[test]
+fn canister_signature_delegations_authenticate() {
+    use node::api::labeled_tree::{HashedTree, LabeledTree};
+    let mut h = Harness::new();
+    let ii = canister(9);
+    let seed = b"user anchor 10000".to_vec();
+    // DER: SEQUENCE { AlgorithmIdentifier(1.3.6.1.4.1.56387.1.2), BIT STRING(0 ‖ len ‖ cid ‖ seed) }
+    let payload = [&[ii.as_slice().len() as u8][..], ii.as_slice(), &seed].concat();
+    let alg = hex("300c060a2b0601040183b8430102");
+    let bits = [&[0x03, payload.len() as u8 + 1, 0x00][..], &payload].concat();
+    let der = [&[0x30, (alg.len() + bits.len()) as u8][..], &alg, &bits].concat();
+    let sender = Principal::self_authenticating(&der);
+
+    let session = ed25519(30);
+    let spec = DelegationSpec {
+        to: session.der().unwrap(),
+        expiration: NOW + 600 * SEC,
+        targets: None,
+        permissions: None,
+    };
+    let map = delegation_map(&spec);
+    let hash = request_id::hash_value(&cbor::decode(&map).unwrap()).unwrap();
+    let signed_msg = [auth::DS_DELEGATION, &hash].concat();
+
+    // The canister's signature tree: ["sig", H(seed), H(msg)] = "".
+    let mut sig_tree = LabeledTree::empty();
+    sig_tree.insert(
+        &[
+            b"sig".as_slice(),
+            &request_id::sha256(&seed),
+            &request_id::sha256(&signed_msg),
+        ],
+        vec![],
+    );
+    let sig_tree = HashedTree::new(sig_tree);
+    // The subnet certifies the canister's certified_data = root of that tree.
+    h.backend.canisters.insert(
+        ii,
+        CanisterEntry {
+            certified_data: sig_tree.digest().to_vec(),
+            ..Default::default()
+        },
+    );
+    h.backend.certify(NOW);
+    let canister_sig = |tree: &HashedTree, backend: &TestBackend| {
+        let cert = backend.state.as_ref().unwrap().data_certificate(&ii);
+        let mut w = Writer::self_describing();
+        w.map(2).text("certificate").bytes(&cert).text("tree");
+        tree.to_hash_tree().encode(&mut w);
+        w.into_bytes()
+    };
+    let good = canister_sig(&sig_tree, &h.backend);
+
+    // The request's sender is SA(canister-sig key); the session key signs the request.
+    let mut req = Req::new("call", &session);
+    req.nonce = Some(vec![1]);
+    let body_for = |sig: &[u8], req: &Req<'_>| {
+        let mut c = Writer::new();
+        c.map(7)
+            .text("request_type")
+            .text("call")
+            .text("nonce")
+            .bytes(req.nonce.as_ref().unwrap());
+        c.text("ingress_expiry")
+            .u64(req.expiry)
+            .text("sender")
+            .bytes(sender.as_slice());
+        c.text("canister_id")
+            .bytes(req.canister.as_slice())
+            .text("method_name")
+            .text(req.method);
+        c.text("arg").bytes(&req.arg);
+        let content = c.into_bytes();
+        let rid = request_id::request_id(&cbor::decode(&content).unwrap()).unwrap();
+        let mut w = Writer::self_describing();
+        w.map(4)
+            .text("content")
+            .raw(&content)
+            .text("sender_pubkey")
+            .bytes(&der);
+        w.text("sender_delegation")
+            .array(1)
+            .map(2)
+            .text("delegation")
+            .raw(&map)
+            .text("signature")
+            .bytes(sig);
+        w.text("sender_sig")
+            .bytes(&session.sign(&[auth::DS_REQUEST, &rid].concat()));
+        w.into_bytes()
+    };
+    let path = format!("/api/v2/canister/{}/call", canister(1).to_text());
+    let r = h.exchange(&post(&path, &body_for(&good, &req)), NOW);
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+
+    // A tree for another message: refused.
+    let mut other = LabeledTree::empty();
+    other.insert(
+        &[b"sig".as_slice(), &request_id::sha256(&seed), &[0; 32]],
+        vec![],
+    );
+    let bad = canister_sig(&HashedTree::new(other), &h.backend);
+    req.nonce = Some(vec![2]);
+    assert_eq!(
+        h.exchange(&post(&path, &body_for(&bad, &req)), NOW).status,
+        403
+    );
+}
