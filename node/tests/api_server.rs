@@ -37,6 +37,7 @@ struct TestBackend {
     submissions: BTreeMap<RequestId, u32>,
     state: Option<CertifiedState>,
     height: u64,
+    health: ReplicaHealth,
 }
 
 impl TestBackend {
@@ -68,6 +69,7 @@ impl TestBackend {
             submissions: BTreeMap::new(),
             state: None,
             height: 0,
+            health: ReplicaHealth::Healthy,
         };
         b.certify(NOW);
         b
@@ -127,7 +129,7 @@ impl ApiBackend for TestBackend {
         &self.ranges
     }
     fn health(&self) -> ReplicaHealth {
-        ReplicaHealth::Healthy
+        self.health
     }
     fn certified_state(&self) -> Option<&CertifiedState> {
         self.state.as_ref()
@@ -504,6 +506,19 @@ fn status_reports_root_key_version_and_health() {
         h.backend.subnet_id,
         Principal::self_authenticating(&h.backend.root_der)
     );
+    // While the replica starts, status still answers and everything else is 503.
+    h.backend.health = ReplicaHealth::WaitingForCertifiedState;
+    let r = h.exchange(b"GET /api/v2/status HTTP/1.1\r\n\r\n", NOW);
+    let v = record(&r.body);
+    assert_eq!(
+        field(&v, "replica_health_status").as_text(),
+        Some("waiting_for_certified_state")
+    );
+    let mut q = Req::new("query", &Identity::Anonymous);
+    q.method = "greet";
+    assert_eq!(h.query(3, canister(1), &q).status, 503);
+    h.backend.health = ReplicaHealth::Healthy;
+    assert_eq!(h.query(3, canister(1), &q).status, 200);
     // CORS preflight.
     let r = h.exchange(b"OPTIONS /api/v2/status HTTP/1.1\r\n\r\n", NOW);
     assert_eq!(r.status, 204);
