@@ -112,12 +112,14 @@ mod sim_disk;
 mod space;
 mod sync;
 
+pub use checkpoint::REHASH_EVERY_NTH_CHUNK;
 pub use device::{check_request, BlockDevice, DeviceError, SECTOR_BYTES_ALLOWED};
 pub use format::{
     hash_with_domain, Hash, BLOCK_BYTES, FORMAT_VERSION, SUPERBLOCK_COPIES, SUPERBLOCK_QUORUM,
 };
 pub use manifest::{
-    chunk_hash, ChunkEntry, FileEntry, Manifest, ManifestError, StateFile, CHUNK_BYTES_DEFAULT,
+    chunk_hash, ChunkEntry, FileEntry, KnownChunk, Manifest, ManifestError, StateFile,
+    CHUNK_BYTES_DEFAULT,
 };
 pub use pool::{PoolFault, PoolRecord, POOL_RECORD_BYTES_MAX};
 pub use sim_disk::{SimDisk, SimFaults, SimRng};
@@ -226,6 +228,8 @@ pub enum StoreError {
     ChunkMismatch(u32),
     /// State sync is committed before every chunk arrived, or a second one is started.
     SyncState,
+    /// Chunk `index`, vouched unchanged by a hint, has changed: the hint is wrong.
+    HintMismatch(u32),
 }
 
 impl fmt::Display for StoreError {
@@ -246,6 +250,7 @@ impl fmt::Display for StoreError {
             StoreError::Manifest(e) => write!(f, "manifest: {e}"),
             StoreError::ChunkMismatch(i) => write!(f, "synced chunk {i} does not match"),
             StoreError::SyncState => f.write_str("state sync not in a state to do that"),
+            StoreError::HintMismatch(i) => write!(f, "chunk {i} vouched unchanged has changed"),
         }
     }
 }
@@ -320,6 +325,8 @@ pub struct CheckpointStats {
     pub root_hash: Hash,
     /// Chunks in the state.
     pub chunks_total: u32,
+    /// Chunks hashed (the others were vouched unchanged by hints).
+    pub chunks_hashed: u32,
     /// Chunks written (the rest were already stored).
     pub chunks_written: u32,
     /// Bytes written for chunks.
