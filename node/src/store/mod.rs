@@ -141,6 +141,8 @@ use space::FreeSpace;
 
 /// Default pool segment size, in bytes.
 pub const POOL_SEGMENT_BYTES_DEFAULT: u32 = 4 << 20;
+/// Largest blob (meta, manifest, CUP), in bytes.
+pub const BLOB_BYTES_MAX: u64 = 256 << 20;
 /// Most pool segments a store holds (the consensus layer purges long before).
 pub const SEGMENTS_MAX: usize = 4096;
 /// Most bytes of pool records buffered between two `pool_sync` calls.
@@ -469,6 +471,7 @@ impl<D: BlockDevice> Store<D> {
         if g.block_count > block_count
             || !manifest::chunk_bytes_supported(g.chunk_bytes)
             || g.pool_segment_blocks < POOL_SEGMENT_BLOCKS_MIN
+            || u64::from(g.pool_segment_blocks) > g.block_count
         {
             let error = StoreError::Geometry;
             return Err(OpenError { error, device: dev });
@@ -525,7 +528,15 @@ impl<D: BlockDevice> Store<D> {
         let meta_bytes = self.read_blob_repairing(&sb.meta, Structure::Meta, recovery)?;
         let meta: Meta =
             postcard::from_bytes(&meta_bytes).map_err(|_| StoreError::Corrupt(Structure::Meta))?;
-        if meta.version != META_VERSION || meta.segments.len() > SEGMENTS_MAX {
+        let g = self.geometry;
+        let segments_ok = meta.segments.iter().all(|seg| {
+            seg.blocks == g.pool_segment_blocks
+                && seg
+                    .copies
+                    .iter()
+                    .all(|&c| extent_in_data_area(c, u64::from(seg.blocks), g.block_count))
+        });
+        if meta.version != META_VERSION || meta.segments.len() > SEGMENTS_MAX || !segments_ok {
             return Err(StoreError::Corrupt(Structure::Meta));
         }
         self.load_checkpoint(&meta, recovery)?;
@@ -683,6 +694,9 @@ impl<D: BlockDevice> Store<D> {
 
     /// Writes `bytes` as a mirrored blob into two fresh extents (not flushed).
     fn write_blob(&mut self, bytes: &[u8]) -> Result<BlobRef, StoreError> {
+        if bytes.len() as u64 > BLOB_BYTES_MAX {
+            return Err(StoreError::RecordTooLarge);
+        }
         let blocks = blocks_for(bytes.len() as u64);
         let a = self.alloc_high(blocks)?;
         let b = self.alloc_high(blocks)?;
@@ -710,7 +724,7 @@ impl<D: BlockDevice> Store<D> {
         let mut good = None;
         let mut bad = Vec::new();
         for copy in 0..2 {
-            match read_blob_copy(&mut self.dev, blob, copy)? {
+            match read_blob_copy(&mut self.dev, self.geometry.block_count, blob, copy)? {
                 Some(raw) if good.is_none() => good = Some(raw),
                 Some(_) => {}
                 None => bad.push(copy),
@@ -798,7 +812,8 @@ impl<D: BlockDevice> Store<D> {
             return Ok(None);
         };
         for copy in 0..2 {
-            if let Some(mut raw) = read_blob_copy(&mut self.dev, &blob, copy)? {
+            let block_count = self.geometry.block_count;
+            if let Some(mut raw) = read_blob_copy(&mut self.dev, block_count, &blob, copy)? {
                 raw.truncate(blob.len as usize);
                 return Ok(Some(raw));
             }
@@ -807,13 +822,26 @@ impl<D: BlockDevice> Store<D> {
     }
 }
 
+/// Whether `blocks` blocks from `start` lie inside the data area.
+fn extent_in_data_area(start: u64, blocks: u64, block_count: u64) -> bool {
+    start >= DATA_START_BLOCK
+        && start
+            .checked_add(blocks)
+            .is_some_and(|end| end <= block_count)
+}
+
 /// Reads one copy of a blob and checks its hash; `None` if it does not verify.
 fn read_blob_copy<D: BlockDevice>(
     dev: &mut D,
+    block_count: u64,
     blob: &BlobRef,
     copy: usize,
 ) -> Result<Option<Vec<u8>>, StoreError> {
-    if blob.len > u64::from(blob.blocks) * BLOCK_BYTES as u64 || blob.len > META_BYTES_MAX << 8 {
+    let blocks = u64::from(blob.blocks);
+    if blob.len > BLOB_BYTES_MAX
+        || blocks != blocks_for(blob.len)
+        || !extent_in_data_area(blob.copies[copy], blocks, block_count)
+    {
         return Ok(None);
     }
     let mut raw = vec![0u8; blob.blocks as usize * BLOCK_BYTES];
