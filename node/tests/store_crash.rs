@@ -17,7 +17,7 @@ use node::store::{
 };
 
 const RUNS_MIN: u64 = 2_000;
-const DISK_BYTES: u64 = 8 << 20;
+const DISK_BYTES: u64 = 4 << 20;
 const ROUNDS: u64 = 5;
 const HEIGHTS_PER_ROUND: u64 = 10;
 

@@ -13,7 +13,7 @@ use node::store::{
 };
 
 const FLIPS: u64 = 400;
-const DISK_BYTES: u64 = 8 << 20;
+const DISK_BYTES: u64 = 4 << 20;
 const HEIGHT: u64 = 40;
 
 fn config() -> StoreConfig {
