@@ -14,7 +14,12 @@
 //!   reported by name (which chunk, which batch copy). Small structures (meta, manifest, CUP,
 //!   pool segments) are mirrored and repaired from their twin on open; chunks are repaired by
 //!   state sync from a peer ([`StateSync`]).
-//! - **Incremental checkpoints.** A chunk whose hash is already stored is not written again.
+//! - **Incremental checkpoints.** A chunk whose hash is already stored is not written again;
+//!   with dirty-chunk hints (`checkpoint_with_hints`) an unchanged chunk is not even hashed.
+//!
+//! What it does not promise: a misdirected write can destroy a committed chunk, and a fault in
+//! both copies of a mirrored structure makes the store unopenable (`Corrupt`). Both are
+//! detected, never returned as data; the node then recovers by state sync from its peers.
 //!
 //! The design follows LMDB's copy-on-write meta pages, TigerBeetle's superblock (several copies,
 //! a quorum, a hash chain) and the IC state manager's chunk manifests
@@ -64,7 +69,8 @@
 //!   8     4  format version (1)
 //!  12     4  copy index 0..3 (not covered by the checksum; catches misdirected reads)
 //!  16     8  sequence (+1 per commit)
-//!  24    32  parent: checksum of the superblock with sequence - 1 (hash chain)
+//!  24    32  parent: checksum of the superblock with sequence - 1 (a hash chain linking the
+//!            history, as TigerBeetle's; `open` chooses by quorum, not by the chain)
 //!  56     4  block bytes (4096)
 //!  60     4  chunk bytes (1 MiB by default)
 //!  64     8  block count
@@ -79,7 +85,8 @@
 //!
 //! data area structures (all found from the meta; all blobs mirrored in two extents)
 //! meta       postcard `format::Meta` v1: checkpoint {height, root hash, manifest blob},
-//!            CUP blob, pool segments [{id, 2 extents, blocks}], next segment id, purged_below
+//!            CUP blob, pool segments [{id, 2 extents, blocks}], next segment id, purged_below,
+//!            format nonce
 //! manifest   postcard {`Manifest`, chunk locations}; hash in the meta
 //! chunk      one extent per distinct chunk hash, padded to whole blocks; hash in the manifest
 //! CUP        opaque bytes; hash in the meta
@@ -94,14 +101,19 @@
 //! leaves copies 2 and 3 of the old commit intact, a crash in the second half leaves copies 0 and
 //! 1 of the new one durable. A single copy never wins, so one misdirected or rotten copy is
 //! outvoted. After a device error during a commit the store refuses further work (`Poisoned`)
-//! until it is reopened, so one sequence number never names two different commits on disk.
+//! until it is reopened, so its view never runs ahead of what a reopen finds. (A reopen after a
+//! crash in the first half may find the old commit and then write a different commit with the
+//! same sequence; the lone surviving copy of the abandoned one can never gather a quorum, since
+//! the next first half overwrites copies 0 and 1.)
 //!
 //! # Reclamation
 //!
 //! There is no on-disk free list. Free space is derived from the references of the durable meta
 //! (plus the extents an unfinished state sync holds). Extents only the previous commit used
 //! become free as soon as the new superblock is durable on all copies, which is also the
-//! moment no crash can bring the previous commit back.
+//! moment no crash can bring the previous commit back. Chunks are allocated first-fit from the
+//! bottom of the data area, small structures (meta, manifest, CUP, pool segments) from the top,
+//! so the short-lived small ones do not fragment the runs chunks need.
 
 mod checkpoint;
 mod device;
