@@ -159,6 +159,7 @@ fn bit_flips_anywhere_are_detected_and_repaired() {
             "{context}"
         );
         assert!(rec.blob_repairs.is_empty(), "{context}");
+        assert_eq!(rec.superblock_copies, SUPERBLOCK_COPIES, "{context}");
         assert_intact(&mut store, &state, &root);
     }
     eprintln!("SEED={base}: {FLIPS} flips: {tally:?}");

@@ -12,7 +12,8 @@
 //!   the meta's hash, the meta the manifest's, the manifest each chunk's; pool batches chain by
 //!   hash. A flipped bit, a torn or misdirected write, or a latent sector error is detected, and
 //!   reported by name (which chunk, which batch copy). Small structures (meta, manifest, CUP,
-//!   pool segments) are mirrored and repaired from their twin on open; chunks are repaired by
+//!   pool segments) are mirrored and repaired from their twin on open, superblock copies from
+//!   the quorum; chunks are repaired by
 //!   state sync from a peer ([`StateSync`]).
 //! - **Incremental checkpoints.** A chunk whose hash is already stored is not written again;
 //!   with dirty-chunk hints (`checkpoint_with_hints`) an unchanged chunk is not even hashed.
@@ -101,10 +102,11 @@
 //! leaves copies 2 and 3 of the old commit intact, a crash in the second half leaves copies 0 and
 //! 1 of the new one durable. A single copy never wins, so one misdirected or rotten copy is
 //! outvoted. After a device error during a commit the store refuses further work (`Poisoned`)
-//! until it is reopened, so its view never runs ahead of what a reopen finds. (A reopen after a
-//! crash in the first half may find the old commit and then write a different commit with the
-//! same sequence; the lone surviving copy of the abandoned one can never gather a quorum, since
-//! the next first half overwrites copies 0 and 1.)
+//! until it is reopened, so its view never runs ahead of what a reopen finds. `open` rewrites
+//! the chosen superblock to every copy that does not hold it before anything else: a store
+//! recovered with only copies 0 and 1 good would otherwise overwrite both in the first half of
+//! its next commit (the double-crash test found this). So every commit starts from four equal
+//! copies, and an abandoned commit's lone copy is overwritten before it could meet another.
 //!
 //! # Reclamation
 //!
@@ -144,8 +146,7 @@ use alloc::vec::Vec;
 use core::fmt;
 use device::{read_blocks, write_blocks};
 use format::{
-    blocks_for, BlobRef, Geometry, Meta, Superblock, DATA_START_BLOCK, META_BYTES_MAX,
-    META_VERSION, SUPERBLOCK_BYTES,
+    blocks_for, BlobRef, Geometry, Meta, Superblock, DATA_START_BLOCK, META_BYTES_MAX, META_VERSION,
 };
 use pool::{scan_segment, SegmentTail};
 use serde::{Deserialize, Serialize};
@@ -153,6 +154,9 @@ use space::FreeSpace;
 
 /// Default pool segment size, in bytes.
 pub const POOL_SEGMENT_BYTES_DEFAULT: u32 = 4 << 20;
+/// Which superblock copies hold the chosen superblock.
+type CopyMask = [bool; SUPERBLOCK_COPIES];
+
 /// Largest blob (meta, manifest, CUP), in bytes.
 pub const BLOB_BYTES_MAX: u64 = 256 << 20;
 /// Most pool segments a store holds (the consensus layer purges long before).
@@ -475,7 +479,7 @@ impl<D: BlockDevice> Store<D> {
             let sb = read_superblock(&mut dev)?;
             Ok((blocks, sb))
         });
-        let (block_count, (sb, checksum, copies)) = match found {
+        let (block_count, (sb, checksum, holding)) = match found {
             Ok(found) => found,
             Err(error) => return Err(OpenError { error, device: dev }),
         };
@@ -494,10 +498,13 @@ impl<D: BlockDevice> Store<D> {
         store.meta_ref = sb.meta;
         let mut recovery = Recovery {
             superblock_sequence: sb.sequence,
-            superblock_copies: copies,
+            superblock_copies: holding.iter().filter(|&&h| h).count(),
             ..Recovery::default()
         };
-        match store.load(&sb, verify, &mut recovery) {
+        let loaded = store
+            .repair_superblock(&sb, holding)
+            .and_then(|()| store.load(&sb, verify, &mut recovery));
+        match loaded {
             Ok(()) => Ok((store, recovery)),
             Err(error) => Err(OpenError {
                 error,
@@ -529,6 +536,23 @@ impl<D: BlockDevice> Store<D> {
             }
             Err(e) => Err(e.error),
         }
+    }
+
+    /// Writes the chosen superblock to the copies that do not hold it, and flushes. Without
+    /// this, a store recovered from a crash in the second half of a commit (copies 0 and 1 new,
+    /// 2 and 3 old or torn) would overwrite its only two good copies in the first half of its
+    /// next commit, and a crash there would leave no quorum at all.
+    fn repair_superblock(&mut self, sb: &Superblock, holding: CopyMask) -> Result<(), StoreError> {
+        if holding.iter().all(|&h| h) {
+            return Ok(());
+        }
+        let mut sector = vec![0u8; self.dev.sector_bytes()];
+        for copy in (0..SUPERBLOCK_COPIES).filter(|&c| !holding[c]) {
+            sb.encode(copy as u32, &mut sector);
+            write_blocks(&mut self.dev, copy as u64, &sector)?;
+        }
+        self.dev.flush()?;
+        Ok(())
     }
 
     fn load(
@@ -870,31 +894,37 @@ fn read_blob_copy<D: BlockDevice>(
     Ok(None)
 }
 
-/// Reads the four superblock copies and picks the newest with a quorum.
-fn read_superblock<D: BlockDevice>(dev: &mut D) -> Result<(Superblock, Hash, usize), StoreError> {
+/// Reads the four superblock copies and picks the newest with a quorum; returns it, its
+/// checksum and which copies hold it.
+fn read_superblock<D: BlockDevice>(
+    dev: &mut D,
+) -> Result<(Superblock, Hash, CopyMask), StoreError> {
     let mut sector = vec![0u8; dev.sector_bytes()];
-    let mut valid: Vec<(Superblock, Hash)> = Vec::new();
-    for copy in 0..format::SUPERBLOCK_COPIES as u32 {
-        match read_blocks(dev, u64::from(copy), &mut sector) {
+    let mut valid: Vec<(usize, Superblock, Hash)> = Vec::new();
+    for copy in 0..SUPERBLOCK_COPIES {
+        match read_blocks(dev, copy as u64, &mut sector) {
             Ok(()) => {}
             Err(DeviceError::Io) => continue,
             Err(e) => return Err(e.into()),
         }
-        if let Some(found) = Superblock::decode(&sector[..SUPERBLOCK_BYTES.max(512)], copy) {
-            valid.push(found);
+        if let Some((sb, checksum)) = Superblock::decode(&sector, copy as u32) {
+            valid.push((copy, sb, checksum));
         }
     }
     let best = valid
         .iter()
-        .filter(|(_, c)| valid.iter().filter(|(_, d)| d == c).count() >= SUPERBLOCK_QUORUM)
-        .max_by_key(|(sb, _)| sb.sequence);
+        .filter(|(_, _, c)| valid.iter().filter(|(_, _, d)| d == c).count() >= SUPERBLOCK_QUORUM)
+        .max_by_key(|(_, sb, _)| sb.sequence);
     match best {
-        Some(&(sb, checksum)) => {
-            let copies = valid.iter().filter(|(_, c)| *c == checksum).count();
-            Ok((sb, checksum, copies))
+        Some(&(_, sb, checksum)) => {
+            let mut holding = [false; SUPERBLOCK_COPIES];
+            for (copy, _, c) in &valid {
+                holding[*copy] = *c == checksum;
+            }
+            Ok((sb, checksum, holding))
         }
         // Only an interrupted format leaves no quorum and nothing newer than sequence 1.
-        None if valid.iter().all(|(sb, _)| sb.sequence <= 1) => Err(StoreError::NotFormatted),
+        None if valid.iter().all(|(_, sb, _)| sb.sequence <= 1) => Err(StoreError::NotFormatted),
         None => Err(StoreError::Corrupt(Structure::Superblock)),
     }
 }

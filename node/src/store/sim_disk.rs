@@ -204,6 +204,11 @@ impl SimDisk {
         }
     }
 
+    /// Whether the power is cut (every call fails until `restart`).
+    pub fn is_offline(&self) -> bool {
+        self.offline
+    }
+
     /// Powers the disk back on: reads see exactly what was durable.
     pub fn restart(&mut self) {
         self.current.clone_from(&self.durable);
