@@ -379,3 +379,46 @@ fn second_crash_after_recovery_recovers_too() {
     }
     eprintln!("SEED={base}: {DOUBLE_CRASH_RUNS} double crashes recovered");
 }
+
+/// Runs where the power is cut again while the first recovery (`open`) repairs copies.
+const CRASH_IN_RECOVERY_RUNS: u64 = 300;
+/// Device operations of an `open` a cut inside it is spread over.
+const OPEN_OPS: u64 = 12;
+
+#[test]
+fn crash_during_recovery_recovers_too() {
+    let base: u64 = std::env::var("SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(7);
+    let mut dev = SimDisk::new(4096, DISK_BYTES / 4096, base, SimFaults::crash());
+    workload(&mut dev, &mut Oracle::default()).expect("workload without faults");
+    let points = dev.ops_issued();
+    let mut rng = SimRng::new(base ^ 0xbeef);
+    let mut cut_in_open = 0;
+    for run in 0..CRASH_IN_RECOVERY_RUNS {
+        let (cut_at, in_open) = (rng.below(points), rng.below(OPEN_OPS));
+        // Mostly cut at the first operations of recovery, where repairs are written.
+        let in_open = if run % 2 == 0 { in_open % 3 } else { in_open };
+        let seed = base.wrapping_mul(3_333_331).wrapping_add(run);
+        let sector = if seed.is_multiple_of(2) { 512 } else { 4096 };
+        let mut dev = SimDisk::new(sector, DISK_BYTES / sector as u64, seed, SimFaults::crash());
+        dev.cut_power_at_op(cut_at);
+        let mut oracle = Oracle::default();
+        if workload(&mut dev, &mut oracle).is_ok() {
+            continue;
+        }
+        dev.restart();
+        let at = dev.ops_issued() + in_open;
+        dev.cut_power_at_op(at);
+        let _ = Store::open(&mut dev, Verify::Lazy);
+        cut_in_open += u64::from(dev.is_offline());
+        dev.cancel_power_cut();
+        dev.restart();
+        if let Err(why) = check_recovery(&mut dev, &oracle, None) {
+            panic!("SEED={base}: run {run}: crash at op {cut_at}, then {in_open} ops into recovery (disk seed {seed}): {why}");
+        }
+    }
+    eprintln!("SEED={base}: {CRASH_IN_RECOVERY_RUNS} runs, {cut_in_open} cut inside recovery, all recovered");
+    assert!(cut_in_open > 0, "some cuts land inside recovery");
+}
