@@ -362,8 +362,23 @@ fn expected_measurement_and_report_data_are_enforced() {
     opts.measurement = Some(report.measurement());
     opts.report_data = Some(report.report_data());
     let v = verify(&report_bytes, &vcek, &pinned, &opts);
-    assert!(v.accepted(), "{v}");
+    assert!(v.accepted() && v.admits(), "{v}");
     assert_eq!(v.outcome(CheckId::Measurement), Some(Outcome::Pass));
+    // Accepted is not admitted: admission needs the measurement, report_data and time checked.
+    let partial = verify(&report_bytes, &vcek, &pinned, &options_at(FIXED_DATE));
+    assert!(partial.accepted() && !partial.admits());
+    let admission = VerifyOptions::for_admission(
+        report.measurement(),
+        report.report_data(),
+        parse_date(FIXED_DATE).unwrap(),
+        node::attest::Policy::default(),
+    );
+    assert!(verify(&report_bytes, &vcek, &pinned, &admission).admits());
+    let untimed = VerifyOptions {
+        now_unix_s: None,
+        ..admission
+    };
+    assert!(!verify(&report_bytes, &vcek, &pinned, &untimed).admits());
     let mut wrong = report.measurement();
     wrong[47] ^= 1;
     opts.measurement = Some(wrong);
@@ -401,11 +416,11 @@ fn positions(len: usize, stride: usize, offset: usize) -> impl Iterator<Item = u
 fn mutating_the_signed_area_of_a_report_fails() {
     let pinned = TrustAnchors::pinned_amd().unwrap();
     let opts = options_at(FIXED_DATE);
-    // (case, stride): every byte of the signed area and of the signature fields is mutated,
-    // flipping a different bit at each position.
+    // (case, stride): the first report is mutated at every byte of the signed area and of
+    // the signature fields, the others at every third byte; each position flips another bit.
     let cases = [
         ("milan-v2-virtee/report.bin", "milan-v2-virtee/vcek.der", 1),
-        ("turin-v5-oak-oc/report.bin", "turin-v5-oak-oc/vcek.der", 1),
+        ("turin-v5-oak-oc/report.bin", "turin-v5-oak-oc/vcek.der", 3),
         (
             "genoa-v3-azure-trustee/report.bin",
             "genoa-v3-azure-trustee/vcek.pem",
@@ -440,7 +455,7 @@ fn mutating_a_certificate_fails() {
     let opts = options_at(FIXED_DATE);
     let report = std::fs::read(testdata().join("milan-v2-virtee/report.bin")).unwrap();
     let vcek = leaf_der("milan-v2-virtee/vcek.der");
-    for (n, i) in positions(vcek.len(), 1, 0).enumerate() {
+    for (n, i) in positions(vcek.len(), 2, 0).enumerate() {
         let mut bad = vcek.clone();
         bad[i] ^= 1 << (n % 8);
         let v = verify(&report, &bad, &pinned, &opts);
