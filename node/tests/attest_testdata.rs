@@ -484,3 +484,25 @@ fn mutating_a_certificate_fails() {
         assert!(!v.accepted(), "ARK byte {i} mutated but accepted");
     }
 }
+
+#[test]
+fn azure_hcl_reports_bind_their_runtime_claims() {
+    use sha2::{Digest, Sha256};
+    // Azure CVMs wrap the SNP report in an HCL report: the SNP report is bytes 0x20..0x4C0,
+    // and report_data[0..32] is SHA-256 of the runtime-claims JSON at 0x4D4 (length u32 at
+    // 0x4D0) (SOURCES.md, "Azure cases").
+    for case in ["genoa-v3-azure-trustee", "milan-v2-azure-trustee"] {
+        let hcl = std::fs::read(testdata().join(case).join("azure_hcl_report.bin")).unwrap();
+        let report = std::fs::read(testdata().join(case).join("report.bin")).unwrap();
+        assert_eq!(&hcl[0x20..0x4C0], &report[..], "{case}");
+        let len = u32::from_le_bytes(hcl[0x4D0..0x4D4].try_into().unwrap()) as usize;
+        let claims = &hcl[0x4D4..0x4D4 + len];
+        let parsed = AttestationReport::parse(&report).unwrap();
+        assert_eq!(
+            &parsed.report_data()[..32],
+            &Sha256::digest(claims)[..],
+            "{case}"
+        );
+        assert!(parsed.report_data()[32..].iter().all(|&b| b == 0));
+    }
+}
