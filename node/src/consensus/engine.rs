@@ -268,6 +268,24 @@ impl Consensus {
         self.finalized_out.pop_front()
     }
 
+    /// Every id in the pool, with whether it is validated (diagnostics).
+    pub fn pool_ids(&self) -> Vec<(bool, ArtifactId)> {
+        let mut v = Vec::new();
+        for kind in 1..=9u8 {
+            v.extend(
+                self.pool
+                    .validated_ids(kind, 0, u64::MAX)
+                    .map(|id| (true, *id)),
+            );
+            v.extend(
+                self.pool
+                    .unvalidated_ids(kind, 0, u64::MAX)
+                    .map(|id| (false, *id)),
+            );
+        }
+        v
+    }
+
     pub fn pool_sizes(&self) -> (usize, usize) {
         (self.pool.validated_len(), self.pool.unvalidated_len())
     }
@@ -731,10 +749,9 @@ impl Consensus {
             }
         }
         self.stats.batch_fallbacks += 1;
-        for (signer, s, validated) in shares {
-            if validated {
-                continue;
-            }
+        // Shares already held as validated are re-checked too: a combined signature that
+        // fails must lose at least one share, or the next step would fail the same way.
+        for (signer, s, _) in shares {
             let id = ArtifactId {
                 kind,
                 height,
@@ -778,6 +795,7 @@ impl Consensus {
     fn reject(&mut self, id: ArtifactId) {
         self.stats.rejected += 1;
         self.pool.remove_unvalidated(&id);
+        self.pool.remove_validated(&id);
         self.bad.insert(id);
     }
 
@@ -1073,10 +1091,8 @@ impl Consensus {
         msg: &[u8],
         shares: Vec<(NodeIndex, FixedBytes<48>, bool)>,
     ) {
-        for (signer, s, validated) in shares {
-            if validated {
-                continue;
-            }
+        // Validated shares are re-checked too (see `combine_threshold`).
+        for (signer, s, _) in shares {
             self.stats.bls_verifications += 1;
             let id = ArtifactId {
                 kind,
@@ -1245,7 +1261,10 @@ impl Consensus {
             return false;
         }
         self.proposed.insert(h);
-        if self.blocks_at(h).iter().any(|(r, _)| *r < rank) || self.any_notarization_at(h) {
+        // The paper's rule: propose unless the height is already notarized. (Skipping
+        // because a lower-rank block was seen would stall the height if that block's maker
+        // equivocated and its rank gets disqualified later.)
+        if self.any_notarization_at(h) {
             return true;
         }
         // The parent: the lowest-rank notarized block at h−1.
@@ -1345,21 +1364,21 @@ impl Consensus {
             return self.notarize_everything(h, &blocks);
         }
         let lag = self.notarized.0 - self.finalized.0;
+        // A rank with two valid blocks is disqualified (its maker equivocated): support
+        // neither, and do not let an earlier share for one of them block the next rank.
+        let disqualified = |rank: Rank| blocks.iter().filter(|(r, _)| *r == rank).count() > 1;
         let supported_min = self
             .supported
             .get(&h)
-            .and_then(|s| s.keys().next().copied());
-        for (i, (rank, hash)) in blocks.iter().enumerate() {
+            .and_then(|s| s.keys().copied().find(|r| !disqualified(*r)));
+        for (rank, hash) in blocks.iter() {
             if now < start.plus_millis(self.params.notary_delay_ms(*rank, lag)) {
                 return false;
             }
             if supported_min.is_some_and(|m| m <= *rank) {
                 return false;
             }
-            // Two blocks of one rank: the maker equivocated; support neither.
-            let twins = blocks.iter().filter(|(r, _)| r == rank).count() > 1;
-            if twins {
-                let _ = i;
+            if disqualified(*rank) {
                 continue;
             }
             self.supported.entry(h).or_default().insert(*rank, *hash);

@@ -36,7 +36,7 @@ use alloc::vec::Vec;
 use core::fmt;
 
 /// Default interval between status messages to each peer (drives re-advertisement).
-pub const STATUS_INTERVAL_MS: u64 = 300;
+pub const STATUS_INTERVAL_MS: u64 = 200;
 /// Bytes of artifacts in one delivery message.
 pub const DELIVERY_BYTES_MAX: usize = 1024 * 1024;
 /// Artifacts up to this size are pushed whole by their creator; larger ones are adverted.
@@ -267,6 +267,11 @@ impl Replica {
             malformed_messages: self.malformed_messages,
             malformed_artifacts: self.malformed_artifacts,
         }
+    }
+
+    /// The consensus state (read-only), for diagnostics and tests.
+    pub fn consensus(&self) -> &Consensus {
+        &self.consensus
     }
 
     /// (validated, unvalidated) artifacts in the pool.
