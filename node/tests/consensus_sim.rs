@@ -169,7 +169,7 @@ fn byzantine_all_kinds(name: &str, n: usize, base: u64, per_kind: u64) {
 // ----- n = 4 (f = 1) -----
 #[test]
 fn n4_all_honest() {
-    run_seeds("n4_all_honest", 400, 16, |s| all_honest(4, s));
+    run_seeds("n4_all_honest", 400, 20, |s| all_honest(4, s));
 }
 #[test]
 fn n4_f_crashed() {

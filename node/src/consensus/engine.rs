@@ -7,6 +7,7 @@ use crate::crypto::dealer::{NodeKeys, SubnetKeys};
 use crate::crypto::threshold;
 use crate::p2p::{ArtifactId, ArtifactPool, PeerStatus};
 use crate::types::{domain_hash, CryptoHash, FixedBytes, Height, NodeIndex, Rank, Time};
+use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::vec::Vec;
 
@@ -39,7 +40,7 @@ pub enum Outgoing {
     /// The whole artifact, to one peer or (None) to all.
     Push {
         to: Option<NodeIndex>,
-        artifact: Artifact,
+        artifact: Box<Artifact>,
     },
     /// An advert to every peer.
     Advert(ArtifactId),
@@ -317,7 +318,7 @@ impl Consensus {
             ArtifactKind::RandomBeaconShare => {
                 h > self.beacon_height && id.key == self.beacon_parent_for(h)
             }
-            ArtifactKind::Block => h > self.finalized || self.finalized_hashes.get(&h).is_none(),
+            ArtifactKind::Block => h > self.finalized || !self.finalized_hashes.contains_key(&h),
             ArtifactKind::Notarization => h > self.finalized,
             ArtifactKind::Finalization => h > self.finalized,
             ArtifactKind::NotarizationShare | ArtifactKind::FinalizationShare => h > self.finalized,
@@ -510,8 +511,7 @@ impl Consensus {
     fn aggregate_cup(&mut self) -> bool {
         let kind = ArtifactKind::CatchUpShare as u8;
         let cup_h = self.cup_height().0;
-        let mut groups: BTreeMap<(u64, CryptoHash), Vec<(NodeIndex, FixedBytes<48>, bool)>> =
-            BTreeMap::new();
+        let mut groups: BTreeMap<(u64, CryptoHash), Vec<ShareEntry>> = BTreeMap::new();
         for validated in [true, false] {
             let ids: Vec<ArtifactId> = if validated {
                 self.pool
@@ -1237,7 +1237,10 @@ impl Consensus {
 
     fn publish(&mut self, artifact: Artifact) {
         self.pool.insert_validated(artifact.clone());
-        self.outbox.push_back(Outgoing::Push { to: None, artifact });
+        self.outbox.push_back(Outgoing::Push {
+            to: None,
+            artifact: Box::new(artifact),
+        });
     }
 
     fn make_block(&mut self, now: Time) -> bool {
@@ -1305,7 +1308,7 @@ impl Consensus {
                 let which = if peer % 2 == 0 { &proposal } else { &twin };
                 self.outbox.push_back(Outgoing::Push {
                     to: Some(peer),
-                    artifact: Artifact::Block(which.clone()),
+                    artifact: Box::new(Artifact::Block(which.clone())),
                 });
             }
             self.pool.insert_validated(Artifact::Block(proposal));
@@ -1526,6 +1529,9 @@ impl Consensus {
         deadline
     }
 }
+
+/// A share as collected for aggregation: (signer, signature, already validated).
+type ShareEntry = (NodeIndex, FixedBytes<48>, bool);
 
 enum BlockCheck {
     Valid,

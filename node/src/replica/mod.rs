@@ -374,10 +374,10 @@ impl Replica {
                         adverts.push(artifact.id());
                         continue;
                     }
-                    for peer in 0..n {
+                    for (peer, list) in pushes.iter_mut().enumerate() {
                         if peer as NodeIndex != self.index && to.is_none_or(|t| t as usize == peer)
                         {
-                            pushes[peer].push(encoded.clone());
+                            list.push(encoded.clone());
                         }
                     }
                 }
