@@ -21,6 +21,8 @@
 //! on their own when a peer restarts. The replica never blocks and never allocates without
 //! a bound (see the limits in `p2p` and `consensus`).
 
+pub mod stack;
+
 use crate::consensus::{
     Artifact, Consensus, ConsensusParams, ConsensusStats, FinalizedBlock, Outgoing,
 };
@@ -41,6 +43,8 @@ pub const STATUS_INTERVAL_MS: u64 = 200;
 pub const DELIVERY_BYTES_MAX: usize = 1024 * 1024;
 /// Artifacts up to this size are pushed whole by their creator; larger ones are adverted.
 pub const PUSH_BYTES_MAX: usize = 16 * 1024;
+/// Received messages of the upper layers ([`WireBody::Upper`]) waiting for [`Replica::poll_upper`].
+pub const UPPER_MESSAGES_QUEUED_MAX: usize = 4096;
 
 /// Everything a replica needs to start.
 #[derive(Clone)]
@@ -100,6 +104,7 @@ pub struct Replica {
     out: VecDeque<(NodeId, Vec<u8>)>,
     malformed_messages: u64,
     malformed_artifacts: u64,
+    upper_in: VecDeque<(NodeId, Vec<u8>)>,
 }
 
 impl Replica {
@@ -143,6 +148,7 @@ impl Replica {
             out: VecDeque::new(),
             malformed_messages: 0,
             malformed_artifacts: 0,
+            upper_in: VecDeque::new(),
         };
         r.handle_timeout(now);
         Ok(r)
@@ -215,6 +221,22 @@ impl Replica {
     /// Makes CUPs wait for [`Replica::set_state_hash`] instead of the placeholder.
     pub fn require_state_hashes(&mut self) {
         self.consensus.use_state_hash_placeholder(false);
+    }
+
+    /// Sends an upper-layer message ([`WireBody::Upper`]) to `to`, or to every peer.
+    pub fn send_upper(&mut self, to: Option<NodeId>, message: Vec<u8>, now: Time) {
+        let bytes = WireMessage::new(WireBody::Upper(message)).encode();
+        for peer in 0..self.peers.len() as NodeIndex {
+            if peer != self.index && to.is_none_or(|t| self.index_of.get(&t) == Some(&peer)) {
+                self.channels.send(peer, &bytes, now);
+            }
+        }
+        self.drain_channels();
+    }
+
+    /// Next upper-layer message received, with its (authenticated) sender.
+    pub fn poll_upper(&mut self) -> Option<(NodeId, Vec<u8>)> {
+        self.upper_in.pop_front()
     }
 
     /// Next bytes to write to a peer's stream.
@@ -310,6 +332,13 @@ impl Replica {
                 }
             }
             WireBody::Requests(ids) => self.on_requests(from, &ids, now),
+            WireBody::Upper(bytes) => {
+                if self.upper_in.len() < UPPER_MESSAGES_QUEUED_MAX {
+                    if let Some(id) = self.peers.get(from as usize) {
+                        self.upper_in.push_back((*id, bytes));
+                    }
+                }
+            }
             WireBody::Artifacts(list) => {
                 for bytes in list {
                     match Artifact::decode(&bytes) {
