@@ -25,6 +25,7 @@ fn config() -> StoreConfig {
     StoreConfig {
         chunk_bytes: 16 * 1024,
         pool_segment_bytes: 32 * 1024,
+        ..StoreConfig::default()
     }
 }
 
@@ -123,7 +124,7 @@ fn workload(dev: &mut SimDisk, oracle: &mut Oracle) -> Result<(), StoreError> {
 }
 
 fn check_recovery(dev: &mut SimDisk, oracle: &Oracle) -> Result<(), String> {
-    let opened = Store::open(&mut *dev, Verify::Eager);
+    let opened = Store::open(&mut *dev, Verify::Eager).map_err(|e| e.error);
     let (mut store, rec) = match opened {
         Err(StoreError::NotFormatted) if !oracle.formatted => return Ok(()),
         Err(e) => return Err(format!("open failed: {e}")),

@@ -95,7 +95,9 @@ pub fn qemu_command(paths: &Paths, args: &[String]) -> Result<(), String> {
                 initrd: None,
             };
         }
-        cmd = cmd.append(cmdline);
+        if !cmdline.is_empty() {
+            cmd = cmd.append(cmdline);
+        }
     }
     let http_port = qemu::free_local_port().map_err(|e| format!("no free local port: {e}"))?;
     let forward = HostForward {

@@ -78,6 +78,8 @@ struct Head {
     head_bytes: usize,
     body_bytes: usize,
     keep_alive: bool,
+    /// The client sent `Expect: 100-continue` and waits for an interim response.
+    expect_continue: bool,
 }
 
 /// Accumulates the bytes of one connection and cuts them into requests.
@@ -85,6 +87,20 @@ struct Head {
 pub struct RequestReader {
     buf: Vec<u8>,
     head: Option<Head>,
+}
+
+impl RequestReader {
+    /// True once per request whose head asked for `100 Continue` and whose body is not here
+    /// yet (curl does this for bodies over 1 KiB).
+    pub fn take_expect_continue(&mut self) -> bool {
+        match &mut self.head {
+            Some(h) if h.expect_continue => {
+                h.expect_continue = false;
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 impl RequestReader {
@@ -152,6 +168,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, HttpError> {
     let version = req.version.unwrap_or(0);
     let mut keep_alive = version >= 1;
     let mut body_bytes: Option<usize> = None;
+    let mut expect_continue = false;
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
             let n = core::str::from_utf8(h.value)
@@ -167,6 +184,8 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, HttpError> {
             body_bytes = Some(n as usize);
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             return Err(HttpError::LengthRequired);
+        } else if h.name.eq_ignore_ascii_case("expect") {
+            expect_continue = h.value.eq_ignore_ascii_case(b"100-continue");
         } else if h.name.eq_ignore_ascii_case("connection") {
             let v = h.value;
             if v.eq_ignore_ascii_case(b"close") {
@@ -183,6 +202,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, HttpError> {
         head_bytes,
         body_bytes: body_bytes.unwrap_or(0),
         keep_alive,
+        expect_continue,
     }))
 }
 

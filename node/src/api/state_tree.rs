@@ -81,6 +81,9 @@ pub struct SubnetEntry {
     pub canister_ranges: Vec<(Principal, Principal)>,
     /// Node id → 44-byte Ed25519 DER key.
     pub nodes: BTreeMap<Principal, Vec<u8>>,
+    /// `application`, `system`, `verified_application` or `cloud_engine`; canister
+    /// signatures need it present (spec 0.60.0).
+    pub subnet_type: Option<String>,
 }
 
 /// Builds the labeled tree of one height.
@@ -148,6 +151,10 @@ impl StateTreeBuilder {
             &[b"subnet".as_slice(), sid, b"canister_ranges"],
             ranges.clone(),
         );
+        if let Some(t) = &s.subnet_type {
+            self.tree
+                .insert(&[b"subnet".as_slice(), sid, b"type"], t.as_bytes().to_vec());
+        }
         for (node, key) in &s.nodes {
             let path = [
                 b"subnet".as_slice(),
@@ -227,6 +234,13 @@ impl CertifiedState {
             .tree
             .get_value(&[b"request_status".as_slice(), rid, b"status"])?;
         core::str::from_utf8(v).ok()
+    }
+
+    /// The certificate `ic0.data_certificate_copy` hands to canister `canister` in a query:
+    /// it reveals `/canister/<id>/certified_data` and `/time`.
+    pub fn data_certificate(&self, canister: &Principal) -> Vec<u8> {
+        let path: [&[u8]; 3] = [b"canister", canister.as_slice(), b"certified_data"];
+        self.certificate_for(&[&path[..]])
     }
 
     /// A certificate revealing `paths` (and always `/time`).

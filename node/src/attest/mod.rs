@@ -14,11 +14,16 @@
 //! - the measurement and report_data are the expected ones (or the verdict says they were
 //!   not checked).
 //!
+//! The guest side's pure part, the encrypted SNP guest-message channel that carries
+//! MSG_REPORT_REQ/RSP (AES-256-GCM under a VMPCK, sequence numbers, fail-closed on any error),
+//! is [`guest_msg`]; the kernel drives it through the GHCB.
+//!
 //! Everything here is pure computation over byte slices: no clock (the time is a parameter),
 //! no I/O, no panics on input bytes.
 
 pub mod binding;
 pub mod cert;
+pub mod guest_msg;
 pub mod measure;
 pub mod report;
 pub mod roots;

@@ -116,6 +116,8 @@ pub struct Meta {
     pub next_segment_id: u64,
     /// Pool records below this height are purged (not returned on recovery).
     pub purged_below: u64,
+    /// `StoreConfig::format_nonce`: tells this format's pool batches from an earlier one's.
+    pub format_nonce: u64,
 }
 
 /// Static parameters fixed at format time.

@@ -20,6 +20,35 @@
 //! a quorum, a hash chain) and the IC state manager's chunk manifests
 //! (`../shared/reference/unikernels-and-snp.md` §5).
 //!
+//! # How the layers use it
+//!
+//! The kernel owns the disk, the replica owns the store; everything is synchronous and
+//! single-threaded (a call returns when its writes and flushes returned).
+//!
+//! ```text
+//! boot (kernel)       dev = virtio-blk driver, which implements BlockDevice
+//!                     (store, recovery) = Store::open_or_format(dev, StoreConfig::default(),
+//!                                                               Verify::Lazy)?
+//! restart (replica)   recovery.checkpoint: (height, root) of the state to load, files through
+//!                     store.file_names() / store.read_file(name) (each chunk verified; a
+//!                     BadChunk means: repair by state sync, never execute on it)
+//!                     store.cup(): the CUP to resume from
+//!                     recovery.pool_records: artifacts to put back into the consensus pool;
+//!                     recovery.records_after_checkpoint(): the finalized blocks to replay
+//! consensus           store.pool_append(height, kind, bytes) per artifact; store.pool_sync()
+//!                     before acting on it (e.g. before sending a share that depends on it)
+//!                     store.pool_purge_below(cup_height) once a CUP is durable
+//! checkpoint          stats = store.checkpoint(height, &[StateFile { name, bytes }, ...])?
+//!                     stats.root_hash goes to consensus to certify (and into the CUP);
+//!                     store.put_cup(bytes) when the CUP is made
+//! state sync (join,   manifest = Manifest::from_bytes(from a peer)?;
+//!  catch up, repair)  sync = store.begin_state_sync(cup.height, &cup.root, manifest)?
+//!                     for i in sync.missing_chunks(): fetch i from peers,
+//!                         store.accept_chunk(&mut sync, i, &bytes)?  (wrong bytes: ask another)
+//!                     store.commit_state_sync(sync)?; then load the files as on restart
+//! serving a peer      store.manifest()?.to_bytes(), store.read_chunk(i)
+//! ```
+//!
 //! # On-disk format (version 1)
 //!
 //! The device is cut into 4 KiB blocks (`BLOCK_BYTES`, a multiple of the 512- or 4096-byte
@@ -110,6 +139,10 @@ use space::FreeSpace;
 
 /// Default pool segment size, in bytes.
 pub const POOL_SEGMENT_BYTES_DEFAULT: u32 = 4 << 20;
+/// Most pool segments a store holds (the consensus layer purges long before).
+pub const SEGMENTS_MAX: usize = 4096;
+/// Most bytes of pool records buffered between two `pool_sync` calls.
+pub const POOL_PENDING_BYTES_MAX: usize = 64 << 20;
 /// Smallest pool segment, in blocks.
 pub const POOL_SEGMENT_BLOCKS_MIN: u32 = 4;
 /// Reads of a checksummed structure are retried this many times (a misdirected read is
@@ -123,6 +156,9 @@ pub struct StoreConfig {
     pub chunk_bytes: u32,
     /// Pool segment size in bytes (multiple of 4 KiB, at least 16 KiB).
     pub pool_segment_bytes: u32,
+    /// Different for every format of a device (the kernel takes it from its entropy source or
+    /// clock): pool batches left on the disk by an earlier format then never verify.
+    pub format_nonce: u64,
 }
 
 impl Default for StoreConfig {
@@ -130,6 +166,7 @@ impl Default for StoreConfig {
         StoreConfig {
             chunk_bytes: CHUNK_BYTES_DEFAULT,
             pool_segment_bytes: POOL_SEGMENT_BYTES_DEFAULT,
+            format_nonce: 0,
         }
     }
 }
@@ -181,6 +218,8 @@ pub enum StoreError {
     NotFound,
     /// A pool record is larger than a segment can take.
     RecordTooLarge,
+    /// Too many pool records buffered without `pool_sync`, or too many segments unpurged.
+    PoolFull,
     /// The state's manifest is not acceptable.
     Manifest(ManifestError),
     /// A chunk received in state sync does not match the manifest.
@@ -203,6 +242,7 @@ impl fmt::Display for StoreError {
             StoreError::BadChunk(i) => write!(f, "checkpoint chunk {i} fails its hash"),
             StoreError::NotFound => f.write_str("no such file or chunk"),
             StoreError::RecordTooLarge => f.write_str("pool record too large"),
+            StoreError::PoolFull => f.write_str("pool log full: sync or purge"),
             StoreError::Manifest(e) => write!(f, "manifest: {e}"),
             StoreError::ChunkMismatch(i) => write!(f, "synced chunk {i} does not match"),
             StoreError::SyncState => f.write_str("state sync not in a state to do that"),
@@ -221,6 +261,26 @@ impl From<DeviceError> for StoreError {
 impl From<ManifestError> for StoreError {
     fn from(e: ManifestError) -> Self {
         StoreError::Manifest(e)
+    }
+}
+
+/// `Store::open` failed; the device is handed back (e.g. to format it).
+pub struct OpenError<D> {
+    /// Why.
+    pub error: StoreError,
+    /// The device, untouched by the failed open except for copies repaired from their twin.
+    pub device: D,
+}
+
+impl<D> fmt::Debug for OpenError<D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "OpenError({:?})", self.error)
+    }
+}
+
+impl<D> fmt::Display for OpenError<D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.error.fmt(f)
     }
 }
 
@@ -314,6 +374,7 @@ pub struct Store<D: BlockDevice> {
     /// Per segment of `meta.segments`, where appends continue.
     tails: Vec<SegmentTail>,
     pending: Vec<PoolRecord>,
+    pending_bytes: usize,
     space: FreeSpace,
     /// Extents held by an unfinished state sync.
     reserved: Vec<Extent>,
@@ -354,6 +415,7 @@ impl<D: BlockDevice> Store<D> {
         store.rebuild_space();
         let meta = Meta {
             version: META_VERSION,
+            format_nonce: config.format_nonce,
             ..Meta::default()
         };
         store.commit(meta)?;
@@ -376,6 +438,7 @@ impl<D: BlockDevice> Store<D> {
             checkpoint: None,
             tails: Vec::new(),
             pending: Vec::new(),
+            pending_bytes: 0,
             space: FreeSpace::default(),
             reserved: Vec::new(),
             sync_active: false,
@@ -384,16 +447,24 @@ impl<D: BlockDevice> Store<D> {
     }
 
     /// Opens a formatted store: newest superblock with a quorum, its meta, the checkpoint's
-    /// manifest (and, with `Verify::Eager`, every chunk), and the pool log.
-    pub fn open(mut dev: D, verify: Verify) -> Result<(Store<D>, Recovery), StoreError> {
-        let block_count = device_blocks(&dev)?;
-        let (sb, checksum, copies) = read_superblock(&mut dev)?;
+    /// manifest (and, with `Verify::Eager`, every chunk), and the pool log. Mirrored copies
+    /// found bad are rewritten from their twin. On failure the device is handed back.
+    pub fn open(mut dev: D, verify: Verify) -> Result<(Store<D>, Recovery), OpenError<D>> {
+        let found = device_blocks(&dev).and_then(|blocks| {
+            let sb = read_superblock(&mut dev)?;
+            Ok((blocks, sb))
+        });
+        let (block_count, (sb, checksum, copies)) = match found {
+            Ok(found) => found,
+            Err(error) => return Err(OpenError { error, device: dev }),
+        };
         let g = sb.geometry;
         if g.block_count > block_count
             || !manifest::chunk_bytes_supported(g.chunk_bytes)
             || g.pool_segment_blocks < POOL_SEGMENT_BLOCKS_MIN
         {
-            return Err(StoreError::Geometry);
+            let error = StoreError::Geometry;
+            return Err(OpenError { error, device: dev });
         }
         let mut store = Store::empty(dev, g);
         store.sequence = sb.sequence;
@@ -404,24 +475,64 @@ impl<D: BlockDevice> Store<D> {
             superblock_copies: copies,
             ..Recovery::default()
         };
-        let meta_bytes = store.read_blob_repairing(&sb.meta, Structure::Meta, &mut recovery)?;
+        match store.load(&sb, verify, &mut recovery) {
+            Ok(()) => Ok((store, recovery)),
+            Err(error) => Err(OpenError {
+                error,
+                device: store.dev,
+            }),
+        }
+    }
+
+    /// Opens the store on `dev`, or formats it if it holds none (a new disk, or a format that
+    /// was cut short). A store that exists but is corrupt is never formatted over.
+    pub fn open_or_format(
+        dev: D,
+        config: StoreConfig,
+        verify: Verify,
+    ) -> Result<(Store<D>, Recovery), StoreError> {
+        match Store::open(dev, verify) {
+            Ok(opened) => Ok(opened),
+            Err(OpenError {
+                error: StoreError::NotFormatted,
+                device,
+            }) => {
+                let store = Store::format(device, config)?;
+                let recovery = Recovery {
+                    superblock_sequence: store.sequence,
+                    superblock_copies: SUPERBLOCK_COPIES,
+                    ..Recovery::default()
+                };
+                Ok((store, recovery))
+            }
+            Err(e) => Err(e.error),
+        }
+    }
+
+    fn load(
+        &mut self,
+        sb: &Superblock,
+        verify: Verify,
+        recovery: &mut Recovery,
+    ) -> Result<(), StoreError> {
+        let meta_bytes = self.read_blob_repairing(&sb.meta, Structure::Meta, recovery)?;
         let meta: Meta =
             postcard::from_bytes(&meta_bytes).map_err(|_| StoreError::Corrupt(Structure::Meta))?;
-        if meta.version != META_VERSION || meta.segments.len() > usize::from(u16::MAX) {
+        if meta.version != META_VERSION || meta.segments.len() > SEGMENTS_MAX {
             return Err(StoreError::Corrupt(Structure::Meta));
         }
-        store.load_checkpoint(&meta, &mut recovery)?;
+        self.load_checkpoint(&meta, recovery)?;
         if let Some(cup) = meta.cup {
-            store.read_blob_repairing(&cup, Structure::Cup, &mut recovery)?;
+            self.read_blob_repairing(&cup, Structure::Cup, recovery)?;
         }
-        store.meta = meta;
-        store.load_pool(&mut recovery)?;
-        store.dev.flush()?;
-        store.rebuild_space();
+        self.meta = meta;
+        self.load_pool(recovery)?;
+        self.dev.flush()?;
+        self.rebuild_space();
         if verify == Verify::Eager {
-            recovery.bad_chunks = store.verify_checkpoint()?;
+            recovery.bad_chunks = self.verify_checkpoint()?;
         }
-        Ok((store, recovery))
+        Ok(())
     }
 
     fn load_checkpoint(&mut self, meta: &Meta, recovery: &mut Recovery) -> Result<(), StoreError> {
@@ -461,6 +572,7 @@ impl<D: BlockDevice> Store<D> {
         for segment in self.meta.segments.clone() {
             let tail = scan_segment(
                 &mut self.dev,
+                self.meta.format_nonce,
                 &segment,
                 &mut records,
                 &mut recovery.pool_faults,
@@ -476,6 +588,12 @@ impl<D: BlockDevice> Store<D> {
     /// The device, e.g. to inspect a simulator disk in tests.
     pub fn device(&self) -> &D {
         &self.dev
+    }
+
+    /// The device, mutably: for fault injection in tests. Writing to it behind the store's
+    /// back voids every guarantee.
+    pub fn device_mut(&mut self) -> &mut D {
+        &mut self.dev
     }
 
     /// Closes the store and hands back the device.
@@ -514,8 +632,9 @@ impl<D: BlockDevice> Store<D> {
         })
     }
 
-    /// Every extent the durable meta (and an unfinished sync) references.
-    fn referenced_extents(&self) -> Vec<Extent> {
+    /// Every data-area extent the durable meta (and an unfinished sync) references; the
+    /// superblock copies are blocks `0..SUPERBLOCK_COPIES` besides these.
+    pub fn referenced_extents(&self) -> Vec<Extent> {
         let mut used: Vec<Extent> = Vec::new();
         used.extend(self.meta_ref.extents());
         if let Some(cp) = &self.meta.checkpoint {
@@ -545,15 +664,21 @@ impl<D: BlockDevice> Store<D> {
         self.space = FreeSpace::derive(DATA_START_BLOCK, self.geometry.block_count, used);
     }
 
+    /// Allocates for a chunk (from the bottom of the data area).
     fn alloc(&mut self, blocks: u64) -> Result<Extent, StoreError> {
         self.space.alloc(blocks).ok_or(StoreError::NoSpace)
+    }
+
+    /// Allocates for a small structure: blob or pool segment (from the top).
+    fn alloc_high(&mut self, blocks: u64) -> Result<Extent, StoreError> {
+        self.space.alloc_high(blocks).ok_or(StoreError::NoSpace)
     }
 
     /// Writes `bytes` as a mirrored blob into two fresh extents (not flushed).
     fn write_blob(&mut self, bytes: &[u8]) -> Result<BlobRef, StoreError> {
         let blocks = blocks_for(bytes.len() as u64);
-        let a = self.alloc(blocks)?;
-        let b = self.alloc(blocks)?;
+        let a = self.alloc_high(blocks)?;
+        let b = self.alloc_high(blocks)?;
         let mut padded = vec![0u8; blocks as usize * BLOCK_BYTES];
         padded[..bytes.len()].copy_from_slice(bytes);
         for e in [a, b] {

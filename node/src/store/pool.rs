@@ -15,7 +15,9 @@
 //!  16     8  segment id (unique per segment, never reused)
 //!  24     8  batch sequence within the segment (0, 1, 2, ...)
 //!  32     8  body bytes
-//!  40    32  checksum of the previous batch in the segment (zero for the first)
+//!  40    32  checksum of the previous batch in the segment; for the first batch
+//!            H(dsep("cairn-pool-segment") · u64 format nonce · u64 segment id), so batches
+//!            left by an earlier format of the device never verify
 //!  72    32  checksum = H(dsep("cairn-pool-batch") · bytes[0..72] · body)
 //! 104     …  body: records, each u64 height · u32 kind · u32 len · len bytes
 //! ```
@@ -78,11 +80,16 @@ pub(crate) struct SegmentTail {
 }
 
 impl SegmentTail {
-    pub fn empty() -> Self {
+    /// The tail of a segment with no batch yet.
+    pub fn empty(format_nonce: u64, segment: u64) -> Self {
+        let genesis = hash_with_domain(
+            "cairn-pool-segment",
+            &[&format_nonce.to_le_bytes(), &segment.to_le_bytes()],
+        );
         SegmentTail {
             used_blocks: 0,
             next_batch: 0,
-            prev: [0; 32],
+            prev: genesis,
             max_height: 0,
         }
     }
@@ -208,11 +215,12 @@ fn decode_records(body: &[u8], count: u32) -> Option<Vec<PoolRecord>> {
 /// `faults`; rewrites a bad copy of a batch from its good twin (not flushed here).
 pub(crate) fn scan_segment<D: BlockDevice + ?Sized>(
     dev: &mut D,
+    format_nonce: u64,
     segment: &SegmentRef,
     out: &mut Vec<PoolRecord>,
     faults: &mut Vec<PoolFault>,
 ) -> Result<SegmentTail, DeviceError> {
-    let mut tail = SegmentTail::empty();
+    let mut tail = SegmentTail::empty(format_nonce, segment.id);
     let size = u64::from(segment.blocks);
     while tail.used_blocks < size {
         let room = size - tail.used_blocks;
@@ -259,6 +267,10 @@ impl<D: BlockDevice> Store<D> {
         if bytes.len() > POOL_RECORD_BYTES_MAX || needed > room {
             return Err(StoreError::RecordTooLarge);
         }
+        if self.pending_bytes + bytes.len() > super::POOL_PENDING_BYTES_MAX {
+            return Err(StoreError::PoolFull);
+        }
+        self.pending_bytes += bytes.len();
         self.pending.push(PoolRecord {
             height,
             kind,
@@ -272,11 +284,10 @@ impl<D: BlockDevice> Store<D> {
         self.check_usable()?;
         let mut pending = core::mem::take(&mut self.pending);
         let result = self.write_pending(&mut pending);
-        if result.is_err() {
-            // What was not written stays buffered (after a device error the store is poisoned).
-            pending.append(&mut self.pending);
-            self.pending = pending;
-        }
+        // What was not written stays buffered (after a device error the store is poisoned).
+        pending.append(&mut self.pending);
+        self.pending = pending;
+        self.pending_bytes = self.pending.iter().map(|r| r.bytes.len()).sum();
         result
     }
 
@@ -336,9 +347,12 @@ impl<D: BlockDevice> Store<D> {
 
     /// Allocates a new segment and commits a meta naming it (before anything is written to it).
     fn open_segment(&mut self) -> Result<(), StoreError> {
+        if self.meta.segments.len() >= super::SEGMENTS_MAX {
+            return Err(StoreError::PoolFull);
+        }
         let blocks = u64::from(self.geometry.pool_segment_blocks);
-        let a = self.alloc(blocks)?;
-        let b = match self.alloc(blocks) {
+        let a = self.alloc_high(blocks)?;
+        let b = match self.alloc_high(blocks) {
             Ok(b) => b,
             Err(e) => {
                 self.rebuild_space();
@@ -346,14 +360,16 @@ impl<D: BlockDevice> Store<D> {
             }
         };
         let mut meta = self.meta.clone();
+        let id = meta.next_segment_id;
         meta.segments.push(SegmentRef {
-            id: meta.next_segment_id,
+            id,
             copies: [a.start, b.start],
             blocks: blocks as u32,
         });
         meta.next_segment_id += 1;
         self.commit(meta)?;
-        self.tails.push(SegmentTail::empty());
+        self.tails
+            .push(SegmentTail::empty(self.meta.format_nonce, id));
         Ok(())
     }
 

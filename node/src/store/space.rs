@@ -64,6 +64,22 @@ impl FreeSpace {
         Some(Extent { start, blocks })
     }
 
+    /// Takes `blocks` contiguous blocks from the highest run that fits (last fit). Small,
+    /// short-lived structures (meta, manifests, CUPs, pool segments) are taken from the top so
+    /// they do not fragment the runs chunks are taken from at the bottom.
+    pub fn alloc_high(&mut self, blocks: u64) -> Option<Extent> {
+        assert!(blocks > 0);
+        let (&start, &len) = self.runs.iter().rev().find(|(_, &len)| len >= blocks)?;
+        self.runs.remove(&start);
+        if len > blocks {
+            self.runs.insert(start, len - blocks);
+        }
+        Some(Extent {
+            start: start + len - blocks,
+            blocks,
+        })
+    }
+
     /// Total free blocks.
     pub fn free_blocks(&self) -> u64 {
         self.runs.values().sum()
@@ -104,5 +120,13 @@ mod tests {
         assert!(space.alloc(16).is_none());
         assert_eq!(space.free_blocks(), 21);
         assert_eq!(space.alloc(6).unwrap().start, 4);
+        assert_eq!(
+            space.alloc_high(3),
+            Some(Extent {
+                start: 47,
+                blocks: 3
+            })
+        );
+        assert_eq!(space.free_blocks(), 12);
     }
 }

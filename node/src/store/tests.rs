@@ -10,6 +10,7 @@ fn config() -> StoreConfig {
     StoreConfig {
         chunk_bytes: CHUNK,
         pool_segment_bytes: 64 * 1024,
+        ..StoreConfig::default()
     }
 }
 
@@ -118,12 +119,84 @@ fn pool_rolls_over_segments_and_purges() {
 #[test]
 fn open_of_blank_disk_is_not_formatted_and_oversized_records_are_refused() {
     assert_eq!(
-        Store::open(disk(512, 1), Verify::Lazy).err(),
+        Store::open(disk(512, 1), Verify::Lazy)
+            .err()
+            .map(|e| e.error),
         Some(StoreError::NotFormatted)
     );
+    // `open_or_format` formats a blank disk, and then finds the store it made.
+    let (store, rec) = Store::open_or_format(disk(512, 8), config(), Verify::Lazy).unwrap();
+    assert_eq!(rec.checkpoint, None);
+    let (_, rec) = Store::open_or_format(store.into_device(), config(), Verify::Lazy).unwrap();
+    assert_eq!(rec.superblock_sequence, 1);
     let mut store = Store::format(disk(512, 8), config()).unwrap();
     assert_eq!(
         store.pool_append(1, 1, &vec![0; 64 * 1024]),
         Err(StoreError::RecordTooLarge)
     );
+}
+
+#[test]
+fn reformat_does_not_resurrect_pool_records_of_the_previous_format() {
+    let mut old = Store::format(disk(512, 8), config()).unwrap();
+    old.pool_append(1, 1, b"old format").unwrap();
+    old.pool_sync().unwrap();
+    let old = old.into_device();
+    let config = StoreConfig {
+        format_nonce: 2,
+        ..config()
+    };
+    // Cut the power at every point of "open the first segment, write its first batch": the
+    // segment the new format names sits where the old one was, with the old batch still there.
+    for extra in 0..12 {
+        let mut dev = old.clone();
+        let mut store = Store::format(&mut dev, config).unwrap();
+        let cut_at = store.device().ops_issued() + extra;
+        store.device_mut().cut_power_at_op(cut_at);
+        let _ = store
+            .pool_append(5, 1, b"new")
+            .and_then(|()| store.pool_sync());
+        drop(store);
+        dev.restart();
+        let (_, rec) = Store::open(&mut dev, Verify::Lazy).unwrap();
+        assert!(
+            rec.pool_records.iter().all(|r| r.bytes == b"new"),
+            "cut at +{extra}"
+        );
+    }
+}
+
+#[test]
+fn long_run_on_a_small_disk_neither_leaks_nor_fragments() {
+    // State of 3 MiB on an 8 MiB disk; every round rewrites a few chunks and the metadata,
+    // appends pool records, stores a CUP and purges: 300 rounds never run out of space.
+    let mut store = Store::format(disk(4096, 8), config()).unwrap();
+    let mut s = state(9, &[3 << 20, 1000]);
+    let mut rng = SimRng::new(77);
+    let mut free_after_purge = Vec::new();
+    for round in 1..=300u64 {
+        for _ in 0..5 {
+            let at = rng.below(s[0].1.len() as u64) as usize;
+            s[0].1[at] ^= 1;
+        }
+        s[1].1 = alloc::format!("round {round}").into_bytes();
+        for i in 0..4 {
+            store
+                .pool_append(round, i, &vec![round as u8; 2000])
+                .unwrap();
+        }
+        store.pool_sync().unwrap();
+        store.checkpoint(round, &as_files(&s)).unwrap();
+        store.put_cup(&round.to_le_bytes()).unwrap();
+        store.pool_purge_below(round).unwrap();
+        free_after_purge.push(store.free_blocks());
+    }
+    let (min, max) = (free_after_purge.iter().min(), free_after_purge.iter().max());
+    assert!(
+        max.unwrap() - min.unwrap() < 64,
+        "free space stays level: {min:?}..{max:?}"
+    );
+    let (mut store, rec) = Store::open(store.into_device(), Verify::Eager).unwrap();
+    assert!(rec.bad_chunks.is_empty());
+    assert_eq!(store.read_file("file0").unwrap(), s[0].1);
 }
