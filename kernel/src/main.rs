@@ -19,9 +19,9 @@
 //!   pattern to each target's TCP echo and send UDP datagrams to its UDP echo (`net::check`).
 //! - `cairn.disk-check=write|verify`: pattern check of the first 64 MiB of the virtio-blk
 //!   disk before `cairn: ready` (see `disk_check`).
-//! - `cairn.test=panic` / `cairn.test=pagefault`: just before `cairn: ready`, panic or read
-//!   an unmapped page, to test that failures are reported (status 35, message on the
-//!   console, no ready line).
+//! - `cairn.crash=panic` / `cairn.crash=fault` (aliases `cairn.test=panic|pagefault`): just
+//!   before `cairn: ready`, panic or read an unmapped page, to test that failures are
+//!   reported (status 35; `KERNEL PANIC at …` or `FATAL EXCEPTION: vector 14 …`; no ready).
 #![no_std]
 #![no_main]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -90,7 +90,7 @@ extern "C" fn cairn_boot64(info_paddr: u64, protocol: u64) -> ! {
     let mut devices = drivers::virtio::probe();
     let network = start_network(info, &mut devices);
     report_devices(info, &mut devices);
-    crash_if_asked(info.option("cairn.test"));
+    crash_if_asked(info.option("cairn.crash").or(info.option("cairn.test")));
     serial::write_fmt(format_args!(
         "boot: ready in {} us after kernel entry\n",
         clock::ns_since_entry() / 1_000
@@ -211,20 +211,20 @@ fn serve(mut network: net::Network, mut check: Option<net::check::NetCheck>) -> 
     }
 }
 
-/// `cairn.test=panic|pagefault` lets host tests prove that a kernel panic or an unexpected
-/// fault during boot ends the run (before `cairn: ready`) with the message on the console
-/// and a failure status.
+/// `cairn.crash=panic|fault` (also spelled `cairn.test=panic|pagefault`) lets host tests
+/// prove that a kernel panic or an unexpected fault during boot ends the run (before
+/// `cairn: ready`) with the message on the console and a failure status.
 fn crash_if_asked(what: Option<&str>) {
     match what {
-        Some("panic") => panic!("deliberate panic (cairn.test=panic)"),
-        Some("pagefault") => {
+        Some("panic") => panic!("deliberate panic (cairn.crash=panic)"),
+        Some("fault" | "pagefault") => {
             let unmapped = paging::DYNAMIC_MAP_BASE + 0x10_0000;
             // SAFETY: deliberately not safe: reading an unmapped page must raise #PF, which
             // the fatal exception path reports before stopping the machine.
             let value = unsafe { core::ptr::read_volatile(unmapped as *const u64) };
             log::error!("read of an unmapped page returned {value:#x}");
         }
-        Some(other) => log::warn!("cairn.test={other}: unknown, ignored"),
+        Some(other) => log::warn!("cairn.crash={other}: unknown, ignored"),
         None => {}
     }
 }
