@@ -529,3 +529,25 @@ fn cycles_move_with_calls_and_the_rest_is_refunded() {
     let gained = cb.cycles as i128 - before_b as i128 + fee as i128;
     assert!((499_000..=500_000).contains(&gained), "b gained {gained}");
 }
+
+#[test]
+fn management_target_is_the_argument_canister() {
+    use node::execution::management::target_canister;
+    let id = Principal::from_canister_index(42);
+    assert_eq!(
+        target_canister(
+            "install_code",
+            &install_arg(id, b"x", b"", "install", false)
+        ),
+        Some(id)
+    );
+    assert_eq!(
+        target_canister("canister_status", &canister_id_arg(id)),
+        Some(id)
+    );
+    assert_eq!(
+        target_canister("provisional_create_canister_with_cycles", b"DIDL\0\0"),
+        None
+    );
+    assert_eq!(target_canister("canister_status", b"garbage"), None);
+}

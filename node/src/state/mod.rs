@@ -251,6 +251,16 @@ impl CanisterState {
             .map(|(public, bytes)| (*public, bytes.as_slice()))
     }
 
+    /// Every `icp:` custom section: (name without the prefix, public?, bytes), by name.
+    pub fn metadata_sections(&self) -> impl Iterator<Item = (&str, bool, &[u8])> {
+        self.module.iter().flat_map(|m| {
+            m.prepared
+                .metadata
+                .iter()
+                .map(|(n, (public, bytes))| (n.as_str(), *public, bytes.as_slice()))
+        })
+    }
+
     pub fn is_controller(&self, p: &Principal) -> bool {
         self.controllers.contains(p)
     }
