@@ -551,3 +551,77 @@ fn management_target_is_the_argument_canister() {
     );
     assert_eq!(target_canister("canister_status", b"garbage"), None);
 }
+
+/// A canister with `canister_heartbeat` (counts beats in memory[0..4]) and
+/// `canister_global_timer` (counts firings in memory[4..8]); `arm` sets the timer to now.
+fn timer_canister() -> Vec<u8> {
+    use execution_support::wasm::*;
+    let mut m = Module::default();
+    let append = m.import("msg_reply_data_append", &[I32, I32], &[]);
+    let reply = m.import("msg_reply", &[], &[]);
+    let time = m.import("time", &[], &[I64]);
+    let timer_set = m.import("global_timer_set", &[I64], &[I64]);
+    m.memory_pages = Some(1);
+    let bump = |addr: i32| {
+        [
+            i32c(addr),
+            i32c(addr),
+            vec![0x28, 2, 0],
+            i32c(1),
+            vec![0x6a, 0x36, 2, 0],
+        ]
+        .concat()
+    };
+    let f = m.func(&[], &[], vec![], bump(0));
+    m.export("canister_heartbeat", f);
+    let f = m.func(&[], &[], vec![], bump(4));
+    m.export("canister_global_timer", f);
+    let f = m.func(
+        &[],
+        &[],
+        vec![],
+        [
+            call(time),
+            call(timer_set),
+            vec![0x1a],
+            i32c(0),
+            i32c(8),
+            call(append),
+            call(reply),
+        ]
+        .concat(),
+    );
+    m.export("canister_update arm", f);
+    let f = m.func(
+        &[],
+        &[],
+        vec![],
+        [i32c(0), i32c(8), call(append), call(reply)].concat(),
+    );
+    m.export("canister_query counts", f);
+    m.encode()
+}
+
+#[test]
+fn heartbeat_runs_every_round_and_the_timer_fires_once() {
+    let mut sub = Subnet::with_config(small_limits());
+    let id = sub.create_canister();
+    sub.install(id, &timer_canister(), EMPTY_ARGS, "install", false)
+        .reply();
+    let counts = |sub: &Subnet| {
+        let b = sub.query(user(), id, "counts", EMPTY_ARGS).reply();
+        (u32_le(&b[..4]), u32_le(&b[4..8]))
+    };
+    let (beats0, fired0) = counts(&sub);
+    assert_eq!(fired0, 0);
+    for _ in 0..5 {
+        sub.batch(vec![]);
+    }
+    let (beats1, _) = counts(&sub);
+    assert_eq!(beats1, beats0 + 5, "one heartbeat per round");
+    sub.update(user(), id, "arm", EMPTY_ARGS).reply();
+    for _ in 0..5 {
+        sub.batch(vec![]);
+    }
+    assert_eq!(counts(&sub).1, 1, "the timer fires once, then is cleared");
+}
