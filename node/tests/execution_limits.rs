@@ -625,3 +625,104 @@ fn heartbeat_runs_every_round_and_the_timer_fires_once() {
     }
     assert_eq!(counts(&sub).1, 1, "the timer fires once, then is cleared");
 }
+
+/// `certify` sets certified data from its argument; `cert` (query) replies the data
+/// certificate the caller supplied, or "none"; `cert_in_update` calls
+/// `data_certificate_size` where the spec forbids it.
+fn certificate_canister() -> Vec<u8> {
+    use execution_support::wasm::*;
+    let mut m = Module::default();
+    let append = m.import("msg_reply_data_append", &[I32, I32], &[]);
+    let reply = m.import("msg_reply", &[], &[]);
+    let arg_size = m.import("msg_arg_data_size", &[], &[I32]);
+    let arg_copy = m.import("msg_arg_data_copy", &[I32, I32, I32], &[]);
+    let set = m.import("certified_data_set", &[I32, I32], &[]);
+    let present = m.import("data_certificate_present", &[], &[I32]);
+    let size = m.import("data_certificate_size", &[], &[I32]);
+    let copy = m.import("data_certificate_copy", &[I32, I32, I32], &[]);
+    m.memory_pages = Some(1);
+    m.data.push((16, b"none".to_vec()));
+    let body = [
+        call(arg_size),
+        vec![0x21, 0],
+        i32c(100),
+        i32c(0),
+        vec![0x20, 0],
+        call(arg_copy),
+        i32c(100),
+        vec![0x20, 0],
+        call(set),
+        call(reply),
+    ]
+    .concat();
+    let f = m.func(&[], &[], vec![(1, I32)], body);
+    m.export("canister_update certify", f);
+    // if present { copy(200, 0, size); append(200, size) } else { append(16, 4) }; reply
+    let body = [
+        call(present),
+        vec![0x04, 0x40],
+        call(size),
+        vec![0x21, 0],
+        i32c(200),
+        i32c(0),
+        vec![0x20, 0],
+        call(copy),
+        i32c(200),
+        vec![0x20, 0],
+        call(append),
+        vec![0x05],
+        i32c(16),
+        i32c(4),
+        call(append),
+        vec![0x0b],
+        call(reply),
+    ]
+    .concat();
+    let f = m.func(&[], &[], vec![(1, I32)], body);
+    m.export("canister_query cert", f);
+    let f = m.func(
+        &[],
+        &[],
+        vec![],
+        [call(size), vec![0x1a], call(reply)].concat(),
+    );
+    m.export("canister_update cert_in_update", f);
+    m.encode()
+}
+
+#[test]
+fn certified_data_and_data_certificate() {
+    let mut sub = Subnet::with_config(small_limits());
+    let id = sub.create_canister();
+    sub.install(id, &certificate_canister(), EMPTY_ARGS, "install", false)
+        .reply();
+    sub.update(user(), id, "certify", &[7u8; 32]).reply();
+    assert_eq!(
+        sub.sm.canister(&id).expect("c").certified_data,
+        vec![7u8; 32]
+    );
+    let r = sub.update(user(), id, "certify", &[7u8; 33]).reject();
+    assert!(r.message.contains("32 bytes"), "{r:?}");
+    assert_eq!(
+        sub.sm.canister(&id).expect("c").certified_data,
+        vec![7u8; 32]
+    );
+    // A query gets the certificate its caller (the API layer) supplies.
+    let with = sub.sm.query(
+        id,
+        "cert",
+        EMPTY_ARGS.to_vec(),
+        user(),
+        Some(b"CERT".to_vec()),
+    );
+    assert_eq!(with, Ok(b"CERT".to_vec()));
+    assert_eq!(sub.query(user(), id, "cert", EMPTY_ARGS).reply(), b"none");
+    // Replicated execution has no certificate: the call traps.
+    let r = sub
+        .update(user(), id, "cert_in_update", EMPTY_ARGS)
+        .reject();
+    assert!(
+        r.message.contains("cannot be executed in update mode"),
+        "{r:?}"
+    );
+}
