@@ -726,3 +726,57 @@ fn certified_data_and_data_certificate() {
         "{r:?}"
     );
 }
+
+#[test]
+fn stop_waits_for_running_calls_and_uninstall_clears() {
+    let (mut sub, ids) = setup(small_limits(), 1);
+    let id = ids[0];
+    let work = sub.message(user(), id, "work", &1_500_000u32.to_le_bytes());
+    let work_id = work.id;
+    sub.batch(vec![work]);
+    let stop = sub.message(
+        user(),
+        node::types::Principal::MANAGEMENT,
+        "stop_canister",
+        &canister_id_arg(id),
+    );
+    let stop_id = stop.id;
+    sub.batch(vec![stop]);
+    assert!(
+        !matches!(status(&sub, &stop_id), IngressStatus::Replied(_)),
+        "stop waits for the running call"
+    );
+    assert_eq!(
+        sub.sm.canister(&id).expect("c").status,
+        node::state::CanisterStatus::Stopping
+    );
+    for _ in 0..20 {
+        sub.batch(vec![]);
+    }
+    assert_eq!(
+        status(&sub, &work_id),
+        IngressStatus::Replied(b"done".to_vec())
+    );
+    assert!(matches!(status(&sub, &stop_id), IngressStatus::Replied(_)));
+    assert_eq!(
+        sub.sm.canister(&id).expect("c").status,
+        node::state::CanisterStatus::Stopped
+    );
+    sub.update(
+        user(),
+        Principal::MANAGEMENT,
+        "start_canister",
+        &canister_id_arg(id),
+    )
+    .reply();
+    sub.update(
+        user(),
+        Principal::MANAGEMENT,
+        "uninstall_code",
+        &canister_id_arg(id),
+    )
+    .reply();
+    assert!(sub.sm.canister(&id).expect("c").module_hash().is_none());
+    let r = sub.update(user(), id, "inc", EMPTY_ARGS).reject();
+    assert_eq!(r.error_code, "IC0537");
+}
