@@ -155,6 +155,8 @@ pub struct PausedMessage {
     pub call_context: u64,
     pub kind: PausedKind,
     pub prepaid_cycles: u128,
+    /// The message being executed, so an aborted execution can start over.
+    pub message: Option<CanisterMessage>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
