@@ -165,7 +165,85 @@ fn replicas_agree_at_every_height() {
     let (c, sm_c) = run(&batches);
     assert_eq!(a, c);
     assert_eq!(sm_c.state_hash(sm_c.height()), a.last().copied());
+    // Checkpoint and restart at height 40: every replica aborts its paused executions there
+    // (as before a checkpoint); one replica also restarts from the moved state.
+    let checkpoint = 40;
+    let mut cont = StateMachine::new(config());
+    let mut restarted = StateMachine::new(config());
+    let mut x_hashes = Vec::new();
+    let mut y_hashes = Vec::new();
+    for (i, b) in batches.iter().enumerate() {
+        x_hashes.push(cont.execute_batch(b.clone()).state_hash);
+        y_hashes.push(restarted.execute_batch(b.clone()).state_hash);
+        if i + 1 == checkpoint {
+            cont.abort_paused_executions();
+            assert!(!cont.has_paused_executions());
+            let state = std::mem::take(&mut restarted.state);
+            restarted = StateMachine::from_state(config(), state).expect("restart");
+            assert_eq!(
+                cont.state_hash(cont.height()),
+                restarted.state_hash(restarted.height())
+            );
+        }
+    }
+    assert_eq!(
+        x_hashes, y_hashes,
+        "restarted replica diverges (SEED={seed})"
+    );
     // A different workload ends in a different state.
     let (d, _) = run(&workload(seed ^ 0xffff));
     assert_ne!(a.last(), d.last());
+}
+
+/// A query served by one replica (non-replicated, so others never see it) must not change
+/// the instruction count of later replicated executions, e.g. by warming a compile cache.
+#[test]
+fn queries_on_one_replica_do_not_change_replicated_results() {
+    let wasm = read_module("canisters/rust-counter/module.wasm");
+    let id = Principal::from_canister_index(0);
+    let mut setup = Vec::new();
+    let mut n = 0u8;
+    let mut msg = |canister: Principal, method: &str, arg: Vec<u8>| {
+        n += 1;
+        IngressMessage {
+            id: [n; 32],
+            sender: user(),
+            canister_id: canister,
+            method: method.into(),
+            arg,
+        }
+    };
+    setup.push(msg(
+        Principal::MANAGEMENT,
+        "provisional_create_canister_with_cycles",
+        create_arg(),
+    ));
+    setup.push(msg(
+        Principal::MANAGEMENT,
+        "install_code",
+        install_arg(id, &wasm, EMPTY_ARGS, "install", false),
+    ));
+    let inc = Batch {
+        time_ns: 2_000_000_000,
+        randomness: [1; 32],
+        ingress: vec![msg(id, "inc", EMPTY_ARGS.to_vec())],
+    };
+    let first = Batch {
+        time_ns: 1_000_000_000,
+        randomness: [0; 32],
+        ingress: setup,
+    };
+    let mut a = StateMachine::new(config());
+    let mut b = StateMachine::new(config());
+    a.execute_batch(first.clone());
+    b.execute_batch(first);
+    // Only replica a serves queries.
+    for _ in 0..3 {
+        a.query(id, "get", EMPTY_ARGS.to_vec(), user(), None)
+            .expect("query");
+    }
+    let ha = a.execute_batch(inc.clone());
+    let hb = b.execute_batch(inc);
+    assert_eq!(ha.instructions, hb.instructions);
+    assert_eq!(ha.state_hash, hb.state_hash);
 }

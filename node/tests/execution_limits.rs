@@ -529,3 +529,254 @@ fn cycles_move_with_calls_and_the_rest_is_refunded() {
     let gained = cb.cycles as i128 - before_b as i128 + fee as i128;
     assert!((499_000..=500_000).contains(&gained), "b gained {gained}");
 }
+
+#[test]
+fn management_target_is_the_argument_canister() {
+    use node::execution::management::target_canister;
+    let id = Principal::from_canister_index(42);
+    assert_eq!(
+        target_canister(
+            "install_code",
+            &install_arg(id, b"x", b"", "install", false)
+        ),
+        Some(id)
+    );
+    assert_eq!(
+        target_canister("canister_status", &canister_id_arg(id)),
+        Some(id)
+    );
+    assert_eq!(
+        target_canister("provisional_create_canister_with_cycles", b"DIDL\0\0"),
+        None
+    );
+    assert_eq!(target_canister("canister_status", b"garbage"), None);
+}
+
+/// A canister with `canister_heartbeat` (counts beats in memory[0..4]) and
+/// `canister_global_timer` (counts firings in memory[4..8]); `arm` sets the timer to now.
+fn timer_canister() -> Vec<u8> {
+    use execution_support::wasm::*;
+    let mut m = Module::default();
+    let append = m.import("msg_reply_data_append", &[I32, I32], &[]);
+    let reply = m.import("msg_reply", &[], &[]);
+    let time = m.import("time", &[], &[I64]);
+    let timer_set = m.import("global_timer_set", &[I64], &[I64]);
+    m.memory_pages = Some(1);
+    let bump = |addr: i32| {
+        [
+            i32c(addr),
+            i32c(addr),
+            vec![0x28, 2, 0],
+            i32c(1),
+            vec![0x6a, 0x36, 2, 0],
+        ]
+        .concat()
+    };
+    let f = m.func(&[], &[], vec![], bump(0));
+    m.export("canister_heartbeat", f);
+    let f = m.func(&[], &[], vec![], bump(4));
+    m.export("canister_global_timer", f);
+    let f = m.func(
+        &[],
+        &[],
+        vec![],
+        [
+            call(time),
+            call(timer_set),
+            vec![0x1a],
+            i32c(0),
+            i32c(8),
+            call(append),
+            call(reply),
+        ]
+        .concat(),
+    );
+    m.export("canister_update arm", f);
+    let f = m.func(
+        &[],
+        &[],
+        vec![],
+        [i32c(0), i32c(8), call(append), call(reply)].concat(),
+    );
+    m.export("canister_query counts", f);
+    m.encode()
+}
+
+#[test]
+fn heartbeat_runs_every_round_and_the_timer_fires_once() {
+    let mut sub = Subnet::with_config(small_limits());
+    let id = sub.create_canister();
+    sub.install(id, &timer_canister(), EMPTY_ARGS, "install", false)
+        .reply();
+    let counts = |sub: &Subnet| {
+        let b = sub.query(user(), id, "counts", EMPTY_ARGS).reply();
+        (u32_le(&b[..4]), u32_le(&b[4..8]))
+    };
+    let (beats0, fired0) = counts(&sub);
+    assert_eq!(fired0, 0);
+    for _ in 0..5 {
+        sub.batch(vec![]);
+    }
+    let (beats1, _) = counts(&sub);
+    assert_eq!(beats1, beats0 + 5, "one heartbeat per round");
+    sub.update(user(), id, "arm", EMPTY_ARGS).reply();
+    for _ in 0..5 {
+        sub.batch(vec![]);
+    }
+    assert_eq!(counts(&sub).1, 1, "the timer fires once, then is cleared");
+}
+
+/// `certify` sets certified data from its argument; `cert` (query) replies the data
+/// certificate the caller supplied, or "none"; `cert_in_update` calls
+/// `data_certificate_size` where the spec forbids it.
+fn certificate_canister() -> Vec<u8> {
+    use execution_support::wasm::*;
+    let mut m = Module::default();
+    let append = m.import("msg_reply_data_append", &[I32, I32], &[]);
+    let reply = m.import("msg_reply", &[], &[]);
+    let arg_size = m.import("msg_arg_data_size", &[], &[I32]);
+    let arg_copy = m.import("msg_arg_data_copy", &[I32, I32, I32], &[]);
+    let set = m.import("certified_data_set", &[I32, I32], &[]);
+    let present = m.import("data_certificate_present", &[], &[I32]);
+    let size = m.import("data_certificate_size", &[], &[I32]);
+    let copy = m.import("data_certificate_copy", &[I32, I32, I32], &[]);
+    m.memory_pages = Some(1);
+    m.data.push((16, b"none".to_vec()));
+    let body = [
+        call(arg_size),
+        vec![0x21, 0],
+        i32c(100),
+        i32c(0),
+        vec![0x20, 0],
+        call(arg_copy),
+        i32c(100),
+        vec![0x20, 0],
+        call(set),
+        call(reply),
+    ]
+    .concat();
+    let f = m.func(&[], &[], vec![(1, I32)], body);
+    m.export("canister_update certify", f);
+    // if present { copy(200, 0, size); append(200, size) } else { append(16, 4) }; reply
+    let body = [
+        call(present),
+        vec![0x04, 0x40],
+        call(size),
+        vec![0x21, 0],
+        i32c(200),
+        i32c(0),
+        vec![0x20, 0],
+        call(copy),
+        i32c(200),
+        vec![0x20, 0],
+        call(append),
+        vec![0x05],
+        i32c(16),
+        i32c(4),
+        call(append),
+        vec![0x0b],
+        call(reply),
+    ]
+    .concat();
+    let f = m.func(&[], &[], vec![(1, I32)], body);
+    m.export("canister_query cert", f);
+    let f = m.func(
+        &[],
+        &[],
+        vec![],
+        [call(size), vec![0x1a], call(reply)].concat(),
+    );
+    m.export("canister_update cert_in_update", f);
+    m.encode()
+}
+
+#[test]
+fn certified_data_and_data_certificate() {
+    let mut sub = Subnet::with_config(small_limits());
+    let id = sub.create_canister();
+    sub.install(id, &certificate_canister(), EMPTY_ARGS, "install", false)
+        .reply();
+    sub.update(user(), id, "certify", &[7u8; 32]).reply();
+    assert_eq!(
+        sub.sm.canister(&id).expect("c").certified_data,
+        vec![7u8; 32]
+    );
+    let r = sub.update(user(), id, "certify", &[7u8; 33]).reject();
+    assert!(r.message.contains("32 bytes"), "{r:?}");
+    assert_eq!(
+        sub.sm.canister(&id).expect("c").certified_data,
+        vec![7u8; 32]
+    );
+    // A query gets the certificate its caller (the API layer) supplies.
+    let with = sub.sm.query(
+        id,
+        "cert",
+        EMPTY_ARGS.to_vec(),
+        user(),
+        Some(b"CERT".to_vec()),
+    );
+    assert_eq!(with, Ok(b"CERT".to_vec()));
+    assert_eq!(sub.query(user(), id, "cert", EMPTY_ARGS).reply(), b"none");
+    // Replicated execution has no certificate: the call traps.
+    let r = sub
+        .update(user(), id, "cert_in_update", EMPTY_ARGS)
+        .reject();
+    assert!(
+        r.message.contains("cannot be executed in update mode"),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn stop_waits_for_running_calls_and_uninstall_clears() {
+    let (mut sub, ids) = setup(small_limits(), 1);
+    let id = ids[0];
+    let work = sub.message(user(), id, "work", &1_500_000u32.to_le_bytes());
+    let work_id = work.id;
+    sub.batch(vec![work]);
+    let stop = sub.message(
+        user(),
+        node::types::Principal::MANAGEMENT,
+        "stop_canister",
+        &canister_id_arg(id),
+    );
+    let stop_id = stop.id;
+    sub.batch(vec![stop]);
+    assert!(
+        !matches!(status(&sub, &stop_id), IngressStatus::Replied(_)),
+        "stop waits for the running call"
+    );
+    assert_eq!(
+        sub.sm.canister(&id).expect("c").status,
+        node::state::CanisterStatus::Stopping
+    );
+    for _ in 0..20 {
+        sub.batch(vec![]);
+    }
+    assert_eq!(
+        status(&sub, &work_id),
+        IngressStatus::Replied(b"done".to_vec())
+    );
+    assert!(matches!(status(&sub, &stop_id), IngressStatus::Replied(_)));
+    assert_eq!(
+        sub.sm.canister(&id).expect("c").status,
+        node::state::CanisterStatus::Stopped
+    );
+    sub.update(
+        user(),
+        Principal::MANAGEMENT,
+        "start_canister",
+        &canister_id_arg(id),
+    )
+    .reply();
+    sub.update(
+        user(),
+        Principal::MANAGEMENT,
+        "uninstall_code",
+        &canister_id_arg(id),
+    )
+    .reply();
+    assert!(sub.sm.canister(&id).expect("c").module_hash().is_none());
+    let r = sub.update(user(), id, "inc", EMPTY_ARGS).reject();
+    assert_eq!(r.error_code, "IC0537");
+}

@@ -98,6 +98,21 @@ fn reply_canister_id(id: Principal) -> Vec<u8> {
     encode_args(&[(ty, v)]).unwrap_or_default()
 }
 
+/// The canister a management call is about (the `canister_id` field of its Candid argument),
+/// for the API layer's effective-canister-id check. `None` for calls about no existing
+/// canister (`create_canister`, `provisional_create_canister_with_cycles`, `raw_rand`) or
+/// an argument that does not decode.
+pub fn target_canister(method: &str, arg: &[u8]) -> Option<Principal> {
+    match method {
+        "create_canister" | "provisional_create_canister_with_cycles" | "raw_rand" => None,
+        _ => {
+            let ty = record(&[("canister_id", Type::Principal)]);
+            let v = decode_args(arg, &[ty], &TypeEnv::default()).ok()?;
+            v.first()?.field("canister_id")?.as_principal()
+        }
+    }
+}
+
 /// Executes a management call from `caller` with `cycles` attached.
 pub fn execute(
     env: &Env<'_>,

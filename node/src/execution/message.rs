@@ -236,7 +236,43 @@ pub fn execute_next(env: &Env<'_>, c: &mut CanisterState, out: &mut Vec<Output>)
         ));
     }
     let msg = c.input_queue.pop_front()?;
-    Some(match msg {
+    let restart = match &msg {
+        CanisterMessage::Response(_) => None,
+        other => Some(other.clone()),
+    };
+    let used = execute_message(env, c, msg, out);
+    if let Some(p) = c.paused.as_mut() {
+        if p.message.is_none() {
+            p.message = restart;
+        }
+    }
+    Some(used)
+}
+
+/// Aborts a paused execution (before a checkpoint): its changes are dropped, its
+/// prepayment refunded, and the message goes back to the front of the queue to run again
+/// from the start. Every replica aborts at the same heights, so this is deterministic.
+pub fn abort_paused(c: &mut CanisterState, out: &mut Vec<Output>) {
+    let Some(p) = c.paused.take() else {
+        return;
+    };
+    c.cycles = c.cycles.saturating_add(p.prepaid_cycles);
+    c.call_contexts.remove(&p.call_context);
+    if let Some(m) = p.message {
+        if let CanisterMessage::Ingress(i) = &m {
+            out.push(Output::Ingress(i.id, IngressStatus::Received));
+        }
+        c.input_queue.push_front(m);
+    }
+}
+
+fn execute_message(
+    env: &Env<'_>,
+    c: &mut CanisterState,
+    msg: CanisterMessage,
+    out: &mut Vec<Output>,
+) -> u64 {
+    match msg {
         CanisterMessage::Ingress(i) => {
             out.push(Output::Ingress(i.id, IngressStatus::Processing));
             let origin = CallOrigin::Ingress {
@@ -255,7 +291,7 @@ pub fn execute_next(env: &Env<'_>, c: &mut CanisterState, out: &mut Vec<Output>)
             execute_call(env, c, ctx, r.sender, &r.method, r.payload, r.cycles, out)
         }
         CanisterMessage::Response(r) => execute_response(env, c, r, out),
-    })
+    }
 }
 
 /// Runs `canister_update <method>` (or `canister_query <method>` replicated) for a call.
@@ -333,6 +369,7 @@ fn after_call(
                 call_context: ctx,
                 kind,
                 prepaid_cycles: prepaid,
+                message: None,
             });
             return used;
         }

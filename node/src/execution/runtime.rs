@@ -156,7 +156,11 @@ impl Runtime {
             .wasm_mutable_global(true)
             .set_max_recursion_depth(WASM_CALL_DEPTH_MAX)
             .set_max_stack_height(WASM_VALUE_STACK_BYTES_MAX)
-            .compilation_mode(CompilationMode::LazyTranslation);
+            // Eager: wasmi charges fuel for translating a function on its first call in
+            // lazy modes, so instruction counts would depend on which functions this
+            // replica's engine happened to run before (a query, a restart): not
+            // deterministic. Eager translation happens once, at install.
+            .compilation_mode(CompilationMode::Eager);
         let engine = Engine::new(&config);
         let mut linker32 = Linker::new(&engine);
         let mut linker64 = Linker::new(&engine);

@@ -93,6 +93,25 @@ impl StateMachine {
         }
     }
 
+    /// Aborts every paused (time-sliced) execution; the messages run again from the start.
+    /// Call it at the same height on every replica (e.g. before each checkpoint): a
+    /// checkpoint then holds no half-executed message. The state hash of the current height
+    /// is recomputed.
+    pub fn abort_paused_executions(&mut self) {
+        let mut out = Vec::new();
+        for c in self.state.canisters.values_mut() {
+            message::abort_paused(c, &mut out);
+        }
+        route(&mut self.state, out);
+        let h = self.state.hash();
+        self.hashes.insert(self.state.height, h);
+    }
+
+    /// Whether any canister has a paused execution (a checkpoint must not).
+    pub fn has_paused_executions(&self) -> bool {
+        self.state.canisters.values().any(|c| c.paused.is_some())
+    }
+
     /// A state machine over a state loaded from a checkpoint: every canister's compiled
     /// module is rebuilt from its stored Wasm (the compiled form is a cache, not state).
     /// Paused executions are not part of a checkpoint; a checkpoint is taken between rounds
@@ -102,12 +121,16 @@ impl StateMachine {
         mut state: ReplicatedState,
     ) -> Result<StateMachine, crate::execution::wasm::WasmError> {
         let runtime = Runtime::new();
+        let mut out = Vec::new();
         for c in state.canisters.values_mut() {
+            // A paused execution belongs to the old runtime; it starts over.
+            message::abort_paused(c, &mut out);
             c.module = match &c.wasm {
                 Some(w) => Some(alloc::sync::Arc::new(runtime.compile(w)?)),
                 None => None,
             };
         }
+        route(&mut state, out);
         let mut hashes = BTreeMap::new();
         hashes.insert(state.height, state.hash());
         Ok(StateMachine {

@@ -210,6 +210,13 @@ fn canister(f: &mut Feed, c: &mut CanisterState) {
             f.u64(p.execution.instructions);
             f.u64(p.call_context);
             f.u128(p.prepaid_cycles);
+            match &p.message {
+                Some(m) => {
+                    f.u8(1);
+                    f.message(m);
+                }
+                None => f.u8(0),
+            }
         }
         None => f.u8(0),
     }

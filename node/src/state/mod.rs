@@ -155,6 +155,8 @@ pub struct PausedMessage {
     pub call_context: u64,
     pub kind: PausedKind,
     pub prepaid_cycles: u128,
+    /// The message being executed, so an aborted execution can start over.
+    pub message: Option<CanisterMessage>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -249,6 +251,16 @@ impl CanisterState {
             .metadata
             .get(name)
             .map(|(public, bytes)| (*public, bytes.as_slice()))
+    }
+
+    /// Every `icp:` custom section: (name without the prefix, public?, bytes), by name.
+    pub fn metadata_sections(&self) -> impl Iterator<Item = (&str, bool, &[u8])> {
+        self.module.iter().flat_map(|m| {
+            m.prepared
+                .metadata
+                .iter()
+                .map(|(n, (public, bytes))| (n.as_str(), *public, bytes.as_slice()))
+        })
     }
 
     pub fn is_controller(&self, p: &Principal) -> bool {
