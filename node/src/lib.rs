@@ -13,5 +13,12 @@
 extern crate alloc;
 
 pub mod api;
+pub mod attest;
+pub mod consensus;
 pub mod crypto;
+pub mod p2p;
+pub mod replica;
+#[cfg(feature = "sim")]
+pub mod sim;
+pub mod store;
 pub mod types;

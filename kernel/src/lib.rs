@@ -1,2 +1,0 @@
-//! kernel placeholder: replaced by the kernel work.
-#![no_std]

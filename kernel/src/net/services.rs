@@ -1,0 +1,327 @@
+//! The two services that prove the stack: TCP echo on port 7 and HTTP `GET /health` on
+//! port 8080 (JSON: uptime, address, counters).
+//!
+//! Each service owns a fixed pool of listening sockets. A socket that does not reach
+//! Established within [`HANDSHAKE_TIMEOUT_MS`], or whose HTTP request is incomplete after
+//! [`REQUEST_TIMEOUT_MS`], is aborted and listens again, so a flood of half-open connections
+//! ties the pool up for a bounded time only. Requests are bounded by [`MAX_REQUEST_BYTES`].
+
+use super::device::FrameCounters;
+use crate::arch::clock;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+use smoltcp::iface::{SocketHandle, SocketSet};
+use smoltcp::socket::tcp;
+use smoltcp::wire::{EthernetAddress, Ipv4Cidr};
+
+pub const ECHO_PORT: u16 = 7;
+pub const HTTP_PORT: u16 = 8080;
+/// Concurrent echo connections.
+const ECHO_SOCKETS: usize = 4;
+/// Concurrent HTTP connections.
+const HTTP_SOCKETS: usize = 8;
+/// Each echo socket's receive and send buffer.
+const ECHO_BUFFER_BYTES: usize = 64 * 1024;
+/// Each HTTP socket's receive and send buffer.
+const HTTP_BUFFER_BYTES: usize = 8 * 1024;
+/// The largest HTTP request head accepted.
+const MAX_REQUEST_BYTES: usize = 4096;
+/// Bytes moved per echo socket per poll.
+const ECHO_CHUNK_BYTES: usize = 16 * 1024;
+const HANDSHAKE_TIMEOUT_MS: u64 = 3_000;
+const REQUEST_TIMEOUT_MS: u64 = 5_000;
+const NS_PER_MS: u64 = 1_000_000;
+
+#[derive(Debug, Clone, Copy, Default)]
+struct ServiceCounters {
+    echo_connections: u64,
+    echo_bytes: u64,
+    http_requests: u64,
+    http_errors: u64,
+    aborted_stale: u64,
+}
+
+/// A pooled socket and when its current connection attempt began.
+struct Slot {
+    handle: SocketHandle,
+    /// Monotonic ms when the socket left Listen, or None while listening/closed.
+    since_ms: Option<u64>,
+    request: Vec<u8>,
+    responded: bool,
+    /// The current connection has been counted in the service counters.
+    counted: bool,
+}
+
+pub struct Services {
+    echo: Vec<Slot>,
+    http: Vec<Slot>,
+    counters: ServiceCounters,
+    scratch: Vec<u8>,
+}
+
+fn tcp_socket(buffer_bytes: usize) -> tcp::Socket<'static> {
+    tcp::Socket::new(
+        tcp::SocketBuffer::new(vec![0; buffer_bytes]),
+        tcp::SocketBuffer::new(vec![0; buffer_bytes]),
+    )
+}
+
+fn now_ms() -> u64 {
+    clock::now_ns() / NS_PER_MS
+}
+
+impl Services {
+    pub fn new(sockets: &mut SocketSet<'static>) -> Services {
+        let mut pool = |count: usize, bytes: usize| -> Vec<Slot> {
+            (0..count)
+                .map(|_| Slot {
+                    handle: sockets.add(tcp_socket(bytes)),
+                    since_ms: None,
+                    request: Vec::new(),
+                    responded: false,
+                    counted: false,
+                })
+                .collect()
+        };
+        let echo = pool(ECHO_SOCKETS, ECHO_BUFFER_BYTES);
+        let http = pool(HTTP_SOCKETS, HTTP_BUFFER_BYTES);
+        Services {
+            echo,
+            http,
+            counters: ServiceCounters::default(),
+            scratch: vec![0; ECHO_CHUNK_BYTES],
+        }
+    }
+
+    /// Serves every socket once; true when data moved.
+    pub fn poll(
+        &mut self,
+        sockets: &mut SocketSet<'static>,
+        ip: Option<Ipv4Cidr>,
+        mac: EthernetAddress,
+        frames: FrameCounters,
+    ) -> bool {
+        let now = now_ms();
+        let mut moved = false;
+        for i in 0..self.echo.len() {
+            let socket = sockets.get_mut::<tcp::Socket>(self.echo[i].handle);
+            if !lifecycle(
+                &mut self.echo[i],
+                socket,
+                ECHO_PORT,
+                now,
+                &mut self.counters,
+            ) {
+                continue;
+            }
+            moved |= echo(socket, &mut self.scratch, &mut self.counters);
+        }
+        for i in 0..self.http.len() {
+            let socket = sockets.get_mut::<tcp::Socket>(self.http[i].handle);
+            if !lifecycle(
+                &mut self.http[i],
+                socket,
+                HTTP_PORT,
+                now,
+                &mut self.counters,
+            ) {
+                continue;
+            }
+            let body = |c: &ServiceCounters| health_json(now, ip, mac, frames, c);
+            moved |= http(&mut self.http[i], socket, body, &mut self.counters);
+        }
+        moved
+    }
+}
+
+/// Keeps a pooled socket listening and aborts stale connections. True when the socket has
+/// a connection to serve.
+fn lifecycle(
+    slot: &mut Slot,
+    socket: &mut tcp::Socket<'_>,
+    port: u16,
+    now: u64,
+    counters: &mut ServiceCounters,
+) -> bool {
+    if !socket.is_open() {
+        slot.since_ms = None;
+        slot.request.clear();
+        slot.responded = false;
+        slot.counted = false;
+        // Listening on a closed socket with a fixed local port cannot fail.
+        let _ = socket.listen(port);
+        return false;
+    }
+    if socket.state() == tcp::State::Listen {
+        return false;
+    }
+    let since = *slot.since_ms.get_or_insert(now);
+    let established = !matches!(socket.state(), tcp::State::SynReceived);
+    let limit = if established {
+        REQUEST_TIMEOUT_MS
+    } else {
+        HANDSHAKE_TIMEOUT_MS
+    };
+    let waiting = !established || (port == HTTP_PORT && !slot.responded);
+    if waiting && now.saturating_sub(since) > limit {
+        socket.abort();
+        counters.aborted_stale += 1;
+        return false;
+    }
+    if established && port == ECHO_PORT && !slot.counted {
+        slot.counted = true;
+        counters.echo_connections += 1;
+    }
+    established
+}
+
+fn echo(socket: &mut tcp::Socket<'_>, scratch: &mut [u8], counters: &mut ServiceCounters) -> bool {
+    let mut moved = false;
+    while socket.can_recv() && socket.can_send() {
+        let space = socket.send_capacity() - socket.send_queue();
+        let want = space.min(scratch.len());
+        if want == 0 {
+            break;
+        }
+        let Ok(n) = socket.recv_slice(&mut scratch[..want]) else {
+            break;
+        };
+        if n == 0 {
+            break;
+        }
+        // `n` <= free send space, so the whole slice is queued.
+        let _ = socket.send_slice(&scratch[..n]);
+        counters.echo_bytes += n as u64;
+        moved = true;
+    }
+    if !socket.may_recv() && socket.send_queue() == 0 && socket.state() == tcp::State::CloseWait {
+        socket.close();
+    }
+    moved
+}
+
+fn http(
+    slot: &mut Slot,
+    socket: &mut tcp::Socket<'_>,
+    body: impl FnOnce(&ServiceCounters) -> String,
+    counters: &mut ServiceCounters,
+) -> bool {
+    if slot.responded {
+        if socket.send_queue() == 0 {
+            socket.close();
+        }
+        return false;
+    }
+    let mut moved = false;
+    while socket.can_recv() && slot.request.len() <= MAX_REQUEST_BYTES {
+        let room = MAX_REQUEST_BYTES + 1 - slot.request.len();
+        let got = socket.recv(|data| {
+            let n = data.len().min(room);
+            (n, data[..n].to_vec())
+        });
+        match got {
+            Ok(bytes) if !bytes.is_empty() => {
+                slot.request.extend_from_slice(&bytes);
+                moved = true;
+            }
+            _ => break,
+        }
+    }
+    let request = parse_request(&slot.request);
+    match &request {
+        RequestState::Incomplete if socket.may_recv() => return moved,
+        RequestState::Get(path) if path == "/health" => counters.http_requests += 1,
+        _ => counters.http_errors += 1,
+    }
+    let response = match request {
+        RequestState::Incomplete if socket.may_recv() => return moved,
+        RequestState::Incomplete => {
+            response(400, "Bad Request", "{\"error\":\"incomplete request\"}")
+        }
+        RequestState::TooLarge => response(
+            431,
+            "Request Header Fields Too Large",
+            "{\"error\":\"request too large\"}",
+        ),
+        RequestState::Malformed => {
+            response(400, "Bad Request", "{\"error\":\"malformed request\"}")
+        }
+        RequestState::Get(path) if path == "/health" => response(200, "OK", &body(counters)),
+        RequestState::Get(_) => response(404, "Not Found", "{\"error\":\"not found\"}"),
+        RequestState::OtherMethod => {
+            response(405, "Method Not Allowed", "{\"error\":\"only GET\"}")
+        }
+    };
+    // The response is far smaller than the send buffer of a fresh connection.
+    let _ = socket.send_slice(response.as_bytes());
+    slot.responded = true;
+    true
+}
+
+enum RequestState {
+    Incomplete,
+    TooLarge,
+    Malformed,
+    OtherMethod,
+    Get(String),
+}
+
+/// Parses the request head once it is complete ("\r\n\r\n"); only the request line matters.
+fn parse_request(bytes: &[u8]) -> RequestState {
+    let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return if bytes.len() > MAX_REQUEST_BYTES {
+            RequestState::TooLarge
+        } else {
+            RequestState::Incomplete
+        };
+    };
+    let Ok(head) = core::str::from_utf8(&bytes[..end]) else {
+        return RequestState::Malformed;
+    };
+    let line = head.lines().next().unwrap_or("");
+    let mut parts = line.split(' ');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some("GET"), Some(path), Some(v), None) if v.starts_with("HTTP/1.") => {
+            RequestState::Get(path.into())
+        }
+        (Some(_), Some(_), Some(v), None) if v.starts_with("HTTP/1.") => RequestState::OtherMethod,
+        _ => RequestState::Malformed,
+    }
+}
+
+fn response(code: u16, reason: &str, body: &str) -> String {
+    format!(
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+fn health_json(
+    now_ms: u64,
+    ip: Option<Ipv4Cidr>,
+    mac: EthernetAddress,
+    frames: FrameCounters,
+    c: &ServiceCounters,
+) -> String {
+    let address = ip.map_or(String::from("null"), |ip| format!("\"{ip}\""));
+    let m = mac.0;
+    let mac = format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    );
+    format!(
+        "{{\"status\":\"ok\",\"version\":\"{}\",\"uptime_ms\":{now_ms},\"address\":{address},\"mac\":\"{mac}\",\"counters\":{{\"rx_frames\":{},\"tx_frames\":{},\"rx_errors\":{},\"tx_errors\":{},\"http_requests\":{},\"http_errors\":{},\"echo_connections\":{},\"echo_bytes\":{},\"aborted_stale\":{}}}}}",
+        crate::VERSION,
+        frames.rx_frames,
+        frames.tx_frames,
+        frames.rx_errors,
+        frames.tx_errors,
+        c.http_requests,
+        c.http_errors,
+        c.echo_connections,
+        c.echo_bytes,
+        c.aborted_stale
+    )
+}

@@ -1,0 +1,202 @@
+//! Unit tests of the store over a fault-free simulator disk.
+
+use super::*;
+use alloc::string::String;
+use alloc::vec;
+
+const CHUNK: u32 = 16 * 1024;
+
+fn config() -> StoreConfig {
+    StoreConfig {
+        chunk_bytes: CHUNK,
+        pool_segment_bytes: 64 * 1024,
+        ..StoreConfig::default()
+    }
+}
+
+fn disk(sector_bytes: usize, mib: u64) -> SimDisk {
+    SimDisk::new(
+        sector_bytes,
+        (mib << 20) / sector_bytes as u64,
+        1,
+        SimFaults::default(),
+    )
+}
+
+fn state(seed: u8, sizes: &[usize]) -> Vec<(String, Vec<u8>)> {
+    sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| {
+            let mut bytes = vec![0u8; n];
+            SimRng::new(u64::from(seed) << 32 | i as u64).fill(&mut bytes);
+            (alloc::format!("file{i}"), bytes)
+        })
+        .collect()
+}
+
+fn as_files(s: &[(String, Vec<u8>)]) -> Vec<StateFile<'_>> {
+    s.iter()
+        .map(|(n, b)| StateFile { name: n, bytes: b })
+        .collect()
+}
+
+#[test]
+fn format_checkpoint_reopen_round_trip() {
+    for sector in SECTOR_BYTES_ALLOWED {
+        let mut store = Store::format(disk(sector, 8), config()).unwrap();
+        let s = state(3, &[100_000, 0, 4096, 1]);
+        let stats = store.checkpoint(10, &as_files(&s)).unwrap();
+        assert_eq!(stats.chunks_total, 7 + 1 + 1);
+        store.put_cup(b"cup at 10").unwrap();
+        store.pool_append(11, 1, b"block 11").unwrap();
+        store.pool_append(12, 2, &[9; 5000]).unwrap();
+        store.pool_sync().unwrap();
+        let (mut store, rec) = Store::open(store.into_device(), Verify::Eager).unwrap();
+        assert_eq!(rec.checkpoint, Some((10, stats.root_hash)));
+        assert!(rec.bad_chunks.is_empty());
+        assert_eq!(rec.superblock_copies, SUPERBLOCK_COPIES);
+        assert_eq!(rec.pool_records.len(), 2);
+        assert_eq!(rec.pool_records[1].bytes, vec![9; 5000]);
+        assert_eq!(store.cup().unwrap().unwrap(), b"cup at 10");
+        for (name, bytes) in &s {
+            assert_eq!(&store.read_file(name).unwrap(), bytes);
+        }
+    }
+}
+
+#[test]
+fn unchanged_chunks_are_not_rewritten_and_old_extents_are_reclaimed() {
+    let mut store = Store::format(disk(512, 8), config()).unwrap();
+    let mut s = state(5, &[10 * CHUNK as usize, 3 * CHUNK as usize]);
+    let first = store.checkpoint(1, &as_files(&s)).unwrap();
+    assert_eq!(first.chunks_written, 13);
+    let free_after_first = store.free_blocks();
+    s[0].1[CHUNK as usize * 4 + 7] ^= 0xff;
+    let second = store.checkpoint(2, &as_files(&s)).unwrap();
+    assert_eq!(second.chunks_written, 1);
+    assert_ne!(second.root_hash, first.root_hash);
+    // The replaced chunk's old extent was freed: free space is unchanged.
+    assert_eq!(store.free_blocks(), free_after_first);
+    // Many checkpoints do not leak space.
+    for h in 3..30 {
+        s[1].1[h as usize] = h as u8;
+        store.checkpoint(h, &as_files(&s)).unwrap();
+        assert_eq!(store.free_blocks(), free_after_first);
+    }
+}
+
+#[test]
+fn pool_rolls_over_segments_and_purges() {
+    let mut store = Store::format(disk(4096, 8), config()).unwrap();
+    let mut expected = Vec::new();
+    for h in 0..200u64 {
+        let bytes = vec![h as u8; 700];
+        store.pool_append(h, 7, &bytes).unwrap();
+        expected.push(PoolRecord {
+            height: h,
+            kind: 7,
+            bytes,
+        });
+        if h % 3 == 0 {
+            store.pool_sync().unwrap();
+        }
+    }
+    store.pool_sync().unwrap();
+    assert!(
+        store.meta.segments.len() > 2,
+        "records span several segments"
+    );
+    let (mut store, rec) = Store::open(store.into_device(), Verify::Lazy).unwrap();
+    assert_eq!(rec.pool_records, expected);
+    let segments = store.meta.segments.len();
+    store.pool_purge_below(150).unwrap();
+    assert!(store.meta.segments.len() < segments);
+    let (_, rec) = Store::open(store.into_device(), Verify::Lazy).unwrap();
+    assert_eq!(rec.pool_records, expected[150..]);
+}
+
+#[test]
+fn open_of_blank_disk_is_not_formatted_and_oversized_records_are_refused() {
+    assert_eq!(
+        Store::open(disk(512, 1), Verify::Lazy)
+            .err()
+            .map(|e| e.error),
+        Some(StoreError::NotFormatted)
+    );
+    // `open_or_format` formats a blank disk, and then finds the store it made.
+    let (store, rec) = Store::open_or_format(disk(512, 8), config(), Verify::Lazy).unwrap();
+    assert_eq!(rec.checkpoint, None);
+    let (_, rec) = Store::open_or_format(store.into_device(), config(), Verify::Lazy).unwrap();
+    assert_eq!(rec.superblock_sequence, 1);
+    let mut store = Store::format(disk(512, 8), config()).unwrap();
+    assert_eq!(
+        store.pool_append(1, 1, &vec![0; 64 * 1024]),
+        Err(StoreError::RecordTooLarge)
+    );
+}
+
+#[test]
+fn reformat_does_not_resurrect_pool_records_of_the_previous_format() {
+    let mut old = Store::format(disk(512, 8), config()).unwrap();
+    old.pool_append(1, 1, b"old format").unwrap();
+    old.pool_sync().unwrap();
+    let old = old.into_device();
+    let config = StoreConfig {
+        format_nonce: 2,
+        ..config()
+    };
+    // Cut the power at every point of "open the first segment, write its first batch": the
+    // segment the new format names sits where the old one was, with the old batch still there.
+    for extra in 0..12 {
+        let mut dev = old.clone();
+        let mut store = Store::format(&mut dev, config).unwrap();
+        let cut_at = store.device().ops_issued() + extra;
+        store.device_mut().cut_power_at_op(cut_at);
+        let _ = store
+            .pool_append(5, 1, b"new")
+            .and_then(|()| store.pool_sync());
+        drop(store);
+        dev.restart();
+        let (_, rec) = Store::open(&mut dev, Verify::Lazy).unwrap();
+        assert!(
+            rec.pool_records.iter().all(|r| r.bytes == b"new"),
+            "cut at +{extra}"
+        );
+    }
+}
+
+#[test]
+fn long_run_on_a_small_disk_neither_leaks_nor_fragments() {
+    // State of 3 MiB on an 8 MiB disk; every round rewrites a few chunks and the metadata,
+    // appends pool records, stores a CUP and purges: 300 rounds never run out of space.
+    let mut store = Store::format(disk(4096, 8), config()).unwrap();
+    let mut s = state(9, &[3 << 20, 1000]);
+    let mut rng = SimRng::new(77);
+    let mut free_after_purge = Vec::new();
+    for round in 1..=300u64 {
+        for _ in 0..5 {
+            let at = rng.below(s[0].1.len() as u64) as usize;
+            s[0].1[at] ^= 1;
+        }
+        s[1].1 = alloc::format!("round {round}").into_bytes();
+        for i in 0..4 {
+            store
+                .pool_append(round, i, &vec![round as u8; 2000])
+                .unwrap();
+        }
+        store.pool_sync().unwrap();
+        store.checkpoint(round, &as_files(&s)).unwrap();
+        store.put_cup(&round.to_le_bytes()).unwrap();
+        store.pool_purge_below(round).unwrap();
+        free_after_purge.push(store.free_blocks());
+    }
+    let (min, max) = (free_after_purge.iter().min(), free_after_purge.iter().max());
+    assert!(
+        max.unwrap() - min.unwrap() < 64,
+        "free space stays level: {min:?}..{max:?}"
+    );
+    let (mut store, rec) = Store::open(store.into_device(), Verify::Eager).unwrap();
+    assert!(rec.bad_chunks.is_empty());
+    assert_eq!(store.read_file("file0").unwrap(), s[0].1);
+}
