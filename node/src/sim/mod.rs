@@ -581,6 +581,14 @@ impl Sim {
         self.agreed.keys().next_back().copied().unwrap_or(Height(0))
     }
 
+    /// The agreed finalized chain (height, block hash).
+    pub fn agreed_chain(&self) -> Vec<(Height, CryptoHash)> {
+        self.agreed
+            .iter()
+            .map(|(h, (hash, _))| (*h, *hash))
+            .collect()
+    }
+
     /// Finalization latencies of all honest nodes (ns), and finalized block count.
     pub fn latencies_ns(&self) -> Vec<u64> {
         let mut v: Vec<u64> = self
