@@ -219,6 +219,7 @@ impl Sim {
             entropy,
             signing_floor: self.nodes[i].signing_watermark,
             status_interval_ms: STATUS_INTERVAL_MS,
+            resume_from: None,
         };
         let mut r = Replica::new(cfg, self.now).expect("replica starts");
         if let Behavior::Byzantine(f) = self.nodes[i].behavior {
