@@ -22,7 +22,7 @@
 //! a bound (see the limits in `p2p` and `consensus`).
 
 use crate::consensus::{
-    Artifact, Consensus, ConsensusParams, ConsensusStats, FinalizedBlock, Outgoing,
+    Artifact, CatchUpPackage, Consensus, ConsensusParams, ConsensusStats, FinalizedBlock, Outgoing,
 };
 use crate::crypto::dealer::{NodeKeys, NodeSecrets, RecordError, SubnetKeys, SubnetRecord};
 use crate::p2p::channel::{ChannelStats, Channels};
