@@ -11,7 +11,7 @@
 //! Used for the random beacon (`t = f+1`) and the subnet key (`t = n−f`), reference §4.1.
 
 use super::bls::{BlsError, PublicKey, SecretKey, Signature};
-use super::multisig::decode_sig;
+use super::multisig::decode_sig_on_curve;
 use alloc::vec::Vec;
 use blst::min_sig as bls;
 use blst::{blst_fr, blst_scalar};
@@ -84,8 +84,9 @@ pub fn deal(rng: &mut ChaCha20Rng, n: usize, threshold: usize) -> Result<DealtKe
 }
 
 /// Combines exactly `threshold` shares `(signer index, share)` into the group signature.
-/// Shares are not verified here: verify the result (one pairing check) and fall back to
-/// per-share verification only if it fails.
+/// Shares are not verified here (nor checked for subgroup membership): verify the result
+/// with [`PublicKey::verify`], which checks the combined point's subgroup and the pairing
+/// once, and fall back to per-share verification only if it fails.
 pub fn combine(
     shares: &[(usize, Signature)],
     threshold: usize,
@@ -109,7 +110,7 @@ pub fn combine(
     }
     let sigs = shares
         .iter()
-        .map(|(_, s)| decode_sig(s))
+        .map(|(_, s)| decode_sig_on_curve(s))
         .collect::<Result<Vec<_>, BlsError>>()
         .map_err(|_| ThresholdError::BadShare)?;
     // Scalars are below the group order r < 2^255.

@@ -24,7 +24,7 @@
 pub mod stack;
 
 use crate::consensus::{
-    Artifact, Consensus, ConsensusParams, ConsensusStats, FinalizedBlock, Outgoing,
+    Artifact, CatchUpPackage, Consensus, ConsensusParams, ConsensusStats, FinalizedBlock, Outgoing,
 };
 use crate::crypto::dealer::{NodeKeys, NodeSecrets, RecordError, SubnetKeys, SubnetRecord};
 use crate::p2p::channel::{ChannelStats, Channels};
@@ -60,6 +60,9 @@ pub struct ReplicaConfig {
     /// driver; zero for a fresh node). The node signs nothing at or below it.
     pub signing_floor: Height,
     pub status_interval_ms: u64,
+    /// The catch-up package to resume from (the node's own store; trusted), or `None` for
+    /// genesis.
+    pub resume_from: Option<CatchUpPackage>,
 }
 
 /// Why a replica could not start, or refused an input.
@@ -133,7 +136,13 @@ impl Replica {
             .collect();
         let node_id = peers[index as usize];
         let subnet_id = keys.subnet_id;
-        let consensus = Consensus::new(keys, me, config.params, None, config.signing_floor);
+        let consensus = Consensus::new(
+            keys,
+            me,
+            config.params,
+            config.resume_from,
+            config.signing_floor,
+        );
         let mut r = Replica {
             node_id,
             subnet_id,
@@ -280,6 +289,11 @@ impl Replica {
     /// [`ReplicaConfig::signing_floor`] after a restart.
     pub fn signing_watermark(&self) -> Height {
         self.consensus.signing_watermark()
+    }
+
+    /// The latest catch-up package (persist it to resume from it after a restart).
+    pub fn cup(&self) -> &CatchUpPackage {
+        self.consensus.cup()
     }
 
     pub fn stats(&self) -> ReplicaStats {

@@ -219,6 +219,7 @@ impl Sim {
             entropy,
             signing_floor: self.nodes[i].signing_watermark,
             status_interval_ms: STATUS_INTERVAL_MS,
+            resume_from: None,
         };
         let mut r = Replica::new(cfg, self.now).expect("replica starts");
         if let Behavior::Byzantine(f) = self.nodes[i].behavior {
@@ -579,6 +580,14 @@ impl Sim {
     /// Highest height of the agreed chain.
     pub fn agreed_height(&self) -> Height {
         self.agreed.keys().next_back().copied().unwrap_or(Height(0))
+    }
+
+    /// The agreed finalized chain (height, block hash).
+    pub fn agreed_chain(&self) -> Vec<(Height, CryptoHash)> {
+        self.agreed
+            .iter()
+            .map(|(h, (hash, _))| (*h, *hash))
+            .collect()
     }
 
     /// Finalization latencies of all honest nodes (ns), and finalized block count.
