@@ -626,7 +626,8 @@ mod tests {
     /// 2. `… --vcpus 4 --vcpu-type EPYC-Milan --kernel $K --append "console=ttyS0"`
     /// 3. `… --vcpus 2 --vcpu-type EPYC-Genoa --kernel $K --initrd guest_msg_report_req.bin
     ///    --guest-features 0x21`
-    /// (The xtask test runs sev-snp-measure live on Debian's OVMF and the cairn kernel too.)
+    ///
+    /// The xtask test runs sev-snp-measure live on Debian's OVMF and the cairn kernel too.
     #[test]
     fn digests_recorded_from_sev_snp_measure() {
         let cases = [
