@@ -10,6 +10,8 @@
 //!   manifest, the meta, the superblocks; flushes included);
 //! - checkpoint (1% changed): the next checkpoint after rewriting 1% of the chunks (every chunk
 //!   is still hashed; only the changed ones are written);
+//! - the same with dirty-chunk hints (`Store::checkpoint_with_hints`): only the dirty chunks
+//!   and the audited tenth of the others are hashed;
 //! - recovery: `Store::open` with lazy verification (superblock, meta, manifest, pool scan) and
 //!   with eager verification (every chunk read back and hashed).
 //!
@@ -139,8 +141,29 @@ struct Row {
     full_time: Duration,
     incr_time: Duration,
     incr_written: u32,
+    hinted_time: Duration,
+    hinted_hashed: u32,
     lazy: Duration,
     eager: Duration,
+}
+
+/// Rewrites 4 KiB in `count` distinct chunks of the two big files; returns (file, chunk) pairs.
+fn change_chunks(
+    state: &mut [(String, Vec<u8>)],
+    count: u64,
+    salt: u64,
+    rng: &mut SimRng,
+) -> std::collections::BTreeSet<(String, u64)> {
+    let mut dirty = std::collections::BTreeSet::new();
+    for k in 0..count {
+        let (name, file) = &mut state[(k % 2) as usize];
+        let file_chunks = file.len() as u64 / MIB;
+        let chunk = (k * 7919 + salt * 104_729) % file_chunks;
+        let at = (chunk * MIB) as usize;
+        rng.fill(&mut file[at..at + 4096]);
+        dirty.insert((name.clone(), chunk));
+    }
+    dirty
 }
 
 fn make_state(bytes: u64) -> Vec<(String, Vec<u8>)> {
@@ -193,16 +216,11 @@ fn bench_size(dir: &std::path::Path, state_mib: u64) -> (Row, bool) {
     let full = mb_per_s(state_bytes, full_time);
     drop(views);
 
-    // Rewrite 1% of the chunks, spread over the state.
+    // Rewrite 1% of the chunks, spread over the state; checkpoint without hints.
     let chunks = stats.chunks_total as u64;
     let change = (chunks / 100).max(1);
     let mut rng = SimRng::new(7);
-    for k in 0..change {
-        let file = &mut state[(k % 2) as usize].1;
-        let file_chunks = file.len() as u64 / MIB;
-        let at = ((k * 7919) % file_chunks * MIB) as usize;
-        rng.fill(&mut file[at..at + 4096]);
-    }
+    change_chunks(&mut state, change, 0, &mut rng);
     let views: Vec<StateFile<'_>> = state
         .iter()
         .map(|(n, b)| StateFile { name: n, bytes: b })
@@ -214,11 +232,24 @@ fn bench_size(dir: &std::path::Path, state_mib: u64) -> (Row, bool) {
     let incr_time = t.elapsed();
     drop(views);
 
+    // Another 1%, now with dirty-chunk hints (only dirty and audited chunks are hashed).
+    let dirty = change_chunks(&mut state, change, 1, &mut rng);
+    let views: Vec<StateFile<'_>> = state
+        .iter()
+        .map(|(n, b)| StateFile { name: n, bytes: b })
+        .collect();
+    let t = Instant::now();
+    let hinted = store
+        .checkpoint_with_hints(300, &views, &|f, k| !dirty.contains(&(f.to_string(), k)))
+        .expect("hinted checkpoint");
+    let hinted_time = t.elapsed();
+    drop(views);
+
     let dev = store.into_device();
     let t = Instant::now();
     let (store, rec) = Store::open(dev, Verify::Lazy).expect("open lazy");
     let lazy = t.elapsed();
-    assert_eq!(rec.checkpoint, Some((200, incr.root_hash)));
+    assert_eq!(rec.checkpoint, Some((300, hinted.root_hash)));
     let dev = store.into_device();
     let t = Instant::now();
     let (store, rec) = Store::open(dev, Verify::Eager).expect("open eager");
@@ -233,6 +264,8 @@ fn bench_size(dir: &std::path::Path, state_mib: u64) -> (Row, bool) {
         full_time,
         incr_time,
         incr_written: incr.chunks_written,
+        hinted_time,
+        hinted_hashed: hinted.chunks_hashed,
         lazy,
         eager,
     };
@@ -268,19 +301,20 @@ fn main() {
     );
     println!("chunk hash (SHA-256) alone: {hash_rate:.0} MB/s");
     println!(
-        "{:>9} | {:>12} | {:>16} | {:>9} | {:>22} | {:>13} | {:>22}",
+        "{:>9} | {:>12} | {:>17} | {:>8} | {:>22} | {:>24} | {:>12} | {:>21}",
         "state",
         "raw seq MB/s",
         "checkpoint MB/s",
         "ckpt/raw",
-        "1% changed: time",
+        "1% changed, no hints",
+        "1% changed, dirty hints",
         "recover lazy",
         "recover eager (MB/s)"
     );
     for r in &rows {
         let eager_rate = mb_per_s(r.state_mib * MIB, r.eager);
         println!(
-            "{:>5} MiB | {:>12.0} | {:>9.0} ({:>4.2}s) | {:>9.2} | {:>8.0} ms ({:>3} chunks) | {:>10.1} ms | {:>9.0} ms ({:>6.0})",
+            "{:>5} MiB | {:>12.0} | {:>9.0} ({:>4.2}s) | {:>8.2} | {:>6.0} ms ({:>3} written) | {:>6.0} ms ({:>4} hashed) | {:>9.1} ms | {:>8.0} ms ({:>6.0})",
             r.state_mib,
             r.raw,
             r.full,
@@ -288,6 +322,8 @@ fn main() {
             r.full / r.raw,
             r.incr_time.as_secs_f64() * 1e3,
             r.incr_written,
+            r.hinted_time.as_secs_f64() * 1e3,
+            r.hinted_hashed,
             r.lazy.as_secs_f64() * 1e3,
             r.eager.as_secs_f64() * 1e3,
             eager_rate,

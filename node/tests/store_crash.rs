@@ -12,12 +12,12 @@
 //! failure prints the seed and write point.
 
 use node::store::{
-    BlockDevice, PoolRecord, SimDisk, SimFaults, SimRng, StateFile, Store, StoreConfig, StoreError,
-    Verify,
+    BlockDevice, Manifest, PoolRecord, SimDisk, SimFaults, SimRng, StateFile, Store, StoreConfig,
+    StoreError, Verify,
 };
 
 const RUNS_MIN: u64 = 2_000;
-const DISK_BYTES: u64 = 8 << 20;
+const DISK_BYTES: u64 = 4 << 20;
 const ROUNDS: u64 = 5;
 const HEIGHTS_PER_ROUND: u64 = 10;
 
@@ -123,10 +123,98 @@ fn workload(dev: &mut SimDisk, oracle: &mut Oracle) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn check_recovery(dev: &mut SimDisk, oracle: &Oracle) -> Result<(), String> {
+/// What a first recovery found, to check a second crash against.
+struct Snapshot {
+    checkpoint: Option<(u64, [u8; 32])>,
+    files: Vec<(String, Vec<u8>)>,
+    records: Vec<PoolRecord>,
+    cup: Option<Vec<u8>>,
+}
+
+/// Checks a recovery against the oracle, then runs `rejoin`; with `second_cut`, the power is
+/// cut again that many device operations into the rejoin, and the second recovery is checked
+/// against the first.
+fn check_recovery(
+    dev: &mut SimDisk,
+    oracle: &Oracle,
+    second_cut: Option<u64>,
+) -> Result<(), String> {
+    let snapshot = {
+        let Some((mut store, rec)) = check_first_recovery(dev, oracle)? else {
+            return Ok(());
+        };
+        let Some(k) = second_cut else {
+            return rejoin(store, oracle);
+        };
+        let mut files = Vec::new();
+        for name in store.file_names() {
+            let bytes = store.read_file(&name).map_err(|e| e.to_string())?;
+            files.push((name, bytes));
+        }
+        let snapshot = Snapshot {
+            checkpoint: rec.checkpoint,
+            files,
+            records: rec.pool_records.clone(),
+            cup: store.cup().map_err(|e| e.to_string())?,
+        };
+        let at = store.device().ops_issued() + k;
+        store.device_mut().cut_power_at_op(at);
+        match rejoin(store, oracle) {
+            Ok(()) => return Ok(()),
+            Err(why) if !dev.is_offline() => return Err(why),
+            Err(_) => snapshot,
+        }
+    };
+    dev.restart();
+    check_second_recovery(dev, &snapshot)?;
+    let (store, _) = Store::open(&mut *dev, Verify::Lazy).map_err(|e| e.to_string())?;
+    rejoin(store, oracle)
+}
+
+fn check_second_recovery(dev: &mut SimDisk, before: &Snapshot) -> Result<(), String> {
+    let (mut store, rec) =
+        Store::open(&mut *dev, Verify::Eager).map_err(|e| format!("second open failed: {e}"))?;
+    if !rec.bad_chunks.is_empty() {
+        return Err(format!(
+            "bad chunks after second recovery: {:?}",
+            rec.bad_chunks
+        ));
+    }
+    let next = state_at(ROUNDS + 1);
+    let next_root = Manifest::compute(config().chunk_bytes, &files(&next))
+        .map_err(|e| e.to_string())?
+        .root_hash();
+    let expect = if rec.checkpoint == before.checkpoint {
+        &before.files
+    } else if rec.checkpoint.map(|c| c.1) == Some(next_root) {
+        &next
+    } else {
+        return Err("second recovery found a checkpoint never committed".into());
+    };
+    for (name, bytes) in expect {
+        if store.read_file(name).ok().as_ref() != Some(bytes) {
+            return Err(format!("file {name} wrong after second recovery"));
+        }
+    }
+    let records_ok = rec.pool_records == before.records
+        || (rec.pool_records.len() == before.records.len() + 1
+            && rec.pool_records[..before.records.len()] == before.records[..]
+            && rec.pool_records.last().map(|r| r.bytes.as_slice()) == Some(b"after".as_slice()));
+    if !records_ok {
+        return Err("pool records after second recovery are not a durable prefix".into());
+    }
+    if store.cup().map_err(|e| e.to_string())? != before.cup {
+        return Err("cup changed".into());
+    }
+    Ok(())
+}
+
+type Opened<'a> = Option<(Store<&'a mut SimDisk>, node::store::Recovery)>;
+
+fn check_first_recovery<'a>(dev: &'a mut SimDisk, oracle: &Oracle) -> Result<Opened<'a>, String> {
     let opened = Store::open(&mut *dev, Verify::Eager).map_err(|e| e.error);
     let (mut store, rec) = match opened {
-        Err(StoreError::NotFormatted) if !oracle.formatted => return Ok(()),
+        Err(StoreError::NotFormatted) if !oracle.formatted => return Ok(None),
         Err(e) => return Err(format!("open failed: {e}")),
         Ok(x) => x,
     };
@@ -174,7 +262,7 @@ fn check_recovery(dev: &mut SimDisk, oracle: &Oracle) -> Result<(), String> {
         return Err(format!("cup {cup:?} is neither committed nor in flight"));
     }
     check_pool(&rec.pool_records, rec.pool_purged_below, oracle)?;
-    rejoin(store, oracle)
+    Ok(Some((store, rec)))
 }
 
 fn check_pool(got: &[PoolRecord], floor: u64, oracle: &Oracle) -> Result<(), String> {
@@ -223,7 +311,7 @@ fn rejoin<D: BlockDevice>(mut store: Store<D>, oracle: &Oracle) -> Result<(), St
     Ok(())
 }
 
-fn run_one(seed: u64, cut_at: u64) -> Result<(), String> {
+fn run_one(seed: u64, cut_at: u64, second_cut: Option<u64>) -> Result<(), String> {
     let sector = if seed.is_multiple_of(2) { 512 } else { 4096 };
     let mut dev = SimDisk::new(sector, DISK_BYTES / sector as u64, seed, SimFaults::crash());
     dev.cut_power_at_op(cut_at);
@@ -234,7 +322,7 @@ fn run_one(seed: u64, cut_at: u64) -> Result<(), String> {
         Err(e) => return Err(format!("workload failed: {e}")),
     }
     dev.restart();
-    check_recovery(&mut dev, &oracle)
+    check_recovery(&mut dev, &oracle, second_cut)
 }
 
 #[test]
@@ -256,7 +344,7 @@ fn crash_at_every_write_point_recovers_a_committed_state() {
             let seed = base
                 .wrapping_mul(1_000_003)
                 .wrapping_add(pass * points + cut_at);
-            if let Err(why) = run_one(seed, cut_at) {
+            if let Err(why) = run_one(seed, cut_at, None) {
                 panic!("SEED={base}: crash at write {cut_at} (disk seed {seed}): {why}");
             }
             runs += 1;
@@ -264,4 +352,73 @@ fn crash_at_every_write_point_recovers_a_committed_state() {
     }
     eprintln!("SEED={base}: {runs} crashes over {points} write/flush points recovered");
     assert!(runs >= RUNS_MIN);
+}
+
+/// Device operations of the rejoin phase (checkpoint, append, sync, reopen) a second cut is
+/// spread over.
+const REJOIN_OPS: u64 = 40;
+/// Double-crash runs: a cut in the workload, then another during the recovered store's work.
+const DOUBLE_CRASH_RUNS: u64 = 400;
+
+#[test]
+fn second_crash_after_recovery_recovers_too() {
+    let base: u64 = std::env::var("SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(7);
+    let mut dev = SimDisk::new(512, DISK_BYTES / 512, base, SimFaults::crash());
+    workload(&mut dev, &mut Oracle::default()).expect("workload without faults");
+    let points = dev.ops_issued();
+    let mut rng = SimRng::new(base ^ 0xdead);
+    for run in 0..DOUBLE_CRASH_RUNS {
+        let (cut_at, second) = (rng.below(points), rng.below(REJOIN_OPS));
+        let seed = base.wrapping_mul(7_777_777).wrapping_add(run);
+        if let Err(why) = run_one(seed, cut_at, Some(second)) {
+            panic!("SEED={base}: run {run}: crash at op {cut_at}, then {second} ops into the recovered store's work (disk seed {seed}): {why}");
+        }
+    }
+    eprintln!("SEED={base}: {DOUBLE_CRASH_RUNS} double crashes recovered");
+}
+
+/// Runs where the power is cut again while the first recovery (`open`) repairs copies.
+const CRASH_IN_RECOVERY_RUNS: u64 = 300;
+/// Device operations of an `open` a cut inside it is spread over.
+const OPEN_OPS: u64 = 12;
+
+#[test]
+fn crash_during_recovery_recovers_too() {
+    let base: u64 = std::env::var("SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(7);
+    let mut dev = SimDisk::new(4096, DISK_BYTES / 4096, base, SimFaults::crash());
+    workload(&mut dev, &mut Oracle::default()).expect("workload without faults");
+    let points = dev.ops_issued();
+    let mut rng = SimRng::new(base ^ 0xbeef);
+    let mut cut_in_open = 0;
+    for run in 0..CRASH_IN_RECOVERY_RUNS {
+        let (cut_at, in_open) = (rng.below(points), rng.below(OPEN_OPS));
+        // Mostly cut at the first operations of recovery, where repairs are written.
+        let in_open = if run % 2 == 0 { in_open % 3 } else { in_open };
+        let seed = base.wrapping_mul(3_333_331).wrapping_add(run);
+        let sector = if seed.is_multiple_of(2) { 512 } else { 4096 };
+        let mut dev = SimDisk::new(sector, DISK_BYTES / sector as u64, seed, SimFaults::crash());
+        dev.cut_power_at_op(cut_at);
+        let mut oracle = Oracle::default();
+        if workload(&mut dev, &mut oracle).is_ok() {
+            continue;
+        }
+        dev.restart();
+        let at = dev.ops_issued() + in_open;
+        dev.cut_power_at_op(at);
+        let _ = Store::open(&mut dev, Verify::Lazy);
+        cut_in_open += u64::from(dev.is_offline());
+        dev.cancel_power_cut();
+        dev.restart();
+        if let Err(why) = check_recovery(&mut dev, &oracle, None) {
+            panic!("SEED={base}: run {run}: crash at op {cut_at}, then {in_open} ops into recovery (disk seed {seed}): {why}");
+        }
+    }
+    eprintln!("SEED={base}: {CRASH_IN_RECOVERY_RUNS} runs, {cut_in_open} cut inside recovery, all recovered");
+    assert!(cut_in_open > 0, "some cuts land inside recovery");
 }

@@ -13,7 +13,7 @@ use node::store::{
 };
 
 const FLIPS: u64 = 400;
-const DISK_BYTES: u64 = 8 << 20;
+const DISK_BYTES: u64 = 4 << 20;
 const HEIGHT: u64 = 40;
 
 fn config() -> StoreConfig {
@@ -159,6 +159,7 @@ fn bit_flips_anywhere_are_detected_and_repaired() {
             "{context}"
         );
         assert!(rec.blob_repairs.is_empty(), "{context}");
+        assert_eq!(rec.superblock_copies, SUPERBLOCK_COPIES, "{context}");
         assert_intact(&mut store, &state, &root);
     }
     eprintln!("SEED={base}: {FLIPS} flips: {tally:?}");

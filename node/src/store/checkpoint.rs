@@ -2,12 +2,16 @@
 
 use super::device::{read_blocks, write_blocks, BlockDevice, DeviceError};
 use super::format::{blocks_for, CheckpointRef, Hash, BLOCK_BYTES};
-use super::manifest::{chunk_hash, ChunkEntry, Manifest, StateFile};
+use super::manifest::{chunk_hash, ChunkEntry, KnownChunk, Manifest, StateFile};
 use super::{Checkpoint, CheckpointStats, Store, StoreError, StoredManifest, READ_ATTEMPTS};
 use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
+
+/// With hints, one vouched-unchanged chunk in this many is hashed anyway (as the IC's
+/// `REHASH_EVERY_NTH_CHUNK`).
+pub const REHASH_EVERY_NTH_CHUNK: u64 = 10;
 
 /// Reads the chunk stored at `location` and checks it against `entry`; `None` if it is
 /// unreadable or does not match.
@@ -41,11 +45,25 @@ impl<D: BlockDevice> Store<D> {
         height: u64,
         files: &[StateFile<'_>],
     ) -> Result<CheckpointStats, StoreError> {
+        self.checkpoint_with_hints(height, files, &|_, _| false)
+    }
+
+    /// As `checkpoint`, but chunk `k` of file `f` is not even hashed when `unchanged(f, k)`
+    /// and the stored checkpoint has that chunk at the same size: its stored hash is reused
+    /// (the IC state manager does the same with dirty-page tracking). As a guard against a
+    /// wrong hint, one vouched chunk in `REHASH_EVERY_NTH_CHUNK` (rotating with the height) is
+    /// hashed anyway; a mismatch fails with `HintMismatch` and stores nothing.
+    pub fn checkpoint_with_hints(
+        &mut self,
+        height: u64,
+        files: &[StateFile<'_>],
+        unchanged: &dyn Fn(&str, u64) -> bool,
+    ) -> Result<CheckpointStats, StoreError> {
         self.check_usable()?;
         if self.checkpoint.as_ref().is_some_and(|c| height < c.height) {
             return Err(StoreError::StaleHeight);
         }
-        let manifest = Manifest::compute(self.geometry.chunk_bytes, files)?;
+        let (manifest, chunks_hashed) = self.compute_manifest(height, files, unchanged)?;
         let mut sorted: Vec<&StateFile<'_>> = files.iter().collect();
         sorted.sort_by(|a, b| a.name.cmp(b.name));
         let result = self.write_chunks(&manifest, &sorted);
@@ -62,9 +80,64 @@ impl<D: BlockDevice> Store<D> {
         Ok(CheckpointStats {
             root_hash,
             chunks_total,
+            chunks_hashed,
             chunks_written: written,
             chunk_bytes_written: bytes,
         })
+    }
+
+    /// Computes the manifest, reusing stored hashes of vouched-unchanged chunks; returns it
+    /// and how many chunks were hashed.
+    fn compute_manifest(
+        &self,
+        height: u64,
+        files: &[StateFile<'_>],
+        unchanged: &dyn Fn(&str, u64) -> bool,
+    ) -> Result<(Manifest, u32), StoreError> {
+        let old = self.checkpoint.as_ref().map(|c| &c.manifest);
+        // First chunk index and chunk count of each file of the stored checkpoint.
+        let mut old_files: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+        if let Some(m) = old {
+            let mut first = 0;
+            for (i, f) in m.files.iter().enumerate() {
+                let count = m.chunks[first..]
+                    .iter()
+                    .take_while(|c| c.file_index as usize == i)
+                    .count();
+                old_files.insert(f.name.as_str(), (first, count));
+                first += count;
+            }
+        }
+        let mut audits: Vec<(usize, Hash)> = Vec::new();
+        let mut hashed = 0u32;
+        let mut known = |q: KnownChunk<'_>| {
+            let stored = old_files
+                .get(q.file)
+                .filter(|&&(_, count)| q.chunk_in_file < count as u64)
+                .and_then(|&(first, _)| old?.chunks.get(first + q.chunk_in_file as usize))
+                .filter(|c| c.size == q.size && unchanged(q.file, q.chunk_in_file));
+            match stored {
+                Some(c) if !(q.index as u64 + height).is_multiple_of(REHASH_EVERY_NTH_CHUNK) => {
+                    Some(c.hash)
+                }
+                Some(c) => {
+                    audits.push((q.index, c.hash));
+                    hashed += 1;
+                    None
+                }
+                None => {
+                    hashed += 1;
+                    None
+                }
+            }
+        };
+        let manifest = Manifest::compute_with_known(self.geometry.chunk_bytes, files, &mut known)?;
+        for (index, vouched) in audits {
+            if manifest.chunks[index].hash != vouched {
+                return Err(StoreError::HintMismatch(index as u32));
+            }
+        }
+        Ok((manifest, hashed))
     }
 
     /// Writes the chunks not already stored; returns per-chunk locations, chunks and bytes

@@ -12,9 +12,15 @@
 //!   the meta's hash, the meta the manifest's, the manifest each chunk's; pool batches chain by
 //!   hash. A flipped bit, a torn or misdirected write, or a latent sector error is detected, and
 //!   reported by name (which chunk, which batch copy). Small structures (meta, manifest, CUP,
-//!   pool segments) are mirrored and repaired from their twin on open; chunks are repaired by
+//!   pool segments) are mirrored and repaired from their twin on open, superblock copies from
+//!   the quorum; chunks are repaired by
 //!   state sync from a peer ([`StateSync`]).
-//! - **Incremental checkpoints.** A chunk whose hash is already stored is not written again.
+//! - **Incremental checkpoints.** A chunk whose hash is already stored is not written again;
+//!   with dirty-chunk hints (`checkpoint_with_hints`) an unchanged chunk is not even hashed.
+//!
+//! What it does not promise: a misdirected write can destroy a committed chunk, and a fault in
+//! both copies of a mirrored structure makes the store unopenable (`Corrupt`). Both are
+//! detected, never returned as data; the node then recovers by state sync from its peers.
 //!
 //! The design follows LMDB's copy-on-write meta pages, TigerBeetle's superblock (several copies,
 //! a quorum, a hash chain) and the IC state manager's chunk manifests
@@ -64,7 +70,8 @@
 //!   8     4  format version (1)
 //!  12     4  copy index 0..3 (not covered by the checksum; catches misdirected reads)
 //!  16     8  sequence (+1 per commit)
-//!  24    32  parent: checksum of the superblock with sequence - 1 (hash chain)
+//!  24    32  parent: checksum of the superblock with sequence - 1 (a hash chain linking the
+//!            history, as TigerBeetle's; `open` chooses by quorum, not by the chain)
 //!  56     4  block bytes (4096)
 //!  60     4  chunk bytes (1 MiB by default)
 //!  64     8  block count
@@ -79,7 +86,8 @@
 //!
 //! data area structures (all found from the meta; all blobs mirrored in two extents)
 //! meta       postcard `format::Meta` v1: checkpoint {height, root hash, manifest blob},
-//!            CUP blob, pool segments [{id, 2 extents, blocks}], next segment id, purged_below
+//!            CUP blob, pool segments [{id, 2 extents, blocks}], next segment id, purged_below,
+//!            format nonce
 //! manifest   postcard {`Manifest`, chunk locations}; hash in the meta
 //! chunk      one extent per distinct chunk hash, padded to whole blocks; hash in the manifest
 //! CUP        opaque bytes; hash in the meta
@@ -94,14 +102,20 @@
 //! leaves copies 2 and 3 of the old commit intact, a crash in the second half leaves copies 0 and
 //! 1 of the new one durable. A single copy never wins, so one misdirected or rotten copy is
 //! outvoted. After a device error during a commit the store refuses further work (`Poisoned`)
-//! until it is reopened, so one sequence number never names two different commits on disk.
+//! until it is reopened, so its view never runs ahead of what a reopen finds. `open` rewrites
+//! the chosen superblock to every copy that does not hold it before anything else: a store
+//! recovered with only copies 0 and 1 good would otherwise overwrite both in the first half of
+//! its next commit (the double-crash test found this). So every commit starts from four equal
+//! copies, and an abandoned commit's lone copy is overwritten before it could meet another.
 //!
 //! # Reclamation
 //!
 //! There is no on-disk free list. Free space is derived from the references of the durable meta
 //! (plus the extents an unfinished state sync holds). Extents only the previous commit used
 //! become free as soon as the new superblock is durable on all copies, which is also the
-//! moment no crash can bring the previous commit back.
+//! moment no crash can bring the previous commit back. Chunks are allocated first-fit from the
+//! bottom of the data area, small structures (meta, manifest, CUP, pool segments) from the top,
+//! so the short-lived small ones do not fragment the runs chunks need.
 
 mod checkpoint;
 mod device;
@@ -112,12 +126,14 @@ mod sim_disk;
 mod space;
 mod sync;
 
+pub use checkpoint::REHASH_EVERY_NTH_CHUNK;
 pub use device::{check_request, BlockDevice, DeviceError, SECTOR_BYTES_ALLOWED};
 pub use format::{
     hash_with_domain, Hash, BLOCK_BYTES, FORMAT_VERSION, SUPERBLOCK_COPIES, SUPERBLOCK_QUORUM,
 };
 pub use manifest::{
-    chunk_hash, ChunkEntry, FileEntry, Manifest, ManifestError, StateFile, CHUNK_BYTES_DEFAULT,
+    chunk_hash, ChunkEntry, FileEntry, KnownChunk, Manifest, ManifestError, StateFile,
+    CHUNK_BYTES_DEFAULT,
 };
 pub use pool::{PoolFault, PoolRecord, POOL_RECORD_BYTES_MAX};
 pub use sim_disk::{SimDisk, SimFaults, SimRng};
@@ -130,8 +146,7 @@ use alloc::vec::Vec;
 use core::fmt;
 use device::{read_blocks, write_blocks};
 use format::{
-    blocks_for, BlobRef, Geometry, Meta, Superblock, DATA_START_BLOCK, META_BYTES_MAX,
-    META_VERSION, SUPERBLOCK_BYTES,
+    blocks_for, BlobRef, Geometry, Meta, Superblock, DATA_START_BLOCK, META_BYTES_MAX, META_VERSION,
 };
 use pool::{scan_segment, SegmentTail};
 use serde::{Deserialize, Serialize};
@@ -139,6 +154,11 @@ use space::FreeSpace;
 
 /// Default pool segment size, in bytes.
 pub const POOL_SEGMENT_BYTES_DEFAULT: u32 = 4 << 20;
+/// Which superblock copies hold the chosen superblock.
+type CopyMask = [bool; SUPERBLOCK_COPIES];
+
+/// Largest blob (meta, manifest, CUP), in bytes.
+pub const BLOB_BYTES_MAX: u64 = 256 << 20;
 /// Most pool segments a store holds (the consensus layer purges long before).
 pub const SEGMENTS_MAX: usize = 4096;
 /// Most bytes of pool records buffered between two `pool_sync` calls.
@@ -226,6 +246,8 @@ pub enum StoreError {
     ChunkMismatch(u32),
     /// State sync is committed before every chunk arrived, or a second one is started.
     SyncState,
+    /// Chunk `index`, vouched unchanged by a hint, has changed: the hint is wrong.
+    HintMismatch(u32),
 }
 
 impl fmt::Display for StoreError {
@@ -246,6 +268,7 @@ impl fmt::Display for StoreError {
             StoreError::Manifest(e) => write!(f, "manifest: {e}"),
             StoreError::ChunkMismatch(i) => write!(f, "synced chunk {i} does not match"),
             StoreError::SyncState => f.write_str("state sync not in a state to do that"),
+            StoreError::HintMismatch(i) => write!(f, "chunk {i} vouched unchanged has changed"),
         }
     }
 }
@@ -320,6 +343,8 @@ pub struct CheckpointStats {
     pub root_hash: Hash,
     /// Chunks in the state.
     pub chunks_total: u32,
+    /// Chunks hashed (the others were vouched unchanged by hints).
+    pub chunks_hashed: u32,
     /// Chunks written (the rest were already stored).
     pub chunks_written: u32,
     /// Bytes written for chunks.
@@ -454,7 +479,7 @@ impl<D: BlockDevice> Store<D> {
             let sb = read_superblock(&mut dev)?;
             Ok((blocks, sb))
         });
-        let (block_count, (sb, checksum, copies)) = match found {
+        let (block_count, (sb, checksum, holding)) = match found {
             Ok(found) => found,
             Err(error) => return Err(OpenError { error, device: dev }),
         };
@@ -462,6 +487,7 @@ impl<D: BlockDevice> Store<D> {
         if g.block_count > block_count
             || !manifest::chunk_bytes_supported(g.chunk_bytes)
             || g.pool_segment_blocks < POOL_SEGMENT_BLOCKS_MIN
+            || u64::from(g.pool_segment_blocks) > g.block_count
         {
             let error = StoreError::Geometry;
             return Err(OpenError { error, device: dev });
@@ -472,10 +498,13 @@ impl<D: BlockDevice> Store<D> {
         store.meta_ref = sb.meta;
         let mut recovery = Recovery {
             superblock_sequence: sb.sequence,
-            superblock_copies: copies,
+            superblock_copies: holding.iter().filter(|&&h| h).count(),
             ..Recovery::default()
         };
-        match store.load(&sb, verify, &mut recovery) {
+        let loaded = store
+            .repair_superblock(&sb, holding)
+            .and_then(|()| store.load(&sb, verify, &mut recovery));
+        match loaded {
             Ok(()) => Ok((store, recovery)),
             Err(error) => Err(OpenError {
                 error,
@@ -509,6 +538,23 @@ impl<D: BlockDevice> Store<D> {
         }
     }
 
+    /// Writes the chosen superblock to the copies that do not hold it, and flushes. Without
+    /// this, a store recovered from a crash in the second half of a commit (copies 0 and 1 new,
+    /// 2 and 3 old or torn) would overwrite its only two good copies in the first half of its
+    /// next commit, and a crash there would leave no quorum at all.
+    fn repair_superblock(&mut self, sb: &Superblock, holding: CopyMask) -> Result<(), StoreError> {
+        if holding.iter().all(|&h| h) {
+            return Ok(());
+        }
+        let mut sector = vec![0u8; self.dev.sector_bytes()];
+        for copy in (0..SUPERBLOCK_COPIES).filter(|&c| !holding[c]) {
+            sb.encode(copy as u32, &mut sector);
+            write_blocks(&mut self.dev, copy as u64, &sector)?;
+        }
+        self.dev.flush()?;
+        Ok(())
+    }
+
     fn load(
         &mut self,
         sb: &Superblock,
@@ -518,7 +564,15 @@ impl<D: BlockDevice> Store<D> {
         let meta_bytes = self.read_blob_repairing(&sb.meta, Structure::Meta, recovery)?;
         let meta: Meta =
             postcard::from_bytes(&meta_bytes).map_err(|_| StoreError::Corrupt(Structure::Meta))?;
-        if meta.version != META_VERSION || meta.segments.len() > SEGMENTS_MAX {
+        let g = self.geometry;
+        let segments_ok = meta.segments.iter().all(|seg| {
+            seg.blocks == g.pool_segment_blocks
+                && seg
+                    .copies
+                    .iter()
+                    .all(|&c| extent_in_data_area(c, u64::from(seg.blocks), g.block_count))
+        });
+        if meta.version != META_VERSION || meta.segments.len() > SEGMENTS_MAX || !segments_ok {
             return Err(StoreError::Corrupt(Structure::Meta));
         }
         self.load_checkpoint(&meta, recovery)?;
@@ -676,6 +730,9 @@ impl<D: BlockDevice> Store<D> {
 
     /// Writes `bytes` as a mirrored blob into two fresh extents (not flushed).
     fn write_blob(&mut self, bytes: &[u8]) -> Result<BlobRef, StoreError> {
+        if bytes.len() as u64 > BLOB_BYTES_MAX {
+            return Err(StoreError::RecordTooLarge);
+        }
         let blocks = blocks_for(bytes.len() as u64);
         let a = self.alloc_high(blocks)?;
         let b = self.alloc_high(blocks)?;
@@ -703,7 +760,7 @@ impl<D: BlockDevice> Store<D> {
         let mut good = None;
         let mut bad = Vec::new();
         for copy in 0..2 {
-            match read_blob_copy(&mut self.dev, blob, copy)? {
+            match read_blob_copy(&mut self.dev, self.geometry.block_count, blob, copy)? {
                 Some(raw) if good.is_none() => good = Some(raw),
                 Some(_) => {}
                 None => bad.push(copy),
@@ -791,7 +848,8 @@ impl<D: BlockDevice> Store<D> {
             return Ok(None);
         };
         for copy in 0..2 {
-            if let Some(mut raw) = read_blob_copy(&mut self.dev, &blob, copy)? {
+            let block_count = self.geometry.block_count;
+            if let Some(mut raw) = read_blob_copy(&mut self.dev, block_count, &blob, copy)? {
                 raw.truncate(blob.len as usize);
                 return Ok(Some(raw));
             }
@@ -800,13 +858,26 @@ impl<D: BlockDevice> Store<D> {
     }
 }
 
+/// Whether `blocks` blocks from `start` lie inside the data area.
+fn extent_in_data_area(start: u64, blocks: u64, block_count: u64) -> bool {
+    start >= DATA_START_BLOCK
+        && start
+            .checked_add(blocks)
+            .is_some_and(|end| end <= block_count)
+}
+
 /// Reads one copy of a blob and checks its hash; `None` if it does not verify.
 fn read_blob_copy<D: BlockDevice>(
     dev: &mut D,
+    block_count: u64,
     blob: &BlobRef,
     copy: usize,
 ) -> Result<Option<Vec<u8>>, StoreError> {
-    if blob.len > u64::from(blob.blocks) * BLOCK_BYTES as u64 || blob.len > META_BYTES_MAX << 8 {
+    let blocks = u64::from(blob.blocks);
+    if blob.len > BLOB_BYTES_MAX
+        || blocks != blocks_for(blob.len)
+        || !extent_in_data_area(blob.copies[copy], blocks, block_count)
+    {
         return Ok(None);
     }
     let mut raw = vec![0u8; blob.blocks as usize * BLOCK_BYTES];
@@ -823,31 +894,37 @@ fn read_blob_copy<D: BlockDevice>(
     Ok(None)
 }
 
-/// Reads the four superblock copies and picks the newest with a quorum.
-fn read_superblock<D: BlockDevice>(dev: &mut D) -> Result<(Superblock, Hash, usize), StoreError> {
+/// Reads the four superblock copies and picks the newest with a quorum; returns it, its
+/// checksum and which copies hold it.
+fn read_superblock<D: BlockDevice>(
+    dev: &mut D,
+) -> Result<(Superblock, Hash, CopyMask), StoreError> {
     let mut sector = vec![0u8; dev.sector_bytes()];
-    let mut valid: Vec<(Superblock, Hash)> = Vec::new();
-    for copy in 0..format::SUPERBLOCK_COPIES as u32 {
-        match read_blocks(dev, u64::from(copy), &mut sector) {
+    let mut valid: Vec<(usize, Superblock, Hash)> = Vec::new();
+    for copy in 0..SUPERBLOCK_COPIES {
+        match read_blocks(dev, copy as u64, &mut sector) {
             Ok(()) => {}
             Err(DeviceError::Io) => continue,
             Err(e) => return Err(e.into()),
         }
-        if let Some(found) = Superblock::decode(&sector[..SUPERBLOCK_BYTES.max(512)], copy) {
-            valid.push(found);
+        if let Some((sb, checksum)) = Superblock::decode(&sector, copy as u32) {
+            valid.push((copy, sb, checksum));
         }
     }
     let best = valid
         .iter()
-        .filter(|(_, c)| valid.iter().filter(|(_, d)| d == c).count() >= SUPERBLOCK_QUORUM)
-        .max_by_key(|(sb, _)| sb.sequence);
+        .filter(|(_, _, c)| valid.iter().filter(|(_, _, d)| d == c).count() >= SUPERBLOCK_QUORUM)
+        .max_by_key(|(_, sb, _)| sb.sequence);
     match best {
-        Some(&(sb, checksum)) => {
-            let copies = valid.iter().filter(|(_, c)| *c == checksum).count();
-            Ok((sb, checksum, copies))
+        Some(&(_, sb, checksum)) => {
+            let mut holding = [false; SUPERBLOCK_COPIES];
+            for (copy, _, c) in &valid {
+                holding[*copy] = *c == checksum;
+            }
+            Ok((sb, checksum, holding))
         }
         // Only an interrupted format leaves no quorum and nothing newer than sequence 1.
-        None if valid.iter().all(|(sb, _)| sb.sequence <= 1) => Err(StoreError::NotFormatted),
+        None if valid.iter().all(|(_, sb, _)| sb.sequence <= 1) => Err(StoreError::NotFormatted),
         None => Err(StoreError::Corrupt(Structure::Superblock)),
     }
 }

@@ -162,6 +162,11 @@ impl SimDisk {
         Ok(())
     }
 
+    /// Cancels a scheduled power cut.
+    pub fn cancel_power_cut(&mut self) {
+        self.cut_at_op = None;
+    }
+
     /// Cuts the power now: unflushed writes are resolved per the fault model.
     pub fn cut_power(&mut self) {
         let mut pending = core::mem::take(&mut self.pending);
@@ -202,6 +207,11 @@ impl SimDisk {
                 }
             }
         }
+    }
+
+    /// Whether the power is cut (every call fails until `restart`).
+    pub fn is_offline(&self) -> bool {
+        self.offline
     }
 
     /// Powers the disk back on: reads see exactly what was durable.

@@ -200,3 +200,34 @@ fn long_run_on_a_small_disk_neither_leaks_nor_fragments() {
     assert!(rec.bad_chunks.is_empty());
     assert_eq!(store.read_file("file0").unwrap(), s[0].1);
 }
+
+#[test]
+fn hints_skip_hashing_of_unchanged_chunks_and_audit_them() {
+    let mut store = Store::format(disk(4096, 8), config()).unwrap();
+    let mut twin = Store::format(disk(4096, 8), config()).unwrap();
+    let mut s = state(4, &[40 * CHUNK as usize, 100]);
+    store.checkpoint(1, &as_files(&s)).unwrap();
+    twin.checkpoint(1, &as_files(&s)).unwrap();
+    // Change chunk 7 of file0 and the small file; vouch for the rest.
+    s[0].1[7 * CHUNK as usize + 3] ^= 1;
+    s[1].1[0] ^= 1;
+    let dirty = |f: &str, k: u64| (f == "file0" && k == 7) || f == "file1";
+    let hinted = store
+        .checkpoint_with_hints(2, &as_files(&s), &|f, k| !dirty(f, k))
+        .unwrap();
+    let full = twin.checkpoint(2, &as_files(&s)).unwrap();
+    assert_eq!(hinted.root_hash, full.root_hash);
+    assert_eq!(full.chunks_hashed, 41);
+    // 2 dirty chunks plus the audited tenth of the 39 vouched ones.
+    assert!(hinted.chunks_hashed <= 2 + 4, "{}", hinted.chunks_hashed);
+    assert_eq!(hinted.chunks_written, 2);
+    // A wrong hint on an audited chunk is caught: chunk i is audited when (i + height) % 10 == 0.
+    let height = 3;
+    let audited = (10 - height % 10) as usize;
+    s[0].1[audited * CHUNK as usize] ^= 1;
+    assert_eq!(
+        store.checkpoint_with_hints(height, &as_files(&s), &|_, _| true),
+        Err(StoreError::HintMismatch(audited as u32))
+    );
+    assert_eq!(store.checkpoint_height(), Some(2), "nothing stored");
+}
