@@ -609,6 +609,68 @@ pub fn snp_launch_digest(
 mod tests {
     use super::*;
 
+    /// A 16 KiB firmware with AmdSev's footer/metadata structure, from
+    /// `testdata/make_amdsev_like_fd.py`.
+    const AMDSEV_LIKE_FD: &[u8] = include_bytes!("testdata/amdsev_like.fd");
+    const KERNEL: &[u8] =
+        include_bytes!("../../../../shared/testdata/sev-snp/milan-v2-virtee/report.bin");
+    const INITRD: &[u8] = include_bytes!("testdata/guest_msg_report_req.bin");
+
+    fn hex(bytes: &[u8]) -> alloc::string::String {
+        bytes.iter().map(|b| alloc::format!("{b:02x}")).collect()
+    }
+
+    /// Digests printed by `sev-snp-measure` 0.0.13 (PyPI), run in `testdata/` with
+    /// `K=../../../../../shared/testdata/sev-snp/milan-v2-virtee/report.bin`:
+    /// 1. `--mode snp --ovmf amdsev_like.fd --vcpus 1 --vcpu-type EPYC-v4`
+    /// 2. `… --vcpus 4 --vcpu-type EPYC-Milan --kernel $K --append "console=ttyS0"`
+    /// 3. `… --vcpus 2 --vcpu-type EPYC-Genoa --kernel $K --initrd guest_msg_report_req.bin
+    ///    --guest-features 0x21`
+    ///
+    /// The xtask test runs sev-snp-measure live on Debian's OVMF and the cairn kernel too.
+    #[test]
+    fn digests_recorded_from_sev_snp_measure() {
+        let cases = [
+            (
+                LaunchInputs {
+                    kernel_hashes: None,
+                    vcpus: 1,
+                    vcpu_signature: vcpu_type_signature("EPYC-v4").unwrap(),
+                    guest_features: DEFAULT_GUEST_FEATURES,
+                },
+                "bbad12dd978e4209899b049bd5e27e469f491d32574272f5060c686deb38b6f0babdd882705c14d55db53b209c41cfb9",
+            ),
+            (
+                LaunchInputs {
+                    kernel_hashes: Some(KernelHashes::new(KERNEL, None, Some("console=ttyS0"))),
+                    vcpus: 4,
+                    vcpu_signature: vcpu_type_signature("EPYC-Milan").unwrap(),
+                    guest_features: DEFAULT_GUEST_FEATURES,
+                },
+                "4349725a17a69d7a85234d4716e2ecb50bea01536e57622b707b895f985a0c667e52d24a3d3255e01a3825dd8952a139",
+            ),
+            (
+                LaunchInputs {
+                    kernel_hashes: Some(KernelHashes::new(KERNEL, Some(INITRD), None)),
+                    vcpus: 2,
+                    vcpu_signature: vcpu_type_signature("EPYC-Genoa").unwrap(),
+                    guest_features: 0x21,
+                },
+                "b39db62c06eba652fb93a09897ba07c58a09c88aee1606877081c11b2ae08a23c74a25fa5af0ba9a74a0d7c70416c79e",
+            ),
+        ];
+        for (inputs, want) in cases {
+            assert_eq!(
+                hex(&snp_launch_digest(AMDSEV_LIKE_FD, &inputs).unwrap()),
+                want,
+                "{inputs:?}"
+            );
+        }
+        let ovmf = Ovmf::parse(AMDSEV_LIKE_FD).unwrap();
+        assert_eq!(ovmf.sections().len(), 6);
+        assert_eq!(ovmf.gpa(), FIRMWARE_END_GPA - 16 * 1024);
+    }
+
     #[test]
     fn cpu_signatures() {
         // EPYC-v4: family 23 model 1 stepping 2 → 0x00800F12.

@@ -647,6 +647,13 @@ fn check_product_cpuid(v: &mut Verdict, report: &AttestationReport, product: Opt
             "version 2 reports carry no CPUID",
         );
     };
+    if (family, model, stepping) == (0, 0, 0) {
+        return v.push(
+            CheckId::ProductCpuid,
+            Outcome::NotChecked,
+            "the firmware left the CPUID fields zero",
+        );
+    }
     let Some(product) = product else {
         return v.push(CheckId::ProductCpuid, Outcome::Fail, "unknown product");
     };

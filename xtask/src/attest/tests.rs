@@ -210,9 +210,14 @@ fn verify_cli_options() {
 /// The `pip install` that provides the reference implementation (run by `.ci/run`).
 const SEV_SNP_MEASURE_PIP: &str = "pip install sev-snp-measure==0.0.13";
 
+/// The reference executable: `$SEV_SNP_MEASURE` if set (e.g. inside a venv), else from PATH.
+fn sev_snp_measure_exe() -> String {
+    std::env::var("SEV_SNP_MEASURE").unwrap_or_else(|_| "sev-snp-measure".to_string())
+}
+
 /// Runs the reference `sev-snp-measure --mode snp`; Ok(hex digest) or Err(its error output).
 fn reference_measure(a: &[String]) -> Result<String, String> {
-    let output = Command::new("sev-snp-measure")
+    let output = Command::new(sev_snp_measure_exe())
         .arg("--mode")
         .arg("snp")
         .args(a)
