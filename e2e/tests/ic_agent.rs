@@ -1,0 +1,176 @@
+//! Issue 6, acceptance 2: the unmodified `ic-agent` (with `ic-utils`) against a 4-node cairn
+//! subnet (`cairn-sim`): fetch the root key, create a canister with
+//! `provisional_create_canister_with_cycles`, install the Motoko counter from testdata, replay
+//! its scenario with update and query calls through different nodes (query-signature
+//! verification on, as by default), and verify `read_state` of a request status and of
+//! `/canister/<id>/module_hash`.
+
+use candid::Principal;
+use e2e::{scenario, start_subnet, testdata};
+use ic_agent::agent::RequestStatusResponse;
+use ic_agent::identity::BasicIdentity;
+use ic_agent::Agent;
+use ic_utils::interfaces::management_canister::builders::{
+    CanisterInstallMode, UpgradeFlags, WasmMemoryPersistence,
+};
+use ic_utils::interfaces::ManagementCanister;
+use sha2::{Digest, Sha256};
+use std::time::Duration;
+
+/// Bound on the whole agent flow.
+const FLOW_TIMEOUT_SECS: u64 = 300;
+const NODES: usize = 4;
+const CREATE_CYCLES: u128 = 100_000_000_000_000;
+
+async fn agent(url: &str, key: [u8; 32]) -> Agent {
+    let agent = Agent::builder()
+        .with_url(url)
+        .with_identity(BasicIdentity::from_raw_key(&key))
+        .with_max_polling_time(Duration::from_secs(60))
+        .build()
+        .expect("agent");
+    agent.fetch_root_key().await.expect("fetch_root_key");
+    agent
+}
+
+#[test]
+fn ic_agent_runs_the_motoko_counter_scenario_on_four_nodes() {
+    let subnet = start_subnet(NODES);
+    let runtime = tokio::runtime::Runtime::new().expect("tokio");
+    runtime.block_on(async {
+        tokio::time::timeout(Duration::from_secs(FLOW_TIMEOUT_SECS), flow(&subnet))
+            .await
+            .expect("flow finished in time");
+    });
+}
+
+async fn flow(subnet: &e2e::Subnet) {
+    // One identity (the canister's controller), one agent per node.
+    let key = [7u8; 32];
+    let mut agents = Vec::new();
+    for url in &subnet.urls {
+        let a = agent(url, key).await;
+        assert_eq!(
+            a.read_root_key(),
+            subnet.root_key,
+            "status serves the root key"
+        );
+        agents.push(a);
+    }
+    let wasm = std::fs::read(testdata().join("canisters/motoko-counter/module.wasm"))
+        .expect("motoko counter module");
+
+    let mgmt = ManagementCanister::create(&agents[0]);
+    let (canister,) = mgmt
+        .create_canister()
+        .as_provisional_create_with_amount(Some(CREATE_CYCLES))
+        .call_and_wait()
+        .await
+        .expect("provisional_create_canister_with_cycles");
+    println!("created {canister}");
+
+    let steps = scenario("motoko-counter");
+    for (i, step) in steps.iter().enumerate() {
+        // Round-robin over the nodes: consecutive steps go through different nodes.
+        let a = &agents[i % NODES];
+        let mgmt = ManagementCanister::create(a);
+        match step.op.as_str() {
+            "install" => {
+                mgmt.install_code(&canister, &wasm)
+                    .with_raw_arg(step.arg.clone())
+                    .call_and_wait()
+                    .await
+                    .expect("install_code");
+            }
+            "upgrade" => {
+                let mode = CanisterInstallMode::Upgrade(Some(UpgradeFlags {
+                    skip_pre_upgrade: None,
+                    wasm_memory_persistence: Some(WasmMemoryPersistence::Keep),
+                }));
+                mgmt.install_code(&canister, &wasm)
+                    .with_mode(mode)
+                    .with_raw_arg(step.arg.clone())
+                    .call_and_wait()
+                    .await
+                    .expect("upgrade");
+            }
+            "update" => {
+                let method = step.method.as_deref().expect("method");
+                let reply = a
+                    .update(&canister, method)
+                    .with_arg(step.arg.clone())
+                    .call_and_wait()
+                    .await
+                    .unwrap_or_else(|e| panic!("update {method}: {e}"));
+                assert_eq!(
+                    Some(&reply),
+                    step.reply.as_ref(),
+                    "step {i}: update {method}"
+                );
+            }
+            "query" => {
+                let method = step.method.as_deref().expect("method");
+                let reply = a
+                    .query(&canister, method)
+                    .with_arg(step.arg.clone())
+                    .call()
+                    .await
+                    .unwrap_or_else(|e| panic!("query {method}: {e}"));
+                assert_eq!(
+                    Some(&reply),
+                    step.reply.as_ref(),
+                    "step {i}: query {method}"
+                );
+            }
+            other => panic!("unknown scenario op {other}"),
+        }
+        println!("step {i}: {} ok via node {}", step.op, i % NODES);
+    }
+
+    // read_state of /canister/<id>/module_hash through another node: SHA-256 of the module.
+    let hash = agents[2]
+        .read_state_canister_info(canister, "module_hash")
+        .await
+        .expect("read_state module_hash");
+    assert_eq!(hash, Sha256::digest(&wasm).to_vec());
+
+    // An update submitted to node 1, its status read (certified) through node 3.
+    let signed = agents[1]
+        .update(&canister, "inc")
+        .with_arg(b"DIDL\x00\x00".to_vec())
+        .sign()
+        .expect("sign");
+    agents[1]
+        .update_signed(canister, signed.signed_update.clone())
+        .await
+        .expect("submit signed update");
+    let status = wait_replied(&agents[3], &signed.request_id, canister).await;
+    assert_eq!(status, b"DIDL\x00\x00".to_vec());
+    let reply = agents[0]
+        .query(&canister, "get")
+        .with_arg(b"DIDL\x00\x00".to_vec())
+        .call()
+        .await
+        .expect("query after inc");
+    // 45 after the scenario, 46 after one more inc (Candid nat 46 = 0x2e).
+    assert_eq!(reply, e2e::hex_decode("4449444c00017d2e"));
+}
+
+async fn wait_replied(
+    agent: &Agent,
+    request_id: &ic_agent::RequestId,
+    canister: Principal,
+) -> Vec<u8> {
+    for _ in 0..120 {
+        let (status, _cert) = agent
+            .request_status_raw(request_id, canister)
+            .await
+            .expect("read_state request_status");
+        match status {
+            RequestStatusResponse::Replied(r) => return r.arg,
+            RequestStatusResponse::Rejected(r) => panic!("rejected: {r:?}"),
+            _ => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+    panic!("request not replied in time");
+}
