@@ -733,6 +733,7 @@ pub fn genesis_configs(
                     entropy: domain_hash("cairn-channel-entropy", &entropy),
                     signing_floor: Height(0),
                     status_interval_ms: super::STATUS_INTERVAL_MS,
+                    resume_from: None,
                 },
                 api: api.clone(),
             }
