@@ -217,25 +217,7 @@ fn make_esp(esp: &Path, files: &[(&Path, &str)]) -> Result<(), ImageError> {
         ])
         .arg(esp)
         .arg((ESP_BYTES / 1024).to_string()))?;
-    let mut dirs: Vec<String> = Vec::new();
-    for (_, dest) in files {
-        let mut prefix = String::new();
-        for part in dest
-            .trim_start_matches('/')
-            .split('/')
-            .collect::<Vec<_>>()
-            .iter()
-            .rev()
-            .skip(1)
-            .rev()
-        {
-            prefix.push('/');
-            prefix.push_str(part);
-            if !dirs.contains(&prefix) {
-                dirs.push(prefix.clone());
-            }
-        }
-    }
+    let dirs = parent_dirs(files.iter().map(|(_, dest)| *dest));
     let mtools = |program: &str| {
         let mut cmd = Command::new(program);
         cmd.env("MTOOLS_SKIP_CHECK", "1").arg("-i").arg(esp);
@@ -246,6 +228,22 @@ fn make_esp(esp: &Path, files: &[(&Path, &str)]) -> Result<(), ImageError> {
         run(mtools("mcopy").arg(src).arg(format!("::{dest}")))?;
     }
     Ok(())
+}
+
+/// Every directory above the given absolute paths, parents before children, once each.
+fn parent_dirs<'a>(paths: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let mut dirs: Vec<String> = Vec::new();
+    for path in paths {
+        let mut ancestors: Vec<&Path> = Path::new(path).ancestors().skip(1).collect();
+        ancestors.reverse();
+        for dir in ancestors.iter().filter(|d| d.as_os_str() != "/") {
+            let dir = dir.display().to_string();
+            if !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
+        }
+    }
+    dirs
 }
 
 /// Write the GPT, GRUB's MBR code, core.img and the ESP into a sparse image file.
@@ -291,6 +289,22 @@ fn assemble(gpt: &Gpt, out: &Path, core_img: &Path, esp: &Path) -> Result<(), Im
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn esp_directories_are_made_parents_first() {
+        let dirs = parent_dirs(
+            [
+                "/EFI/BOOT/BOOTX64.EFI",
+                "/boot/grub/grub.cfg",
+                "/boot/cairn/k",
+            ]
+            .into_iter(),
+        );
+        assert_eq!(
+            dirs,
+            ["/EFI", "/EFI/BOOT", "/boot", "/boot/grub", "/boot/cairn"]
+        );
+    }
 
     #[test]
     fn layout_is_aligned_named_and_typed() {

@@ -11,6 +11,7 @@
 use crate::arch::serial;
 use crate::drivers::block::{VirtioBlock, SECTOR_BYTES};
 use alloc::vec;
+use node::store::BlockDevice;
 
 /// How much of the disk the check covers.
 pub const DISK_CHECK_BYTES: u64 = 64 * 1024 * 1024;
@@ -29,7 +30,7 @@ fn pattern(at: u64) -> u8 {
 
 /// Runs the check named by `mode` ("write" or "verify").
 pub fn run(disk: &mut VirtioBlock, mode: &str) {
-    let capacity = disk.capacity_sectors() * SECTOR_BYTES as u64;
+    let capacity = disk.sector_count() * SECTOR_BYTES as u64;
     let total = DISK_CHECK_BYTES.min(capacity);
     let mut buf = vec![0u8; CHUNK_BYTES];
     let mut at = 0u64;
@@ -71,7 +72,7 @@ pub fn run(disk: &mut VirtioBlock, mode: &str) {
             total / MIB
         ));
     }
-    let past_end = disk.capacity_sectors();
+    let past_end = disk.sector_count();
     match disk.read(past_end, &mut buf[..SECTOR_BYTES]) {
         Ok(()) => serial::write_fmt(format_args!("disk-check: read past end -> ok (BUG)\n")),
         Err(e) => serial::write_fmt(format_args!("disk-check: read past end -> error: {e}\n")),

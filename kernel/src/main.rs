@@ -6,17 +6,22 @@
 //! 3. GDT/TSS/IDT: faults from here on are reported, not triple faults;
 //! 4. page tables from the memory map, then the heap over all free RAM;
 //! 5. clock (TSC against the PIT), entropy health check, ACPI tables;
-//! 6. banner, `cairn: ready`, then idle (or tests, or power-off with `cairn.exit=1`).
+//! 6. PCI and the virtio devices; smoltcp on virtio-net (static or DHCPv4);
+//! 7. banner lines, `cairn: ready`, then serve the network (idling on the APIC timer when
+//!    quiet) or halt without a NIC; or run the tests; or power off with `cairn.exit=1`.
 //!
 //! Kernel command line options:
 //! - `cairn.exit=1`: after `cairn: ready`, exit QEMU through isa-debug-exit with success
 //!   (status 33), falling back to ACPI S5; used by boot tests and benches.
 //! - `cairn.ip=a.b.c.d/len`, `cairn.gw=a.b.c.d`, `cairn.ip6=x::y/len`: static addressing of
 //!   the virtio-net interface (DHCPv4 when `cairn.ip` is absent).
+//! - `cairn.net-check=<ip>[:port][,…]` (and `cairn.net-check-bytes=N`): stream a checked
+//!   pattern to each target's TCP echo and send UDP datagrams to its UDP echo (`net::check`).
 //! - `cairn.disk-check=write|verify`: pattern check of the first 64 MiB of the virtio-blk
 //!   disk before `cairn: ready` (see `disk_check`).
-//! - `cairn.crash=panic` / `cairn.crash=fault`: after `cairn: ready`, panic or read an
-//!   unmapped page, to test that failures are reported (status 35, message on the console).
+//! - `cairn.test=panic` / `cairn.test=pagefault`: just before `cairn: ready`, panic or read
+//!   an unmapped page, to test that failures are reported (status 35, message on the
+//!   console, no ready line).
 #![no_std]
 #![no_main]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -38,6 +43,7 @@ mod drivers;
 mod heap;
 mod logger;
 mod net;
+#[cfg(not(feature = "host-std-check"))]
 mod panic;
 #[cfg(feature = "kernel-tests")]
 mod tests;
@@ -84,6 +90,7 @@ extern "C" fn cairn_boot64(info_paddr: u64, protocol: u64) -> ! {
     let mut devices = drivers::virtio::probe();
     let network = start_network(info, &mut devices);
     report_devices(info, &mut devices);
+    crash_if_asked(info.option("cairn.test"));
     serial::write_fmt(format_args!(
         "boot: ready in {} us after kernel entry\n",
         clock::ns_since_entry() / 1_000
@@ -105,7 +112,7 @@ fn start_network(info: &BootInfo, devices: &mut drivers::virtio::Devices) -> Opt
     let seed = entropy::rdrand64().unwrap_or_else(|_| cpu::rdtsc());
     let network = net::Network::new(nic, config, seed);
     serial::write_fmt(format_args!(
-        "net: virtio-net mac {} {:?} ipv4 {}{}; tcp echo :7, http :8080\n",
+        "net: virtio-net mac {} {:?} ipv4 {}{}{}; tcp+udp echo :7, http :8080\n",
         network.mac,
         network.addressing,
         network
@@ -114,6 +121,9 @@ fn start_network(info: &BootInfo, devices: &mut drivers::virtio::Devices) -> Opt
         config
             .gateway
             .map_or(String::new(), |g| alloc::format!(" gw {g}")),
+        config
+            .ipv6
+            .map_or(String::new(), |a| alloc::format!(" ipv6 {a}")),
     ));
     Some(network)
 }
@@ -127,8 +137,9 @@ fn report_devices(info: &BootInfo, devices: &mut drivers::virtio::Devices) {
         let mut disk = drivers::block::VirtioBlock::new(blk);
         serial::write_fmt(format_args!(
             "blk: virtio-blk {} sectors ({} MiB)\n",
-            disk.capacity_sectors(),
-            disk.capacity_sectors() * drivers::block::SECTOR_BYTES as u64 / MIB
+            node::store::BlockDevice::sector_count(&disk),
+            node::store::BlockDevice::sector_count(&disk) * drivers::block::SECTOR_BYTES as u64
+                / MIB
         ));
         if let Some(mode) = info.option("cairn.disk-check") {
             disk_check::run(&mut disk, mode);
@@ -146,7 +157,6 @@ fn report_devices(info: &BootInfo, devices: &mut drivers::virtio::Devices) {
 /// Normal build: idle (later issues run the node here), or leave with `cairn.exit=1`.
 /// Test build: run the in-kernel tests and leave with their verdict.
 fn after_ready(info: &BootInfo, network: Option<net::Network>) -> ! {
-    crash_if_asked(info.option("cairn.crash"));
     #[cfg(feature = "kernel-tests")]
     if !tests::run_all() {
         power::fail_and_halt();
@@ -158,7 +168,12 @@ fn after_ready(info: &BootInfo, network: Option<net::Network>) -> ! {
         power::power_off();
     }
     match network {
-        Some(network) => serve(network),
+        Some(network) => {
+            let check = info.option("cairn.net-check").and_then(|targets| {
+                net::check::NetCheck::new(targets, info.option("cairn.net-check-bytes"))
+            });
+            serve(network, check)
+        }
         None => cpu::halt_forever(),
     }
 }
@@ -167,7 +182,7 @@ fn after_ready(info: &BootInfo, network: Option<net::Network>) -> ! {
 /// the next APIC tick (1 ms): busy streams never sleep, an idle VM costs the host little.
 const IDLE_AFTER_NS: u64 = 2_000_000;
 
-fn serve(mut network: net::Network) -> ! {
+fn serve(mut network: net::Network, mut check: Option<net::check::NetCheck>) -> ! {
     let sleep = match apic::init() {
         Ok(hz) => {
             log::info!(
@@ -184,7 +199,11 @@ fn serve(mut network: net::Network) -> ! {
     };
     let mut last_activity = clock::now_ns();
     loop {
-        if network.poll() {
+        let mut active = network.poll();
+        if let Some(check) = check.as_mut() {
+            active |= check.poll(&mut network);
+        }
+        if active {
             last_activity = clock::now_ns();
         } else if sleep && clock::now_ns() - last_activity > IDLE_AFTER_NS {
             apic::idle();
@@ -192,19 +211,20 @@ fn serve(mut network: net::Network) -> ! {
     }
 }
 
-/// `cairn.crash=panic|fault` lets host tests prove that a kernel panic or an
-/// unexpected fault ends the run with the message on the console and a failure status.
+/// `cairn.test=panic|pagefault` lets host tests prove that a kernel panic or an unexpected
+/// fault during boot ends the run (before `cairn: ready`) with the message on the console
+/// and a failure status.
 fn crash_if_asked(what: Option<&str>) {
     match what {
-        Some("panic") => panic!("deliberate panic (cairn.crash=panic)"),
-        Some("fault") => {
+        Some("panic") => panic!("deliberate panic (cairn.test=panic)"),
+        Some("pagefault") => {
             let unmapped = paging::DYNAMIC_MAP_BASE + 0x10_0000;
             // SAFETY: deliberately not safe: reading an unmapped page must raise #PF, which
             // the fatal exception path reports before stopping the machine.
             let value = unsafe { core::ptr::read_volatile(unmapped as *const u64) };
             log::error!("read of an unmapped page returned {value:#x}");
         }
-        Some(other) => log::warn!("cairn.crash={other}: unknown, ignored"),
+        Some(other) => log::warn!("cairn.test={other}: unknown, ignored"),
         None => {}
     }
 }

@@ -8,7 +8,7 @@ use crate::arch::{power, serial};
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     let location = info.location();
     serial::emergency_write(format_args!(
-        "\nKERNEL PANIC at {}:{}: {}\n",
+        "\nKERNEL PANIC: panicked at {}:{}: {}\n",
         location.map_or("?", |l| l.file()),
         location.map_or(0, |l| l.line()),
         info.message()

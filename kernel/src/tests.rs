@@ -3,8 +3,9 @@
 //! `kernel tests: N passed, M failed`; the caller then exits QEMU through isa-debug-exit:
 //! 0x10 (status 33) when all passed, 0x11 (status 35) otherwise.
 //!
-//! The clock case prints `clock-check: guest_ns=<n>` twice, one second of guest time apart,
-//! so the host can compare the guest's second with its own wall clock.
+//! The clock case prints `clock-check start at_ns=<t0>`, spins one second of its monotonic
+//! clock, then prints `clock-check end guest_ns=<t1 - t0> at_ns=<t1>`, so the host can compare
+//! the guest's second with its own clock between the two lines' arrival.
 
 use crate::arch::{apic, clock, cpu, entropy, idt, paging, serial};
 use alloc::alloc::{alloc, alloc_zeroed, dealloc, realloc, Layout};
@@ -279,12 +280,15 @@ fn clock_calibrated_against_pit() -> TestResult {
 
 fn clock_host_check() -> TestResult {
     let start = clock::now_ns();
-    serial::write_fmt(format_args!("clock-check: guest_ns={start}\n"));
+    serial::write_fmt(format_args!("clock-check start at_ns={start}\n"));
     while clock::now_ns() < start + CLOCK_CHECK_INTERVAL_NS {
         core::hint::spin_loop();
     }
     let end = clock::now_ns();
-    serial::write_fmt(format_args!("clock-check: guest_ns={end}\n"));
+    serial::write_fmt(format_args!(
+        "clock-check end guest_ns={} at_ns={end}\n",
+        end - start
+    ));
     ensure(end - start >= CLOCK_CHECK_INTERVAL_NS, || {
         String::from("woke early")
     })

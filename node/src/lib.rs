@@ -14,11 +14,15 @@ extern crate alloc;
 
 pub mod api;
 pub mod attest;
+pub mod candid;
 pub mod consensus;
 pub mod crypto;
+pub mod execution;
 pub mod p2p;
 pub mod replica;
+pub mod routing;
 #[cfg(feature = "sim")]
 pub mod sim;
+pub mod state;
 pub mod store;
 pub mod types;

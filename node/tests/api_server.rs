@@ -37,6 +37,7 @@ struct TestBackend {
     submissions: BTreeMap<RequestId, u32>,
     state: Option<CertifiedState>,
     height: u64,
+    health: ReplicaHealth,
 }
 
 impl TestBackend {
@@ -68,6 +69,7 @@ impl TestBackend {
             submissions: BTreeMap::new(),
             state: None,
             height: 0,
+            health: ReplicaHealth::Healthy,
         };
         b.certify(NOW);
         b
@@ -127,7 +129,7 @@ impl ApiBackend for TestBackend {
         &self.ranges
     }
     fn health(&self) -> ReplicaHealth {
-        ReplicaHealth::Healthy
+        self.health
     }
     fn certified_state(&self) -> Option<&CertifiedState> {
         self.state.as_ref()
@@ -504,6 +506,19 @@ fn status_reports_root_key_version_and_health() {
         h.backend.subnet_id,
         Principal::self_authenticating(&h.backend.root_der)
     );
+    // While the replica starts, status still answers and everything else is 503.
+    h.backend.health = ReplicaHealth::WaitingForCertifiedState;
+    let r = h.exchange(b"GET /api/v2/status HTTP/1.1\r\n\r\n", NOW);
+    let v = record(&r.body);
+    assert_eq!(
+        field(&v, "replica_health_status").as_text(),
+        Some("waiting_for_certified_state")
+    );
+    let mut q = Req::new("query", &Identity::Anonymous);
+    q.method = "greet";
+    assert_eq!(h.query(3, canister(1), &q).status, 503);
+    h.backend.health = ReplicaHealth::Healthy;
+    assert_eq!(h.query(3, canister(1), &q).status, 200);
     // CORS preflight.
     let r = h.exchange(b"OPTIONS /api/v2/status HTTP/1.1\r\n\r\n", NOW);
     assert_eq!(r.status, 204);
@@ -1318,4 +1333,326 @@ fn garbage_never_crashes() {
         }
         h.api.disconnect(conn);
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Byte compatibility with DFINITY's agent-side types (the code ic-agent runs): envelopes
+// they encode are accepted with the same request id, and the responses and certificates
+// we produce parse and verify with their code.
+
+mod agent_compat {
+    use super::*;
+    use ic_transport_types::{
+        Delegation, Envelope, EnvelopeContent, QueryResponse, ReadStateResponse, SignedDelegation,
+        TransportCallResponse,
+    };
+    use std::borrow::Cow;
+
+    type Cert = ic_certification::Certificate;
+
+    fn cp(p: Principal) -> candid::Principal {
+        candid::Principal::from_slice(p.as_slice())
+    }
+
+    fn encode(
+        content: EnvelopeContent,
+        id: &Identity,
+        signer: &Identity,
+        chain: Option<Vec<SignedDelegation>>,
+    ) -> (Vec<u8>, [u8; 32]) {
+        let rid: [u8; 32] = *content.to_request_id();
+        let der = id.der();
+        let sig = der
+            .as_ref()
+            .map(|_| signer.sign(&[auth::DS_REQUEST, &rid].concat()));
+        let env = Envelope {
+            content: Cow::Owned(content),
+            sender_pubkey: der,
+            sender_sig: sig,
+            sender_delegation: chain,
+        };
+        (env.encode_bytes(), rid)
+    }
+
+    /// Checks a certificate with ic-certification's tree and ic-verify-bls-signature.
+    fn dfinity_verify(cert: &[u8], root_der: &[u8]) -> Cert {
+        let cert: Cert = serde_cbor::from_slice(cert).unwrap();
+        let msg = [certificate::DS_STATE_ROOT, &cert.tree.digest()].concat();
+        ic_verify_bls_signature::verify_bls_signature(&cert.signature, &msg, &root_der[37..])
+            .unwrap();
+        cert
+    }
+
+    #[test]
+    fn agent_envelopes_and_our_responses_interoperate() {
+        let mut h = Harness::new();
+        let root = ed25519(20);
+        let session = Identity::P256(p256::ecdsa::SigningKey::from_slice(&[21; 32]).unwrap());
+        let c1 = canister(1);
+        // Call through a delegation, v2.
+        let delegation = Delegation {
+            pubkey: session.der().unwrap(),
+            expiration: NOW + 600 * SEC,
+            targets: Some(vec![cp(c1)]),
+            permissions: None,
+        };
+        let signed = SignedDelegation {
+            signature: root.sign(&delegation.signable()),
+            delegation,
+        };
+        let call = EnvelopeContent::Call {
+            nonce: Some(vec![1, 2, 3]),
+            ingress_expiry: NOW + 180 * SEC,
+            sender: cp(root.principal()),
+            canister_id: cp(c1),
+            method_name: "echo".into(),
+            arg: b"DIDL\x00\x01\x71\x02hi".to_vec(),
+            sender_info: None,
+        };
+        let (body, rid) = encode(call, &root, &session, Some(vec![signed]));
+        let path = format!("/api/v2/canister/{}/call", c1.to_text());
+        let r = h.exchange(&post(&path, &body), NOW);
+        assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            h.backend.submissions.get(&rid),
+            Some(&1),
+            "same request id as the agent's"
+        );
+        h.backend.execute(NOW + SEC);
+
+        // read_state of its status, parsed and verified by DFINITY's code.
+        let rs = EnvelopeContent::ReadState {
+            ingress_expiry: NOW + 180 * SEC,
+            sender: cp(root.principal()),
+            paths: vec![vec!["request_status".into(), rid[..].into()]],
+        };
+        // read_state is signed by the session key through the same chain.
+        let delegation = Delegation {
+            pubkey: session.der().unwrap(),
+            expiration: NOW + 600 * SEC,
+            targets: None,
+            permissions: None,
+        };
+        let signed = SignedDelegation {
+            signature: root.sign(&delegation.signable()),
+            delegation,
+        };
+        let (body, _) = encode(rs, &root, &session, Some(vec![signed]));
+        let r = h.exchange(
+            &post(
+                &format!("/api/v3/canister/{}/read_state", c1.to_text()),
+                &body,
+            ),
+            NOW,
+        );
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let resp: ReadStateResponse = serde_cbor::from_slice(&r.body).unwrap();
+        let cert = dfinity_verify(&resp.certificate, &h.backend.root_der);
+        let reply = cert
+            .tree
+            .lookup_path([b"request_status".as_slice(), &rid, b"reply"]);
+        assert_eq!(
+            reply,
+            ic_certification::LookupResult::Found(b"DIDL\x00\x01\x71\x02hi".as_slice())
+        );
+
+        // A v4 call answered synchronously: TransportCallResponse::Replied.
+        let call = EnvelopeContent::Call {
+            nonce: None,
+            ingress_expiry: NOW + 180 * SEC,
+            sender: cp(Principal::ANONYMOUS),
+            canister_id: cp(c1),
+            method_name: "echo".into(),
+            arg: vec![7],
+            sender_info: None,
+        };
+        let anon = Identity::Anonymous;
+        let (body, rid) = encode(call, &anon, &anon, None);
+        let conn = h.open(NOW);
+        h.api.receive(
+            &mut h.backend,
+            conn,
+            &post(&format!("/api/v4/canister/{}/call", c1.to_text()), &body),
+            NOW,
+        );
+        h.backend.execute(NOW + SEC);
+        h.api.poll(&mut h.backend, NOW + SEC);
+        let r = parse_responses(&h.api.take_outputs()).remove(0);
+        match serde_cbor::from_slice::<TransportCallResponse>(&r.body).unwrap() {
+            TransportCallResponse::Replied { certificate } => {
+                let cert = dfinity_verify(&certificate, &h.backend.root_der);
+                let status = cert
+                    .tree
+                    .lookup_path([b"request_status".as_slice(), &rid, b"status"]);
+                assert_eq!(
+                    status,
+                    ic_certification::LookupResult::Found(b"replied".as_slice())
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+
+        // Queries: the response and its node signature, checked as ic-agent checks them.
+        use ed25519_dalek::Verifier;
+        let node_key = h.backend.node_sk.verifying_key();
+        for method in ["greet", "missing"] {
+            let q = EnvelopeContent::Query {
+                ingress_expiry: NOW + 180 * SEC,
+                sender: cp(Principal::ANONYMOUS),
+                canister_id: cp(c1),
+                method_name: method.into(),
+                arg: vec![],
+                nonce: None,
+                sender_info: None,
+            };
+            let (body, rid) = encode(q, &anon, &anon, None);
+            let r = h.exchange(
+                &post(&format!("/api/v3/canister/{}/query", c1.to_text()), &body),
+                NOW,
+            );
+            let resp: QueryResponse = serde_cbor::from_slice(&r.body).unwrap();
+            let sig = &resp.signatures()[0];
+            assert_eq!(sig.identity, cp(h.backend.node_id));
+            let signable = resp.signable(ic_transport_types::RequestId::new(&rid), sig.timestamp);
+            let s = ed25519_dalek::Signature::from_slice(&sig.signature).unwrap();
+            node_key.verify(&signable, &s).unwrap();
+            match (&resp, method) {
+                (QueryResponse::Replied { reply, .. }, "greet") => assert_eq!(reply.arg, b"hello "),
+                (QueryResponse::Rejected { reject, .. }, "missing") => {
+                    assert_eq!(reject.error_code.as_deref(), Some("IC0536"))
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    /// Certificates we build (root-signed, as a single-subnet node serves them) hash the same
+    /// under ic-certification and verify under DFINITY's BLS verifier.
+    #[test]
+    fn our_certificates_verify_with_dfinity_code() {
+        let h = Harness::new();
+        let state = h.backend.state.as_ref().unwrap();
+        let sid = h.backend.subnet_id.to_vec();
+        let cert = state.certificate_for(&[&[b"subnet".as_slice(), &sid][..]]);
+        let parsed = dfinity_verify(&cert, &h.backend.root_der);
+        assert_eq!(parsed.tree.digest(), state.tree.digest());
+        let key = parsed
+            .tree
+            .lookup_path([b"subnet".as_slice(), &sid, b"public_key"]);
+        assert_eq!(
+            key,
+            ic_certification::LookupResult::Found(h.backend.root_der.as_slice())
+        );
+    }
+}
+
+/// Internet Identity style: the sender key is a canister signature key, whose "signature" on
+/// a delegation is a certificate over the canister's certified data.
+#[test]
+fn canister_signature_delegations_authenticate() {
+    use node::api::labeled_tree::{HashedTree, LabeledTree};
+    let mut h = Harness::new();
+    let ii = canister(9);
+    let seed = b"user anchor 10000".to_vec();
+    // DER: SEQUENCE { AlgorithmIdentifier(1.3.6.1.4.1.56387.1.2), BIT STRING(0 ‖ len ‖ cid ‖ seed) }
+    let payload = [&[ii.as_slice().len() as u8][..], ii.as_slice(), &seed].concat();
+    let alg = hex("300c060a2b0601040183b8430102");
+    let bits = [&[0x03, payload.len() as u8 + 1, 0x00][..], &payload].concat();
+    let der = [&[0x30, (alg.len() + bits.len()) as u8][..], &alg, &bits].concat();
+    let sender = Principal::self_authenticating(&der);
+
+    let session = ed25519(30);
+    let spec = DelegationSpec {
+        to: session.der().unwrap(),
+        expiration: NOW + 600 * SEC,
+        targets: None,
+        permissions: None,
+    };
+    let map = delegation_map(&spec);
+    let hash = request_id::hash_value(&cbor::decode(&map).unwrap()).unwrap();
+    let signed_msg = [auth::DS_DELEGATION, &hash].concat();
+
+    // The canister's signature tree: ["sig", H(seed), H(msg)] = "".
+    let mut sig_tree = LabeledTree::empty();
+    sig_tree.insert(
+        &[
+            b"sig".as_slice(),
+            &request_id::sha256(&seed),
+            &request_id::sha256(&signed_msg),
+        ],
+        vec![],
+    );
+    let sig_tree = HashedTree::new(sig_tree);
+    // The subnet certifies the canister's certified_data = root of that tree.
+    h.backend.canisters.insert(
+        ii,
+        CanisterEntry {
+            certified_data: sig_tree.digest().to_vec(),
+            ..Default::default()
+        },
+    );
+    h.backend.certify(NOW);
+    let canister_sig = |tree: &HashedTree, backend: &TestBackend| {
+        let cert = backend.state.as_ref().unwrap().data_certificate(&ii);
+        let mut w = Writer::self_describing();
+        w.map(2).text("certificate").bytes(&cert).text("tree");
+        tree.to_hash_tree().encode(&mut w);
+        w.into_bytes()
+    };
+    let good = canister_sig(&sig_tree, &h.backend);
+
+    // The request's sender is SA(canister-sig key); the session key signs the request.
+    let mut req = Req::new("call", &session);
+    req.nonce = Some(vec![1]);
+    let body_for = |sig: &[u8], req: &Req<'_>| {
+        let mut c = Writer::new();
+        c.map(7)
+            .text("request_type")
+            .text("call")
+            .text("nonce")
+            .bytes(req.nonce.as_ref().unwrap());
+        c.text("ingress_expiry")
+            .u64(req.expiry)
+            .text("sender")
+            .bytes(sender.as_slice());
+        c.text("canister_id")
+            .bytes(req.canister.as_slice())
+            .text("method_name")
+            .text(req.method);
+        c.text("arg").bytes(&req.arg);
+        let content = c.into_bytes();
+        let rid = request_id::request_id(&cbor::decode(&content).unwrap()).unwrap();
+        let mut w = Writer::self_describing();
+        w.map(4)
+            .text("content")
+            .raw(&content)
+            .text("sender_pubkey")
+            .bytes(&der);
+        w.text("sender_delegation")
+            .array(1)
+            .map(2)
+            .text("delegation")
+            .raw(&map)
+            .text("signature")
+            .bytes(sig);
+        w.text("sender_sig")
+            .bytes(&session.sign(&[auth::DS_REQUEST, &rid].concat()));
+        w.into_bytes()
+    };
+    let path = format!("/api/v2/canister/{}/call", canister(1).to_text());
+    let r = h.exchange(&post(&path, &body_for(&good, &req)), NOW);
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+
+    // A tree for another message: refused.
+    let mut other = LabeledTree::empty();
+    other.insert(
+        &[b"sig".as_slice(), &request_id::sha256(&seed), &[0; 32]],
+        vec![],
+    );
+    let bad = canister_sig(&HashedTree::new(other), &h.backend);
+    req.nonce = Some(vec![2]);
+    assert_eq!(
+        h.exchange(&post(&path, &body_for(&bad, &req)), NOW).status,
+        403
+    );
 }

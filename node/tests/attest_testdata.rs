@@ -362,8 +362,23 @@ fn expected_measurement_and_report_data_are_enforced() {
     opts.measurement = Some(report.measurement());
     opts.report_data = Some(report.report_data());
     let v = verify(&report_bytes, &vcek, &pinned, &opts);
-    assert!(v.accepted(), "{v}");
+    assert!(v.accepted() && v.admits(), "{v}");
     assert_eq!(v.outcome(CheckId::Measurement), Some(Outcome::Pass));
+    // Accepted is not admitted: admission needs the measurement, report_data and time checked.
+    let partial = verify(&report_bytes, &vcek, &pinned, &options_at(FIXED_DATE));
+    assert!(partial.accepted() && !partial.admits());
+    let admission = VerifyOptions::for_admission(
+        report.measurement(),
+        report.report_data(),
+        parse_date(FIXED_DATE).unwrap(),
+        node::attest::Policy::default(),
+    );
+    assert!(verify(&report_bytes, &vcek, &pinned, &admission).admits());
+    let untimed = VerifyOptions {
+        now_unix_s: None,
+        ..admission
+    };
+    assert!(!verify(&report_bytes, &vcek, &pinned, &untimed).admits());
     let mut wrong = report.measurement();
     wrong[47] ^= 1;
     opts.measurement = Some(wrong);
@@ -401,11 +416,11 @@ fn positions(len: usize, stride: usize, offset: usize) -> impl Iterator<Item = u
 fn mutating_the_signed_area_of_a_report_fails() {
     let pinned = TrustAnchors::pinned_amd().unwrap();
     let opts = options_at(FIXED_DATE);
-    // (case, stride): every byte of the signed area and of the signature fields is mutated,
-    // flipping a different bit at each position.
+    // (case, stride): the first report is mutated at every byte of the signed area and of
+    // the signature fields, the others at every third byte; each position flips another bit.
     let cases = [
         ("milan-v2-virtee/report.bin", "milan-v2-virtee/vcek.der", 1),
-        ("turin-v5-oak-oc/report.bin", "turin-v5-oak-oc/vcek.der", 1),
+        ("turin-v5-oak-oc/report.bin", "turin-v5-oak-oc/vcek.der", 3),
         (
             "genoa-v3-azure-trustee/report.bin",
             "genoa-v3-azure-trustee/vcek.pem",
@@ -440,7 +455,7 @@ fn mutating_a_certificate_fails() {
     let opts = options_at(FIXED_DATE);
     let report = std::fs::read(testdata().join("milan-v2-virtee/report.bin")).unwrap();
     let vcek = leaf_der("milan-v2-virtee/vcek.der");
-    for (n, i) in positions(vcek.len(), 1, 0).enumerate() {
+    for (n, i) in positions(vcek.len(), 2, 0).enumerate() {
         let mut bad = vcek.clone();
         bad[i] ^= 1 << (n % 8);
         let v = verify(&report, &bad, &pinned, &opts);
@@ -467,5 +482,27 @@ fn mutating_a_certificate_fails() {
         certs.extend(AmdCert::from_der(&bad).ok());
         let v = verify(&report, &vcek, &TrustAnchors::from_certs(certs), &opts);
         assert!(!v.accepted(), "ARK byte {i} mutated but accepted");
+    }
+}
+
+#[test]
+fn azure_hcl_reports_bind_their_runtime_claims() {
+    use sha2::{Digest, Sha256};
+    // Azure CVMs wrap the SNP report in an HCL report: the SNP report is bytes 0x20..0x4C0,
+    // and report_data[0..32] is SHA-256 of the runtime-claims JSON at 0x4D4 (length u32 at
+    // 0x4D0) (SOURCES.md, "Azure cases").
+    for case in ["genoa-v3-azure-trustee", "milan-v2-azure-trustee"] {
+        let hcl = std::fs::read(testdata().join(case).join("azure_hcl_report.bin")).unwrap();
+        let report = std::fs::read(testdata().join(case).join("report.bin")).unwrap();
+        assert_eq!(&hcl[0x20..0x4C0], &report[..], "{case}");
+        let len = u32::from_le_bytes(hcl[0x4D0..0x4D4].try_into().unwrap()) as usize;
+        let claims = &hcl[0x4D4..0x4D4 + len];
+        let parsed = AttestationReport::parse(&report).unwrap();
+        assert_eq!(
+            &parsed.report_data()[..32],
+            &Sha256::digest(claims)[..],
+            "{case}"
+        );
+        assert!(parsed.report_data()[32..].iter().all(|&b| b == 0));
     }
 }

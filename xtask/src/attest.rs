@@ -77,6 +77,12 @@ pub fn run(args: &[String]) -> ExitCode {
     };
     result.unwrap_or_else(|message| {
         eprintln!("error: {message}");
+        if message.contains("SNP_KERNEL_HASHES") {
+            eprintln!(
+                "hint: measured -kernel boot needs edk2's AmdSev build (OvmfPkg/AmdSev/AmdSevX64.dsc); \
+                 Debian's ovmf package ships only the generic build"
+            );
+        }
         ExitCode::from(2)
     })
 }

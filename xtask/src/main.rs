@@ -12,9 +12,12 @@
 mod attest;
 mod bench;
 mod boot_paths;
+mod disk_tests;
 mod kernel_build;
+mod net_tests;
 mod run_vm;
 mod test_steps;
+mod testnet_tests;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};

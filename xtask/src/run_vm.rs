@@ -125,7 +125,9 @@ pub fn qemu_command(paths: &Paths, args: &[String]) -> Result<(), String> {
         accel()
     );
     println!("  console log : {}", config.log_path.display());
-    println!("  guest :{GUEST_HTTP_PORT} is forwarded to http://127.0.0.1:{http_port}/");
+    println!(
+        "  guest :{GUEST_HTTP_PORT} is forwarded to http://127.0.0.1:{http_port}/ (try /health)"
+    );
     println!("  command     : {}", cmd.display());
     println!("{}", "-".repeat(72));
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe; it is installed

@@ -1,45 +1,12 @@
-//! A block device on virtio-blk (virtio 1.2 §5.2): 512-byte sectors, bounds-checked, every
-//! device failure returned as a [`BlockError`].
+//! `node::store::BlockDevice` on virtio-blk (virtio 1.2 §5.2): 512-byte sectors,
+//! bounds-checked with the store's own `check_request`, every device failure returned as a
+//! `DeviceError` (the virtio error is logged), never a panic.
 
 use super::virtio::VirtioBlk;
+use node::store::{check_request, BlockDevice, DeviceError};
 
-/// The sector size of the device interface.
-pub const SECTOR_BYTES: usize = 512;
-
-/// Why a block operation failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BlockError {
-    /// The request reaches past the end of the device.
-    OutOfRange {
-        sector: u64,
-        sectors: u64,
-        capacity: u64,
-    },
-    /// The buffer is not a whole number of sectors.
-    Unaligned,
-    /// The device is read-only.
-    ReadOnly,
-    /// The device reported an error.
-    Device(virtio_drivers::Error),
-}
-
-impl core::fmt::Display for BlockError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            BlockError::OutOfRange {
-                sector,
-                sectors,
-                capacity,
-            } => write!(
-                f,
-                "sectors {sector}+{sectors} past the end ({capacity} sectors)"
-            ),
-            BlockError::Unaligned => f.write_str("buffer is not a whole number of sectors"),
-            BlockError::ReadOnly => f.write_str("device is read-only"),
-            BlockError::Device(e) => write!(f, "device error: {e}"),
-        }
-    }
-}
+/// The sector size virtio-blk transfers in.
+pub const SECTOR_BYTES: usize = virtio_drivers::device::blk::SECTOR_SIZE;
 
 /// The virtio-blk disk.
 pub struct VirtioBlock {
@@ -51,48 +18,41 @@ impl VirtioBlock {
         VirtioBlock { dev }
     }
 
-    /// Capacity in sectors.
-    pub fn capacity_sectors(&self) -> u64 {
+    fn io_error(what: &str, lba: u64, e: virtio_drivers::Error) -> DeviceError {
+        log::warn!("virtio-blk: {what} at sector {lba} failed: {e}");
+        DeviceError::Io
+    }
+}
+
+impl BlockDevice for VirtioBlock {
+    fn sector_bytes(&self) -> usize {
+        SECTOR_BYTES
+    }
+
+    fn sector_count(&self) -> u64 {
         self.dev.capacity()
     }
 
-    fn check(&self, sector: u64, len: usize) -> Result<(), BlockError> {
-        if !len.is_multiple_of(SECTOR_BYTES) {
-            return Err(BlockError::Unaligned);
-        }
-        let sectors = (len / SECTOR_BYTES) as u64;
-        let capacity = self.capacity_sectors();
-        if sector.checked_add(sectors).is_none_or(|end| end > capacity) {
-            return Err(BlockError::OutOfRange {
-                sector,
-                sectors,
-                capacity,
-            });
-        }
-        Ok(())
-    }
-
-    /// Reads whole sectors starting at `sector` into `buf`.
-    pub fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), BlockError> {
-        self.check(sector, buf.len())?;
+    fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
+        check_request(SECTOR_BYTES, self.sector_count(), lba, buf.len())?;
+        let block = usize::try_from(lba).map_err(|_| DeviceError::OutOfRange)?;
         self.dev
-            .read_blocks(sector as usize, buf)
-            .map_err(BlockError::Device)
+            .read_blocks(block, buf)
+            .map_err(|e| Self::io_error("read", lba, e))
     }
 
-    /// Writes whole sectors starting at `sector` from `buf`.
-    pub fn write(&mut self, sector: u64, buf: &[u8]) -> Result<(), BlockError> {
-        self.check(sector, buf.len())?;
+    fn write(&mut self, lba: u64, buf: &[u8]) -> Result<(), DeviceError> {
+        check_request(SECTOR_BYTES, self.sector_count(), lba, buf.len())?;
         if self.dev.readonly() {
-            return Err(BlockError::ReadOnly);
+            return Err(DeviceError::Io);
         }
+        let block = usize::try_from(lba).map_err(|_| DeviceError::OutOfRange)?;
         self.dev
-            .write_blocks(sector as usize, buf)
-            .map_err(BlockError::Device)
+            .write_blocks(block, buf)
+            .map_err(|e| Self::io_error("write", lba, e))
     }
 
-    /// Makes completed writes durable.
-    pub fn flush(&mut self) -> Result<(), BlockError> {
-        self.dev.flush().map_err(BlockError::Device)
+    fn flush(&mut self) -> Result<(), DeviceError> {
+        self.dev.flush().map_err(|e| Self::io_error("flush", 0, e))
     }
 }

@@ -9,7 +9,7 @@ use crate::arch::{paging, pci};
 use alloc::alloc::{alloc_zeroed, dealloc, Layout};
 use core::ptr::NonNull;
 use virtio_drivers::device::blk::VirtIOBlk;
-use virtio_drivers::device::net::VirtIONet;
+use virtio_drivers::device::net::VirtIONetRaw;
 use virtio_drivers::device::rng::VirtIORng;
 use virtio_drivers::transport::pci::bus::PciRoot;
 use virtio_drivers::transport::pci::{virtio_device_type, PciTransport};
@@ -21,7 +21,7 @@ pub const NET_QUEUE_SIZE: usize = 64;
 /// Bytes per virtio-net receive buffer: an Ethernet frame (1514) plus the virtio header.
 pub const NET_BUFFER_BYTES: usize = 2048;
 
-pub type VirtioNet = VirtIONet<KernelHal, PciTransport, NET_QUEUE_SIZE>;
+pub type VirtioNet = VirtIONetRaw<KernelHal, PciTransport, NET_QUEUE_SIZE>;
 pub type VirtioBlk = VirtIOBlk<KernelHal, PciTransport>;
 pub type VirtioRng = VirtIORng<KernelHal, PciTransport>;
 
@@ -106,12 +106,10 @@ pub fn probe() -> Devices {
 
 fn attach(devices: &mut Devices, kind: DeviceType, transport: PciTransport) {
     match kind {
-        DeviceType::Network if devices.net.is_none() => {
-            match VirtioNet::new(transport, NET_BUFFER_BYTES) {
-                Ok(net) => devices.net = Some(net),
-                Err(e) => log::warn!("virtio-net: {e}"),
-            }
-        }
+        DeviceType::Network if devices.net.is_none() => match VirtioNet::new(transport) {
+            Ok(net) => devices.net = Some(net),
+            Err(e) => log::warn!("virtio-net: {e}"),
+        },
         DeviceType::Block if devices.blk.is_none() => match VirtioBlk::new(transport) {
             Ok(blk) => devices.blk = Some(blk),
             Err(e) => log::warn!("virtio-blk: {e}"),

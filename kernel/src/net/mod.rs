@@ -1,12 +1,17 @@
 //! The network stack: smoltcp on virtio-net, addressed from the kernel command line
 //! (`cairn.ip=10.0.0.2/24 cairn.gw=10.0.0.1`, optional `cairn.ip6=fd00::2/64`) or by DHCPv4,
-//! and the two services that prove it: TCP echo (port 7) and `GET /health` (port 8080).
+//! the services that prove it (TCP/UDP echo on port 7, `GET /health` on port 8080), the
+//! socket layer the runtime uses (`socket`), and the optional peer check client built on it
+//! (`cairn.net-check=…`, see `check`).
 //!
 //! The stack is polled (interrupts stay masked): [`Network::poll`] moves frames between the
 //! device and smoltcp and runs the services; the caller loops on it.
 
+pub mod check;
 mod device;
+mod echo;
 mod services;
+pub mod socket;
 
 use crate::drivers::virtio::VirtioNet;
 use alloc::vec;
@@ -79,6 +84,8 @@ pub struct Network {
     sockets: SocketSet<'static>,
     dhcp: Option<SocketHandle>,
     services: Services,
+    table: socket::SocketTable,
+    echo: Option<echo::TcpEcho>,
     pub mac: EthernetAddress,
     pub addressing: Addressing,
 }
@@ -90,8 +97,8 @@ fn now() -> Instant {
 impl Network {
     /// Brings the interface up on `net` with `config` (DHCPv4 when it has no IPv4 address).
     pub fn new(net: VirtioNet, config: NetConfig, random_seed: u64) -> Network {
-        let mac = EthernetAddress(net.mac_address());
         let mut device = NetDevice::new(net);
+        let mac = EthernetAddress(device.mac_address());
         let mut iface_config = Config::new(HardwareAddress::Ethernet(mac));
         iface_config.random_seed = random_seed;
         let mut iface = Interface::new(iface_config, &mut device, now());
@@ -112,7 +119,9 @@ impl Network {
             None => (Some(sockets.add(dhcpv4::Socket::new())), Addressing::Dhcp),
         };
         let services = Services::new(&mut sockets);
-        Network {
+        let mut network = Network {
+            table: socket::SocketTable::default(),
+            echo: None,
             iface,
             device,
             sockets,
@@ -120,7 +129,12 @@ impl Network {
             services,
             mac,
             addressing,
+        };
+        match echo::TcpEcho::new(&mut network) {
+            Ok(e) => network.echo = Some(e),
+            Err(e) => log::warn!("tcp echo: {e}"),
         }
+        network
     }
 
     /// The interface's IPv4 address, once it has one.
@@ -140,7 +154,17 @@ impl Network {
         let served = self
             .services
             .poll(&mut self.sockets, ip, self.mac, self.device.counters());
+        let echoed = match self.echo.take() {
+            Some(mut echo) => {
+                let moved = echo.poll(self);
+                self.echo = Some(echo);
+                moved
+            }
+            None => false,
+        };
+        self.reap_closed();
         changed == PollResult::SocketStateChanged
+            || echoed
             || served
             || frames_before != self.device.counters()
     }

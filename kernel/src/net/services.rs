@@ -1,5 +1,6 @@
-//! The two services that prove the stack: TCP echo on port 7 and HTTP `GET /health` on
-//! port 8080 (JSON: uptime, address, counters).
+//! The services that prove the stack: UDP echo on port 7 (RFC 862) and HTTP `GET /health`
+//! on port 8080 (JSON: uptime, address, counters). TCP echo is in `echo`, on the socket
+//! layer.
 //!
 //! Each service owns a fixed pool of listening sockets. A socket that does not reach
 //! Established within [`HANDSHAKE_TIMEOUT_MS`], or whose HTTP request is incomplete after
@@ -13,31 +14,32 @@ use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 use smoltcp::iface::{SocketHandle, SocketSet};
-use smoltcp::socket::tcp;
+use smoltcp::socket::{tcp, udp};
 use smoltcp::wire::{EthernetAddress, Ipv4Cidr};
 
+/// The UDP echo port (TCP echo lives in `echo`).
 pub const ECHO_PORT: u16 = 7;
 pub const HTTP_PORT: u16 = 8080;
-/// Concurrent echo connections.
-const ECHO_SOCKETS: usize = 4;
 /// Concurrent HTTP connections.
 const HTTP_SOCKETS: usize = 8;
-/// Each echo socket's receive and send buffer.
-const ECHO_BUFFER_BYTES: usize = 64 * 1024;
 /// Each HTTP socket's receive and send buffer.
 const HTTP_BUFFER_BYTES: usize = 8 * 1024;
 /// The largest HTTP request head accepted.
 const MAX_REQUEST_BYTES: usize = 4096;
-/// Bytes moved per echo socket per poll.
-const ECHO_CHUNK_BYTES: usize = 16 * 1024;
+/// Datagrams the UDP echo socket buffers each way.
+const UDP_ECHO_PACKETS: usize = 64;
+/// The largest UDP datagram echoed (one Ethernet frame's payload).
+const UDP_ECHO_MAX_BYTES: usize = 1472;
+/// The UDP echo's copy buffer.
+const UDP_SCRATCH_BYTES: usize = 2048;
 const HANDSHAKE_TIMEOUT_MS: u64 = 3_000;
 const REQUEST_TIMEOUT_MS: u64 = 5_000;
 const NS_PER_MS: u64 = 1_000_000;
 
 #[derive(Debug, Clone, Copy, Default)]
-struct ServiceCounters {
-    echo_connections: u64,
-    echo_bytes: u64,
+pub struct ServiceCounters {
+    pub echo_connections: u64,
+    pub echo_bytes: u64,
     http_requests: u64,
     http_errors: u64,
     aborted_stale: u64,
@@ -50,12 +52,10 @@ struct Slot {
     since_ms: Option<u64>,
     request: Vec<u8>,
     responded: bool,
-    /// The current connection has been counted in the service counters.
-    counted: bool,
 }
 
 pub struct Services {
-    echo: Vec<Slot>,
+    udp_echo: SocketHandle,
     http: Vec<Slot>,
     counters: ServiceCounters,
     scratch: Vec<u8>,
@@ -81,21 +81,34 @@ impl Services {
                     since_ms: None,
                     request: Vec::new(),
                     responded: false,
-                    counted: false,
                 })
                 .collect()
         };
-        let echo = pool(ECHO_SOCKETS, ECHO_BUFFER_BYTES);
         let http = pool(HTTP_SOCKETS, HTTP_BUFFER_BYTES);
+        let udp_buffer = || {
+            udp::PacketBuffer::new(
+                vec![udp::PacketMetadata::EMPTY; UDP_ECHO_PACKETS],
+                vec![0; UDP_ECHO_PACKETS * UDP_ECHO_MAX_BYTES],
+            )
+        };
+        let mut udp_socket = udp::Socket::new(udp_buffer(), udp_buffer());
+        // Binding a fresh socket to a fixed non-zero port cannot fail.
+        let _ = udp_socket.bind(ECHO_PORT);
+        let udp_echo = sockets.add(udp_socket);
         Services {
-            echo,
+            udp_echo,
             http,
             counters: ServiceCounters::default(),
-            scratch: vec![0; ECHO_CHUNK_BYTES],
+            scratch: vec![0; UDP_SCRATCH_BYTES],
         }
     }
 
     /// Serves every socket once; true when data moved.
+    /// Counters the TCP echo (which runs on the socket layer) adds to.
+    pub fn counters_mut(&mut self) -> &mut ServiceCounters {
+        &mut self.counters
+    }
+
     pub fn poll(
         &mut self,
         sockets: &mut SocketSet<'static>,
@@ -104,20 +117,10 @@ impl Services {
         frames: FrameCounters,
     ) -> bool {
         let now = now_ms();
-        let mut moved = false;
-        for i in 0..self.echo.len() {
-            let socket = sockets.get_mut::<tcp::Socket>(self.echo[i].handle);
-            if !lifecycle(
-                &mut self.echo[i],
-                socket,
-                ECHO_PORT,
-                now,
-                &mut self.counters,
-            ) {
-                continue;
-            }
-            moved |= echo(socket, &mut self.scratch, &mut self.counters);
-        }
+        let mut moved = udp_echo(
+            sockets.get_mut::<udp::Socket>(self.udp_echo),
+            &mut self.scratch,
+        );
         for i in 0..self.http.len() {
             let socket = sockets.get_mut::<tcp::Socket>(self.http[i].handle);
             if !lifecycle(
@@ -149,7 +152,6 @@ fn lifecycle(
         slot.since_ms = None;
         slot.request.clear();
         slot.responded = false;
-        slot.counted = false;
         // Listening on a closed socket with a fixed local port cannot fail.
         let _ = socket.listen(port);
         return false;
@@ -164,40 +166,25 @@ fn lifecycle(
     } else {
         HANDSHAKE_TIMEOUT_MS
     };
-    let waiting = !established || (port == HTTP_PORT && !slot.responded);
+    let waiting = !established || !slot.responded;
     if waiting && now.saturating_sub(since) > limit {
         socket.abort();
         counters.aborted_stale += 1;
         return false;
     }
-    if established && port == ECHO_PORT && !slot.counted {
-        slot.counted = true;
-        counters.echo_connections += 1;
-    }
     established
 }
 
-fn echo(socket: &mut tcp::Socket<'_>, scratch: &mut [u8], counters: &mut ServiceCounters) -> bool {
+/// Echoes waiting datagrams back to their senders (RFC 862), as many as fit.
+fn udp_echo(socket: &mut udp::Socket<'_>, scratch: &mut [u8]) -> bool {
     let mut moved = false;
     while socket.can_recv() && socket.can_send() {
-        let space = socket.send_capacity() - socket.send_queue();
-        let want = space.min(scratch.len());
-        if want == 0 {
-            break;
-        }
-        let Ok(n) = socket.recv_slice(&mut scratch[..want]) else {
+        let Ok((n, meta)) = socket.recv_slice(scratch) else {
             break;
         };
-        if n == 0 {
-            break;
-        }
-        // `n` <= free send space, so the whole slice is queued.
-        let _ = socket.send_slice(&scratch[..n]);
-        counters.echo_bytes += n as u64;
+        // A send fails only when the buffer is full, which `can_send` just ruled out.
+        let _ = socket.send_slice(&scratch[..n], meta.endpoint);
         moved = true;
-    }
-    if !socket.may_recv() && socket.send_queue() == 0 && socket.state() == tcp::State::CloseWait {
-        socket.close();
     }
     moved
 }

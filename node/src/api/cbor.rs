@@ -17,6 +17,10 @@ use minicbor::Decoder;
 pub const SELF_DESCRIBE_TAG: u64 = 55799;
 /// The bignum tag for naturals above `u64::MAX`.
 const TAG_POSITIVE_BIGNUM: u64 = 2;
+/// Most data items in one decoded value. A 5 MiB body of one-byte items would otherwise
+/// become millions of `Value`s; the largest legitimate request (1000 read_state paths of 127
+/// labels) has about 128,000.
+pub const CBOR_ITEMS_MAX: usize = 200_000;
 /// Deepest nesting accepted. Hash trees of real certificates nest fork inside fork; 40 node
 /// keys of a mainnet subnet reach about 20 levels, so this leaves ample room.
 pub const CBOR_DEPTH_MAX: usize = 128;
@@ -50,6 +54,8 @@ pub enum CborError {
     Malformed,
     /// Nesting deeper than [`CBOR_DEPTH_MAX`].
     TooDeep,
+    /// More than [`CBOR_ITEMS_MAX`] items.
+    TooManyItems,
     /// Bytes follow the top-level item.
     TrailingBytes,
     /// Indefinite-length byte or text strings (no IC client sends them).
@@ -61,6 +67,7 @@ impl fmt::Display for CborError {
         f.write_str(match self {
             CborError::Malformed => "malformed CBOR",
             CborError::TooDeep => "CBOR nested too deeply",
+            CborError::TooManyItems => "CBOR has too many items",
             CborError::TrailingBytes => "trailing bytes after CBOR item",
             CborError::Unsupported => "unsupported CBOR (indefinite-length string)",
         })
@@ -77,16 +84,25 @@ impl From<minicbor::decode::Error> for CborError {
 /// Decodes exactly one item spanning all of `bytes`.
 pub fn decode(bytes: &[u8]) -> Result<Value<'_>, CborError> {
     let mut d = Decoder::new(bytes);
-    let v = decode_item(&mut d, 0)?;
+    let mut items = 0;
+    let v = decode_item(&mut d, 0, &mut items)?;
     if d.position() != bytes.len() {
         return Err(CborError::TrailingBytes);
     }
     Ok(v)
 }
 
-fn decode_item<'a>(d: &mut Decoder<'a>, depth: usize) -> Result<Value<'a>, CborError> {
+fn decode_item<'a>(
+    d: &mut Decoder<'a>,
+    depth: usize,
+    items: &mut usize,
+) -> Result<Value<'a>, CborError> {
     if depth > CBOR_DEPTH_MAX {
         return Err(CborError::TooDeep);
+    }
+    *items += 1;
+    if *items > CBOR_ITEMS_MAX {
+        return Err(CborError::TooManyItems);
     }
     let v = match d.datatype()? {
         Type::U8 | Type::U16 | Type::U32 | Type::U64 => Value::Uint(d.u64()?),
@@ -101,11 +117,11 @@ fn decode_item<'a>(d: &mut Decoder<'a>, depth: usize) -> Result<Value<'a>, CborE
         Type::Bytes => Value::Bytes(d.bytes()?),
         Type::String => Value::Text(d.str()?),
         Type::BytesIndef | Type::StringIndef => return Err(CborError::Unsupported),
-        Type::Array | Type::ArrayIndef => decode_array(d, depth)?,
-        Type::Map | Type::MapIndef => decode_map(d, depth)?,
+        Type::Array | Type::ArrayIndef => decode_array(d, depth, items)?,
+        Type::Map | Type::MapIndef => decode_map(d, depth, items)?,
         Type::Tag => {
             let tag = d.tag()?.as_u64();
-            let inner = decode_item(d, depth + 1)?;
+            let inner = decode_item(d, depth + 1, items)?;
             match (tag, inner) {
                 (TAG_POSITIVE_BIGNUM, Value::Bytes(b)) => Value::BigUint(b),
                 (tag, inner) => Value::Tag(tag, Box::new(inner)),
@@ -135,18 +151,22 @@ fn remaining(d: &Decoder<'_>) -> usize {
 }
 
 /// Reads items until `count` are read, or, for indefinite lengths, until the break byte.
-fn decode_array<'a>(d: &mut Decoder<'a>, depth: usize) -> Result<Value<'a>, CborError> {
+fn decode_array<'a>(
+    d: &mut Decoder<'a>,
+    depth: usize,
+    count: &mut usize,
+) -> Result<Value<'a>, CborError> {
     let len = d.array()?;
     let mut items = Vec::with_capacity(capacity(len, remaining(d)));
     match len {
         Some(n) => {
             for _ in 0..n {
-                items.push(decode_item(d, depth + 1)?);
+                items.push(decode_item(d, depth + 1, count)?);
             }
         }
         None => {
             while d.datatype()? != Type::Break {
-                items.push(decode_item(d, depth + 1)?);
+                items.push(decode_item(d, depth + 1, count)?);
             }
             d.set_position(d.position() + 1);
         }
@@ -154,21 +174,25 @@ fn decode_array<'a>(d: &mut Decoder<'a>, depth: usize) -> Result<Value<'a>, Cbor
     Ok(Value::Array(items))
 }
 
-fn decode_map<'a>(d: &mut Decoder<'a>, depth: usize) -> Result<Value<'a>, CborError> {
+fn decode_map<'a>(
+    d: &mut Decoder<'a>,
+    depth: usize,
+    count: &mut usize,
+) -> Result<Value<'a>, CborError> {
     let len = d.map()?;
     let mut pairs = Vec::with_capacity(capacity(len, remaining(d) / 2));
     match len {
         Some(n) => {
             for _ in 0..n {
-                let k = decode_item(d, depth + 1)?;
-                let v = decode_item(d, depth + 1)?;
+                let k = decode_item(d, depth + 1, count)?;
+                let v = decode_item(d, depth + 1, count)?;
                 pairs.push((k, v));
             }
         }
         None => {
             while d.datatype()? != Type::Break {
-                let k = decode_item(d, depth + 1)?;
-                let v = decode_item(d, depth + 1)?;
+                let k = decode_item(d, depth + 1, count)?;
+                let v = decode_item(d, depth + 1, count)?;
                 pairs.push((k, v));
             }
             d.set_position(d.position() + 1);
@@ -239,11 +263,14 @@ impl<'v, 'a> Record<'v, 'a> {
     /// Checks that `value` is a map whose keys are distinct texts.
     pub fn new(value: &'v Value<'a>) -> Result<Record<'v, 'a>, FieldError> {
         let pairs = value.as_map().ok_or(FieldError::NotARecord)?;
-        for (i, (k, _)) in pairs.iter().enumerate() {
-            let key = k.as_text().ok_or(FieldError::NotARecord)?;
-            if pairs[..i].iter().any(|(k2, _)| k2.as_text() == Some(key)) {
-                return Err(FieldError::DuplicateKey);
-            }
+        // Sorting keeps the duplicate check O(n log n) for hostile maps with many keys.
+        let mut keys = pairs
+            .iter()
+            .map(|(k, _)| k.as_text().ok_or(FieldError::NotARecord))
+            .collect::<Result<Vec<&str>, FieldError>>()?;
+        keys.sort_unstable();
+        if keys.windows(2).any(|w| w[0] == w[1]) {
+            return Err(FieldError::DuplicateKey);
         }
         Ok(Record { pairs })
     }
@@ -448,6 +475,10 @@ mod tests {
         assert_eq!(decode(&long), Err(CborError::TrailingBytes));
         // A huge declared array length does not preallocate.
         assert!(decode(&[0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]).is_err());
+        // Too many items.
+        let mut many = alloc::vec![0x9a, 0x00, 0x04, 0x00, 0x00];
+        many.extend(core::iter::repeat_n(0u8, 0x40000));
+        assert_eq!(decode(&many), Err(CborError::TooManyItems));
         // Deep nesting.
         let deep = [0x81u8; 1000];
         assert_eq!(decode(&deep), Err(CborError::TooDeep));

@@ -87,6 +87,9 @@ struct Head {
 pub struct RequestReader {
     buf: Vec<u8>,
     head: Option<Head>,
+    /// Bytes of `buf` already searched for the end of the head, so a client dribbling its
+    /// head byte by byte costs linear, not quadratic, work.
+    scanned: usize,
 }
 
 impl RequestReader {
@@ -120,6 +123,18 @@ impl RequestReader {
     /// The next complete request, if the buffer holds one.
     pub fn next_request(&mut self) -> Result<Option<Request>, HttpError> {
         if self.head.is_none() {
+            let from = self.scanned.saturating_sub(3);
+            let end = self.buf.len().min(HEADER_BYTES_MAX + 4);
+            let complete = self.buf[from.min(end)..end]
+                .windows(4)
+                .any(|w| w == b"\r\n\r\n");
+            self.scanned = end;
+            if !complete {
+                if self.buf.len() > HEADER_BYTES_MAX {
+                    return Err(HttpError::HeadersTooLarge);
+                }
+                return Ok(None);
+            }
             match parse_head(&self.buf)? {
                 Some(h) => self.head = Some(h),
                 None if self.buf.len() > HEADER_BYTES_MAX => {
@@ -137,6 +152,7 @@ impl RequestReader {
         }
         let body = self.buf[head.head_bytes..total].to_vec();
         self.buf.drain(..total);
+        self.scanned = 0;
         let head = self.head.take();
         Ok(head.map(|h| Request {
             method: h.method,

@@ -446,7 +446,16 @@ impl HttpApi {
         if req.method == Method::Options {
             return respond(204, ContentType::None, Vec::new());
         }
-        let result = match http::route(req.method, &req.path) {
+        let route = http::route(req.method, &req.path);
+        let serving = !matches!(
+            backend.health(),
+            ReplicaHealth::Starting | ReplicaHealth::WaitingForCertifiedState
+        );
+        if !serving && !matches!(route, Ok(Route::Status) | Err(_)) {
+            let body = b"replica is not healthy yet".to_vec();
+            return respond(503, ContentType::Text, body);
+        }
+        let result = match route {
             Err(e) => Err(Refusal::new(e.status(), e)),
             Ok(Route::Status) => Ok(respond(
                 200,

@@ -64,6 +64,24 @@ pub struct VerifyOptions {
     pub now_unix_s: Option<u64>,
 }
 
+impl VerifyOptions {
+    /// The options governance uses to admit a node: its registered measurement, the
+    /// report_data of its registered keys, the time of the decision, and the policy.
+    pub fn for_admission(
+        measurement: [u8; 48],
+        report_data: [u8; 64],
+        now_unix_s: u64,
+        policy: Policy,
+    ) -> VerifyOptions {
+        VerifyOptions {
+            policy,
+            measurement: Some(measurement),
+            report_data: Some(report_data),
+            now_unix_s: Some(now_unix_s),
+        }
+    }
+}
+
 /// The checks a verdict holds, in the order they are made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum CheckId {
@@ -189,6 +207,28 @@ impl Verdict {
     pub fn accepted(&self) -> bool {
         self.checks.iter().all(|c| c.outcome != Outcome::Fail)
             && self.outcome(CheckId::ReportSignature) == Some(Outcome::Pass)
+    }
+
+    /// Whether governance may admit the node: the report is accepted *and* the checks that
+    /// admission cannot do without were made and passed — the whole chain to a pinned AMD
+    /// root, certificate validity at a given time, the expected measurement and the expected
+    /// report_data (the node's keys, [`super::binding`]). A verdict with any of these
+    /// `NotChecked` is not an admission.
+    pub fn admits(&self) -> bool {
+        const REQUIRED: [CheckId; 8] = [
+            CheckId::ArkPinned,
+            CheckId::ArkSelfSigned,
+            CheckId::AskSignedByArk,
+            CheckId::VekSignedByAsk,
+            CheckId::CertificateValidity,
+            CheckId::ReportSignature,
+            CheckId::Measurement,
+            CheckId::ReportData,
+        ];
+        self.accepted()
+            && REQUIRED
+                .iter()
+                .all(|&id| self.outcome(id) == Some(Outcome::Pass))
     }
 
     /// The check with this id.

@@ -7,6 +7,7 @@ use crate::crypto::dealer::{NodeKeys, SubnetKeys};
 use crate::crypto::threshold;
 use crate::p2p::{ArtifactId, ArtifactPool, PeerStatus};
 use crate::types::{domain_hash, CryptoHash, FixedBytes, Height, NodeIndex, Rank, Time};
+use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::vec::Vec;
 
@@ -20,6 +21,8 @@ pub const STEP_ROUNDS_MAX: usize = 64;
 pub const BLOCK_TIME_SKEW_MS: u64 = 500;
 /// Ingress messages queued locally for inclusion in a block.
 pub const INGRESS_QUEUE_MAX: usize = 10_000;
+/// Ids remembered as invalid (so they are not requested again); the oldest are forgotten.
+pub const BAD_IDS_MAX: usize = 65_536;
 /// Advert ids per status answer.
 pub const STATUS_ADVERTS_MAX: usize = crate::p2p::IDS_PER_MESSAGE_MAX;
 
@@ -39,7 +42,7 @@ pub enum Outgoing {
     /// The whole artifact, to one peer or (None) to all.
     Push {
         to: Option<NodeIndex>,
-        artifact: Artifact,
+        artifact: Box<Artifact>,
     },
     /// An advert to every peer.
     Advert(ArtifactId),
@@ -268,6 +271,24 @@ impl Consensus {
         self.finalized_out.pop_front()
     }
 
+    /// Every id in the pool, with whether it is validated (diagnostics).
+    pub fn pool_ids(&self) -> Vec<(bool, ArtifactId)> {
+        let mut v = Vec::new();
+        for kind in 1..=9u8 {
+            v.extend(
+                self.pool
+                    .validated_ids(kind, 0, u64::MAX)
+                    .map(|id| (true, *id)),
+            );
+            v.extend(
+                self.pool
+                    .unvalidated_ids(kind, 0, u64::MAX)
+                    .map(|id| (false, *id)),
+            );
+        }
+        v
+    }
+
     pub fn pool_sizes(&self) -> (usize, usize) {
         (self.pool.validated_len(), self.pool.unvalidated_len())
     }
@@ -299,7 +320,7 @@ impl Consensus {
             ArtifactKind::RandomBeaconShare => {
                 h > self.beacon_height && id.key == self.beacon_parent_for(h)
             }
-            ArtifactKind::Block => h > self.finalized || self.finalized_hashes.get(&h).is_none(),
+            ArtifactKind::Block => h > self.finalized || !self.finalized_hashes.contains_key(&h),
             ArtifactKind::Notarization => h > self.finalized,
             ArtifactKind::Finalization => h > self.finalized,
             ArtifactKind::NotarizationShare | ArtifactKind::FinalizationShare => h > self.finalized,
@@ -492,8 +513,7 @@ impl Consensus {
     fn aggregate_cup(&mut self) -> bool {
         let kind = ArtifactKind::CatchUpShare as u8;
         let cup_h = self.cup_height().0;
-        let mut groups: BTreeMap<(u64, CryptoHash), Vec<(NodeIndex, FixedBytes<48>, bool)>> =
-            BTreeMap::new();
+        let mut groups: BTreeMap<(u64, CryptoHash), Vec<ShareEntry>> = BTreeMap::new();
         for validated in [true, false] {
             let ids: Vec<ArtifactId> = if validated {
                 self.pool
@@ -731,10 +751,9 @@ impl Consensus {
             }
         }
         self.stats.batch_fallbacks += 1;
-        for (signer, s, validated) in shares {
-            if validated {
-                continue;
-            }
+        // Shares already held as validated are re-checked too: a combined signature that
+        // fails must lose at least one share, or the next step would fail the same way.
+        for (signer, s, _) in shares {
             let id = ArtifactId {
                 kind,
                 height,
@@ -778,6 +797,10 @@ impl Consensus {
     fn reject(&mut self, id: ArtifactId) {
         self.stats.rejected += 1;
         self.pool.remove_unvalidated(&id);
+        self.pool.remove_validated(&id);
+        if self.bad.len() >= BAD_IDS_MAX {
+            self.bad.pop_first();
+        }
         self.bad.insert(id);
     }
 
@@ -1073,10 +1096,8 @@ impl Consensus {
         msg: &[u8],
         shares: Vec<(NodeIndex, FixedBytes<48>, bool)>,
     ) {
-        for (signer, s, validated) in shares {
-            if validated {
-                continue;
-            }
+        // Validated shares are re-checked too (see `combine_threshold`).
+        for (signer, s, _) in shares {
             self.stats.bls_verifications += 1;
             let id = ArtifactId {
                 kind,
@@ -1221,7 +1242,10 @@ impl Consensus {
 
     fn publish(&mut self, artifact: Artifact) {
         self.pool.insert_validated(artifact.clone());
-        self.outbox.push_back(Outgoing::Push { to: None, artifact });
+        self.outbox.push_back(Outgoing::Push {
+            to: None,
+            artifact: Box::new(artifact),
+        });
     }
 
     fn make_block(&mut self, now: Time) -> bool {
@@ -1245,7 +1269,10 @@ impl Consensus {
             return false;
         }
         self.proposed.insert(h);
-        if self.blocks_at(h).iter().any(|(r, _)| *r < rank) || self.any_notarization_at(h) {
+        // The paper's rule: propose unless the height is already notarized. (Skipping
+        // because a lower-rank block was seen would stall the height if that block's maker
+        // equivocated and its rank gets disqualified later.)
+        if self.any_notarization_at(h) {
             return true;
         }
         // The parent: the lowest-rank notarized block at h−1.
@@ -1286,7 +1313,7 @@ impl Consensus {
                 let which = if peer % 2 == 0 { &proposal } else { &twin };
                 self.outbox.push_back(Outgoing::Push {
                     to: Some(peer),
-                    artifact: Artifact::Block(which.clone()),
+                    artifact: Box::new(Artifact::Block(which.clone())),
                 });
             }
             self.pool.insert_validated(Artifact::Block(proposal));
@@ -1345,21 +1372,21 @@ impl Consensus {
             return self.notarize_everything(h, &blocks);
         }
         let lag = self.notarized.0 - self.finalized.0;
+        // A rank with two valid blocks is disqualified (its maker equivocated): support
+        // neither, and do not let an earlier share for one of them block the next rank.
+        let disqualified = |rank: Rank| blocks.iter().filter(|(r, _)| *r == rank).count() > 1;
         let supported_min = self
             .supported
             .get(&h)
-            .and_then(|s| s.keys().next().copied());
-        for (i, (rank, hash)) in blocks.iter().enumerate() {
+            .and_then(|s| s.keys().copied().find(|r| !disqualified(*r)));
+        for (rank, hash) in blocks.iter() {
             if now < start.plus_millis(self.params.notary_delay_ms(*rank, lag)) {
                 return false;
             }
             if supported_min.is_some_and(|m| m <= *rank) {
                 return false;
             }
-            // Two blocks of one rank: the maker equivocated; support neither.
-            let twins = blocks.iter().filter(|(r, _)| r == rank).count() > 1;
-            if twins {
-                let _ = i;
+            if disqualified(*rank) {
                 continue;
             }
             self.supported.entry(h).or_default().insert(*rank, *hash);
@@ -1507,6 +1534,9 @@ impl Consensus {
         deadline
     }
 }
+
+/// A share as collected for aggregation: (signer, signature, already validated).
+type ShareEntry = (NodeIndex, FixedBytes<48>, bool);
 
 enum BlockCheck {
     Valid,

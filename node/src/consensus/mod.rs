@@ -18,6 +18,7 @@
 //! blocks go out (see [`crate::replica`]).
 
 pub mod artifacts;
+pub mod certification;
 pub mod ranking;
 
 mod engine;

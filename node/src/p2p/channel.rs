@@ -61,7 +61,7 @@ pub const PARTIAL_MESSAGES_PER_PEER_MAX: usize = 4;
 /// Messages queued for a peer while its handshake runs.
 pub const QUEUED_MESSAGES_PER_PEER_MAX: usize = 256;
 /// Handshake retry interval, and the least time between reset requests.
-pub const HANDSHAKE_RETRY_MS: u64 = 500;
+pub const HANDSHAKE_RETRY_MS: u64 = 250;
 
 const FRAME_HS1: u8 = 1;
 const FRAME_HS2: u8 = 2;

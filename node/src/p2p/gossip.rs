@@ -15,7 +15,7 @@ pub const INFLIGHT_REQUESTS_MAX: usize = 2048;
 /// Requests in flight to one peer.
 pub const INFLIGHT_REQUESTS_PER_PEER_MAX: usize = 512;
 /// How long a request may stay unanswered before the artifact is requested again.
-pub const REQUEST_TIMEOUT_MS: u64 = 1000;
+pub const REQUEST_TIMEOUT_MS: u64 = 250;
 
 /// Requests in flight.
 #[derive(Default)]

@@ -76,6 +76,9 @@ pub enum WireBody {
     Requests(Vec<ArtifactId>),
     /// Encoded artifacts (the consensus layer's encoding).
     Artifacts(Vec<Vec<u8>>),
+    /// A message of the layers above consensus (certification shares, ingress gossip),
+    /// opaque here: see `replica::stack`.
+    Upper(Vec<u8>),
 }
 
 /// A versioned wire message.
@@ -127,7 +130,7 @@ impl WireMessage {
             return Err(WireError::Version);
         }
         let items = match &msg.body {
-            WireBody::Status(_) => 0,
+            WireBody::Status(_) | WireBody::Upper(_) => 0,
             WireBody::Adverts(ids) | WireBody::Requests(ids) => ids.len(),
             WireBody::Artifacts(a) => a.len() * (IDS_PER_MESSAGE_MAX / ARTIFACTS_PER_MESSAGE_MAX),
         };

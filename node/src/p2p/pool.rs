@@ -109,6 +109,11 @@ impl<A: PoolArtifact> ArtifactPool<A> {
         Some((from, a))
     }
 
+    /// Removes a validated artifact (found invalid after all, e.g. in a failed aggregate).
+    pub fn remove_validated(&mut self, id: &ArtifactId) -> Option<A> {
+        self.validated.remove(id)
+    }
+
     /// Adds a validated artifact (own, or one that passed validation); drops any
     /// unvalidated copy. Returns false if it was already validated.
     pub fn insert_validated(&mut self, artifact: A) -> bool {

@@ -21,6 +21,8 @@
 //! on their own when a peer restarts. The replica never blocks and never allocates without
 //! a bound (see the limits in `p2p` and `consensus`).
 
+pub mod stack;
+
 use crate::consensus::{
     Artifact, Consensus, ConsensusParams, ConsensusStats, FinalizedBlock, Outgoing,
 };
@@ -36,11 +38,13 @@ use alloc::vec::Vec;
 use core::fmt;
 
 /// Default interval between status messages to each peer (drives re-advertisement).
-pub const STATUS_INTERVAL_MS: u64 = 300;
+pub const STATUS_INTERVAL_MS: u64 = 200;
 /// Bytes of artifacts in one delivery message.
 pub const DELIVERY_BYTES_MAX: usize = 1024 * 1024;
 /// Artifacts up to this size are pushed whole by their creator; larger ones are adverted.
 pub const PUSH_BYTES_MAX: usize = 16 * 1024;
+/// Received messages of the upper layers ([`WireBody::Upper`]) waiting for [`Replica::poll_upper`].
+pub const UPPER_MESSAGES_QUEUED_MAX: usize = 4096;
 
 /// Everything a replica needs to start.
 #[derive(Clone)]
@@ -100,6 +104,7 @@ pub struct Replica {
     out: VecDeque<(NodeId, Vec<u8>)>,
     malformed_messages: u64,
     malformed_artifacts: u64,
+    upper_in: VecDeque<(NodeId, Vec<u8>)>,
 }
 
 impl Replica {
@@ -143,6 +148,7 @@ impl Replica {
             out: VecDeque::new(),
             malformed_messages: 0,
             malformed_artifacts: 0,
+            upper_in: VecDeque::new(),
         };
         r.handle_timeout(now);
         Ok(r)
@@ -217,6 +223,22 @@ impl Replica {
         self.consensus.use_state_hash_placeholder(false);
     }
 
+    /// Sends an upper-layer message ([`WireBody::Upper`]) to `to`, or to every peer.
+    pub fn send_upper(&mut self, to: Option<NodeId>, message: Vec<u8>, now: Time) {
+        let bytes = WireMessage::new(WireBody::Upper(message)).encode();
+        for peer in 0..self.peers.len() as NodeIndex {
+            if peer != self.index && to.is_none_or(|t| self.index_of.get(&t) == Some(&peer)) {
+                self.channels.send(peer, &bytes, now);
+            }
+        }
+        self.drain_channels();
+    }
+
+    /// Next upper-layer message received, with its (authenticated) sender.
+    pub fn poll_upper(&mut self) -> Option<(NodeId, Vec<u8>)> {
+        self.upper_in.pop_front()
+    }
+
     /// Next bytes to write to a peer's stream.
     pub fn poll_transmit(&mut self) -> Option<(NodeId, Vec<u8>)> {
         self.out.pop_front()
@@ -269,6 +291,11 @@ impl Replica {
         }
     }
 
+    /// The consensus state (read-only), for diagnostics and tests.
+    pub fn consensus(&self) -> &Consensus {
+        &self.consensus
+    }
+
     /// (validated, unvalidated) artifacts in the pool.
     pub fn pool_sizes(&self) -> (usize, usize) {
         self.consensus.pool_sizes()
@@ -305,6 +332,13 @@ impl Replica {
                 }
             }
             WireBody::Requests(ids) => self.on_requests(from, &ids, now),
+            WireBody::Upper(bytes) => {
+                if self.upper_in.len() < UPPER_MESSAGES_QUEUED_MAX {
+                    if let Some(id) = self.peers.get(from as usize) {
+                        self.upper_in.push_back((*id, bytes));
+                    }
+                }
+            }
             WireBody::Artifacts(list) => {
                 for bytes in list {
                     match Artifact::decode(&bytes) {
@@ -369,10 +403,10 @@ impl Replica {
                         adverts.push(artifact.id());
                         continue;
                     }
-                    for peer in 0..n {
+                    for (peer, list) in pushes.iter_mut().enumerate() {
                         if peer as NodeIndex != self.index && to.is_none_or(|t| t as usize == peer)
                         {
-                            pushes[peer].push(encoded.clone());
+                            list.push(encoded.clone());
                         }
                     }
                 }

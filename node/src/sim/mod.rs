@@ -344,7 +344,7 @@ impl Sim {
                 let mut junk = vec![0u8; len];
                 self.rng.fill_bytes(&mut junk);
                 // A valid channel message whose content is junk (or a junk artifact list).
-                if self.rng.next_u32() % 2 == 0 {
+                if self.rng.next_u32().is_multiple_of(2) {
                     let body = crate::p2p::WireBody::Artifacts(vec![junk.clone()]);
                     junk = crate::p2p::WireMessage::new(body).encode();
                 }

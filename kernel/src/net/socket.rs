@@ -1,0 +1,334 @@
+//! The socket layer the runtime uses: TCP listeners with a bounded accept pool, outgoing TCP
+//! connections, and UDP endpoints, over the interface's smoltcp sockets.
+//!
+//! Handles are small `Copy` ids; every call returns a typed [`SocketError`], none panics on
+//! a stale handle. Bounds: at most [`MAX_TCP_SOCKETS`] TCP sockets (listening ones included),
+//! [`MAX_UDP_SOCKETS`] UDP sockets, [`MAX_LISTEN_BACKLOG`] pending connections per listener.
+//! A connection the caller closed is removed from the socket set once TCP has finished with
+//! it (`Network::poll` reaps it).
+
+use super::Network;
+use alloc::vec;
+use alloc::vec::Vec;
+use smoltcp::iface::SocketHandle;
+use smoltcp::socket::{tcp, udp};
+use smoltcp::time::Duration;
+use smoltcp::wire::IpEndpoint;
+
+pub const MAX_TCP_SOCKETS: usize = 256;
+pub const MAX_UDP_SOCKETS: usize = 32;
+pub const MAX_LISTEN_BACKLOG: usize = 16;
+/// Receive and send buffer of each TCP socket (smoltcp scales the window above 64 KiB).
+pub const TCP_BUFFER_BYTES: usize = 64 * 1024;
+/// Datagrams each UDP socket buffers per direction.
+pub const UDP_BUFFER_PACKETS: usize = 64;
+/// The largest UDP payload carried (one Ethernet frame, IPv4).
+pub const UDP_MAX_PAYLOAD_BYTES: usize = 1472;
+/// A connection whose segments (a SYN-ACK of a half-open connection included) stay
+/// unacknowledged this long is aborted; a listener's slot then listens again.
+pub const TCP_ACK_TIMEOUT_MS: u64 = 10_000;
+/// Local ports for outgoing connections are taken from this range, round robin.
+const EPHEMERAL_PORTS: core::ops::RangeInclusive<u16> = 49_152..=65_535;
+
+/// A TCP connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpId(SocketHandle);
+
+/// A listening TCP port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerId(usize);
+
+/// A bound UDP port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpId(SocketHandle);
+
+/// Why a socket call failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketError {
+    /// A socket bound was reached.
+    TooManySockets,
+    /// The handle does not name a live socket of this layer.
+    InvalidHandle,
+    /// The port is already listened on or bound.
+    PortInUse,
+    Connect(tcp::ConnectError),
+    Listen(tcp::ListenError),
+    Bind(udp::BindError),
+    /// The connection is not established (yet, or any more) for sending.
+    NotConnected,
+    /// The peer finished sending and everything it sent has been read.
+    Closed,
+    /// The UDP payload exceeds [`UDP_MAX_PAYLOAD_BYTES`] or the send buffer is full.
+    UdpSend,
+    /// A received datagram was larger than the buffer given; it was dropped.
+    UdpTruncated,
+}
+
+impl core::fmt::Display for SocketError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            SocketError::TooManySockets => f.write_str("socket limit reached"),
+            SocketError::InvalidHandle => f.write_str("no such socket"),
+            SocketError::PortInUse => f.write_str("port in use"),
+            SocketError::Connect(e) => write!(f, "connect: {e}"),
+            SocketError::Listen(e) => write!(f, "listen: {e}"),
+            SocketError::Bind(e) => write!(f, "bind: {e}"),
+            SocketError::NotConnected => f.write_str("not connected"),
+            SocketError::Closed => f.write_str("connection closed by the peer"),
+            SocketError::UdpSend => f.write_str("datagram too large or send buffer full"),
+            SocketError::UdpTruncated => f.write_str("datagram larger than the buffer"),
+        }
+    }
+}
+
+struct Listener {
+    port: u16,
+    /// Sockets listening on `port`; an established one is handed out by `tcp_accept`.
+    pool: Vec<SocketHandle>,
+}
+
+/// The layer's bookkeeping, kept inside [`Network`].
+#[derive(Default)]
+pub struct SocketTable {
+    listeners: Vec<Option<Listener>>,
+    /// Connections handed to the caller (accepted or connected).
+    connections: Vec<SocketHandle>,
+    /// Connections the caller closed, removed once TCP is done with them.
+    closing: Vec<SocketHandle>,
+    udp: Vec<(SocketHandle, u16)>,
+    tcp_count: usize,
+    next_port: u16,
+}
+
+fn new_tcp() -> tcp::Socket<'static> {
+    let mut socket = tcp::Socket::new(
+        tcp::SocketBuffer::new(vec![0; TCP_BUFFER_BYTES]),
+        tcp::SocketBuffer::new(vec![0; TCP_BUFFER_BYTES]),
+    );
+    socket.set_timeout(Some(Duration::from_millis(TCP_ACK_TIMEOUT_MS)));
+    socket
+}
+
+impl Network {
+    fn add_tcp(&mut self) -> Result<SocketHandle, SocketError> {
+        if self.table.tcp_count >= MAX_TCP_SOCKETS {
+            return Err(SocketError::TooManySockets);
+        }
+        self.table.tcp_count += 1;
+        Ok(self.sockets.add(new_tcp()))
+    }
+
+    fn listening_socket(&mut self, port: u16) -> Result<SocketHandle, SocketError> {
+        let handle = self.add_tcp()?;
+        let socket = self.sockets.get_mut::<tcp::Socket>(handle);
+        socket.listen(port).map_err(SocketError::Listen)?;
+        Ok(handle)
+    }
+
+    /// Listens on `port` with up to `backlog` connections pending acceptance.
+    pub fn tcp_listen(&mut self, port: u16, backlog: usize) -> Result<ListenerId, SocketError> {
+        let taken = self
+            .table
+            .listeners
+            .iter()
+            .flatten()
+            .any(|l| l.port == port);
+        if taken {
+            return Err(SocketError::PortInUse);
+        }
+        let mut pool = Vec::new();
+        for _ in 0..backlog.clamp(1, MAX_LISTEN_BACKLOG) {
+            pool.push(self.listening_socket(port)?);
+        }
+        self.table.listeners.push(Some(Listener { port, pool }));
+        Ok(ListenerId(self.table.listeners.len() - 1))
+    }
+
+    /// An established connection on the listener, if one is waiting. Its pool slot listens
+    /// again.
+    pub fn tcp_accept(&mut self, id: ListenerId) -> Result<Option<TcpId>, SocketError> {
+        let listener = self
+            .table
+            .listeners
+            .get(id.0)
+            .and_then(Option::as_ref)
+            .ok_or(SocketError::InvalidHandle)?;
+        let port = listener.port;
+        let ready = listener.pool.iter().position(|&h| {
+            let s = self.sockets.get::<tcp::Socket>(h);
+            s.may_send() || s.may_recv() && s.state() != tcp::State::Listen
+        });
+        let Some(index) = ready else {
+            return Ok(None);
+        };
+        let replacement = self.listening_socket(port)?;
+        let Some(listener) = self.table.listeners.get_mut(id.0).and_then(Option::as_mut) else {
+            return Err(SocketError::InvalidHandle);
+        };
+        let handle = core::mem::replace(&mut listener.pool[index], replacement);
+        self.table.connections.push(handle);
+        Ok(Some(TcpId(handle)))
+    }
+
+    /// Starts a connection to `remote`; poll [`Network::tcp_state`] for Established.
+    pub fn tcp_connect(&mut self, remote: IpEndpoint) -> Result<TcpId, SocketError> {
+        let handle = self.add_tcp()?;
+        let span = u32::from(EPHEMERAL_PORTS.end() - EPHEMERAL_PORTS.start()) + 1;
+        let port = EPHEMERAL_PORTS.start() + (u32::from(self.table.next_port) % span) as u16;
+        self.table.next_port = self.table.next_port.wrapping_add(1);
+        let socket = self.sockets.get_mut::<tcp::Socket>(handle);
+        if let Err(e) = socket.connect(self.iface.context(), remote, port) {
+            self.sockets.remove(handle);
+            self.table.tcp_count -= 1;
+            return Err(SocketError::Connect(e));
+        }
+        self.table.connections.push(handle);
+        Ok(TcpId(handle))
+    }
+
+    fn connection(&mut self, id: TcpId) -> Result<&mut tcp::Socket<'static>, SocketError> {
+        if !self.table.connections.contains(&id.0) {
+            return Err(SocketError::InvalidHandle);
+        }
+        Ok(self.sockets.get_mut::<tcp::Socket>(id.0))
+    }
+
+    /// The connection's TCP state.
+    pub fn tcp_state(&mut self, id: TcpId) -> Result<tcp::State, SocketError> {
+        Ok(self.connection(id)?.state())
+    }
+
+    /// Queues as much of `data` as fits; returns the bytes queued (0 when the buffer is full).
+    pub fn tcp_send(&mut self, id: TcpId, data: &[u8]) -> Result<usize, SocketError> {
+        let socket = self.connection(id)?;
+        if !socket.may_send() {
+            return Err(SocketError::NotConnected);
+        }
+        socket
+            .send_slice(data)
+            .map_err(|_| SocketError::NotConnected)
+    }
+
+    /// Free space in the connection's send buffer, in bytes.
+    pub fn tcp_send_capacity(&mut self, id: TcpId) -> Result<usize, SocketError> {
+        let socket = self.connection(id)?;
+        Ok(socket.send_capacity() - socket.send_queue())
+    }
+
+    /// Reads received bytes into `buf`; 0 when none are waiting; `Err(Closed)` when the peer
+    /// has finished and all its bytes were read.
+    pub fn tcp_recv(&mut self, id: TcpId, buf: &mut [u8]) -> Result<usize, SocketError> {
+        let socket = self.connection(id)?;
+        if socket.can_recv() {
+            return socket.recv_slice(buf).map_err(|_| SocketError::Closed);
+        }
+        if !socket.may_recv() && socket.state() != tcp::State::SynSent {
+            return Err(SocketError::Closed);
+        }
+        Ok(0)
+    }
+
+    /// Closes the connection gracefully (FIN after queued data); the handle is dead after.
+    pub fn tcp_close(&mut self, id: TcpId) {
+        if let Ok(socket) = self.connection(id) {
+            socket.close();
+            self.table.connections.retain(|&h| h != id.0);
+            self.table.closing.push(id.0);
+        }
+    }
+
+    /// Aborts the connection (RST); the handle is dead after.
+    pub fn tcp_abort(&mut self, id: TcpId) {
+        if let Ok(socket) = self.connection(id) {
+            socket.abort();
+            self.table.connections.retain(|&h| h != id.0);
+            self.table.closing.push(id.0);
+        }
+    }
+
+    /// Binds a UDP endpoint to `port`.
+    pub fn udp_bind(&mut self, port: u16) -> Result<UdpId, SocketError> {
+        if self.table.udp.len() >= MAX_UDP_SOCKETS {
+            return Err(SocketError::TooManySockets);
+        }
+        if self.table.udp.iter().any(|&(_, p)| p == port) {
+            return Err(SocketError::PortInUse);
+        }
+        let buffer = || {
+            udp::PacketBuffer::new(
+                vec![udp::PacketMetadata::EMPTY; UDP_BUFFER_PACKETS],
+                vec![0; UDP_BUFFER_PACKETS * UDP_MAX_PAYLOAD_BYTES],
+            )
+        };
+        let mut socket = udp::Socket::new(buffer(), buffer());
+        socket.bind(port).map_err(SocketError::Bind)?;
+        let handle = self.sockets.add(socket);
+        self.table.udp.push((handle, port));
+        Ok(UdpId(handle))
+    }
+
+    fn udp_socket(&mut self, id: UdpId) -> Result<&mut udp::Socket<'static>, SocketError> {
+        if !self.table.udp.iter().any(|&(h, _)| h == id.0) {
+            return Err(SocketError::InvalidHandle);
+        }
+        Ok(self.sockets.get_mut::<udp::Socket>(id.0))
+    }
+
+    /// Queues one datagram to `remote`.
+    pub fn udp_send_to(
+        &mut self,
+        id: UdpId,
+        data: &[u8],
+        remote: IpEndpoint,
+    ) -> Result<(), SocketError> {
+        if data.len() > UDP_MAX_PAYLOAD_BYTES {
+            return Err(SocketError::UdpSend);
+        }
+        let socket = self.udp_socket(id)?;
+        socket
+            .send_slice(data, remote)
+            .map_err(|_| SocketError::UdpSend)
+    }
+
+    /// One received datagram (truncated to `buf`), if any: (bytes, sender).
+    pub fn udp_recv_from(
+        &mut self,
+        id: UdpId,
+        buf: &mut [u8],
+    ) -> Result<Option<(usize, IpEndpoint)>, SocketError> {
+        let socket = self.udp_socket(id)?;
+        match socket.recv_slice(buf) {
+            Ok((n, meta)) => Ok(Some((n, meta.endpoint))),
+            Err(udp::RecvError::Exhausted) => Ok(None),
+            Err(udp::RecvError::Truncated) => Err(SocketError::UdpTruncated),
+        }
+    }
+
+    /// Re-arms listener slots whose half-open connection died, and removes closed
+    /// connections from the socket set.
+    pub(super) fn reap_closed(&mut self) {
+        for listener in self.table.listeners.iter().flatten() {
+            for &h in &listener.pool {
+                let socket = self.sockets.get_mut::<tcp::Socket>(h);
+                if !socket.is_open() {
+                    // Listening again on the slot's own port cannot fail.
+                    let _ = socket.listen(listener.port);
+                }
+            }
+        }
+        let sockets = &mut self.sockets;
+        let mut removed = 0;
+        self.table.closing.retain(|&h| {
+            let done = matches!(
+                sockets.get::<tcp::Socket>(h).state(),
+                tcp::State::Closed | tcp::State::TimeWait
+            );
+            if done {
+                sockets.remove(h);
+                removed += 1;
+            }
+            !done
+        });
+        self.table.tcp_count -= removed;
+    }
+}

@@ -1,0 +1,250 @@
+//! A testnet network: VMs on one virtual L2 segment joined by the qemu crate's [`Switch`].
+//!
+//! - `testnet`: the host takes a port of the switch itself and asks, by ARP, for each VM's
+//!   static address; every VM must answer with its own MAC. That proves each VM's virtio-net,
+//!   the `dgram` netdevs and the switch's flooding and unicast forwarding, with no root and no
+//!   tap device.
+//! - `testnet-streams`: every VM runs the kernel's `cairn.net-check` client against the other
+//!   two (kernel/src/net/check.rs): a 16 MiB TCP stream to each peer's echo port, every echoed
+//!   byte checked against the pattern, then UDP datagrams to each peer's UDP echo.
+
+use crate::boot_paths::{accel, failure_report, spawn_quiet, READY_LINE};
+use crate::Paths;
+use qemu::{LinePattern, MacAddr, Nic, QemuCommand, Switch, Vm};
+use std::net::{Ipv4Addr, UdpSocket};
+use std::time::{Duration, Instant};
+
+/// VMs on the segment.
+pub const TESTNET_VMS: usize = 3;
+/// Host time for all VMs to boot and answer.
+pub const TESTNET_TIMEOUT_S: u64 = 120;
+/// Bytes each VM streams to each peer (issue 5: 16 MiB, pairwise).
+pub const STREAM_BYTES: u64 = 16 * 1024 * 1024;
+/// Host time for the pairwise streams (TCG moves a few MB/s per VM).
+pub const STREAMS_TIMEOUT_S: u64 = 600;
+/// The segment's /24; VM `i` is `.i+1`, the host's port `.254`.
+const SUBNET: [u8; 3] = [10, 0, 0];
+const HOST_IP_LAST: u8 = 254;
+const HOST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0xca, 0xff, 0xfe];
+const ARP_RETRY_MS: u64 = 300;
+const ETHERTYPE_ARP: [u8; 2] = [0x08, 0x06];
+
+fn vm_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(SUBNET[0], SUBNET[1], SUBNET[2], i as u8 + 1)
+}
+
+/// Boot [`TESTNET_VMS`] VMs on `switch` ports `0..TESTNET_VMS` with static addresses and
+/// `extra(i)` on VM `i`'s command line; wait until all are ready.
+fn boot_testnet(
+    paths: &Paths,
+    switch: &Switch,
+    step: &str,
+    limit: Duration,
+    extra: impl Fn(usize) -> String,
+) -> Result<Vec<Vm>, String> {
+    let mut vms: Vec<Vm> = Vec::new();
+    for i in 0..TESTNET_VMS {
+        let cmd = QemuCommand::pvh(paths.kernel())
+            .accel(accel())
+            .append(format!("cairn.ip={}/24 {}", vm_ip(i), extra(i)))
+            .nic(Nic {
+                netdev: switch.netdev(i),
+                mac: MacAddr::local(0x100 + i as u16),
+            });
+        let name = format!("{step}-node{i}");
+        vms.push(spawn_quiet(
+            &name,
+            &cmd,
+            &paths.run_dir(&format!("test-{name}")),
+            limit,
+        )?);
+    }
+    for vm in &mut vms {
+        if let Err(err) = vm.wait_for(&LinePattern::substring(READY_LINE), limit) {
+            return Err(failure_report(vm, &err.to_string()));
+        }
+    }
+    Ok(vms)
+}
+
+pub fn testnet(paths: &Paths) -> Result<String, String> {
+    let limit = Duration::from_secs(TESTNET_TIMEOUT_S);
+    let switch = Switch::start(TESTNET_VMS + 1).map_err(|e| format!("switch: {e}"))?;
+    let mut vms = boot_testnet(paths, &switch, "testnet", limit, |_| String::new())?;
+    let host =
+        UdpSocket::bind(switch.port_addr(TESTNET_VMS)).map_err(|e| format!("host port: {e}"))?;
+    host.set_read_timeout(Some(Duration::from_millis(ARP_RETRY_MS)))
+        .map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + limit;
+    for (i, vm) in vms.iter_mut().enumerate() {
+        let want = MacAddr::local(0x100 + i as u16).0;
+        match arp_resolve(&host, switch.addr(), vm_ip(i), deadline) {
+            Ok(mac) if mac == want => {}
+            Ok(mac) => {
+                return Err(failure_report(
+                    vm,
+                    &format!("{} answered with MAC {}", vm_ip(i), MacAddr(mac)),
+                ))
+            }
+            Err(err) => return Err(failure_report(vm, &format!("ARP for {}: {err}", vm_ip(i)))),
+        }
+    }
+    let stats = switch.stats();
+    Ok(format!(
+        "{TESTNET_VMS} VMs answered ARP through the switch ({} frames in, {} out, {} MACs learned)",
+        stats.frames_in,
+        stats.frames_out,
+        stats.macs.len()
+    ))
+}
+
+/// Every VM streams [`STREAM_BYTES`] over TCP to each other VM's echo service and checks the
+/// echo, then exchanges UDP datagrams with it; all must succeed.
+pub fn testnet_streams(paths: &Paths) -> Result<String, String> {
+    let limit = Duration::from_secs(STREAMS_TIMEOUT_S);
+    let switch = Switch::start(TESTNET_VMS).map_err(|e| format!("switch: {e}"))?;
+    let peers = |i: usize| -> String {
+        let others: Vec<String> = (0..TESTNET_VMS)
+            .filter(|&j| j != i)
+            .map(|j| vm_ip(j).to_string())
+            .collect();
+        format!(
+            "cairn.net-check={} cairn.net-check-bytes={STREAM_BYTES}",
+            others.join(",")
+        )
+    };
+    let started = Instant::now();
+    let mut vms = boot_testnet(paths, &switch, "testnet-streams", limit, peers)?;
+    let mut summary = Vec::new();
+    for (i, vm) in vms.iter_mut().enumerate() {
+        let done = match vm.wait_for(&LinePattern::substring("net-check: done"), limit) {
+            Ok(line) => line,
+            Err(err) => return Err(failure_report(vm, &err.to_string())),
+        };
+        let want = format!("net-check: done ({} ok, 0 failed)", TESTNET_VMS - 1);
+        let lines: Vec<String> = vm.console().iter().map(|l| l.text.clone()).collect();
+        let udp_ok = lines
+            .iter()
+            .filter(|l| l.contains("net-check: udp"))
+            .filter(|l| udp_counts(l).is_some_and(|(sent, received)| sent > 0 && received > 0))
+            .count();
+        if !done.text.contains(&want) || udp_ok != TESTNET_VMS - 1 {
+            let why = format!(
+                "node{i}: expected {want:?} and {} UDP exchanges with echoes",
+                TESTNET_VMS - 1
+            );
+            return Err(failure_report(vm, &why));
+        }
+        summary.push(format!("node{i} done at {:.1} s", done.at.as_secs_f64()));
+    }
+    let stats = switch.stats();
+    Ok(format!(
+        "{} checked 16 MiB TCP streams and UDP both ways in {:.1} s ({}; switch relayed {} frames)",
+        TESTNET_VMS * (TESTNET_VMS - 1),
+        started.elapsed().as_secs_f64(),
+        summary.join(", "),
+        stats.frames_out
+    ))
+}
+
+/// `(sent, received)` from `net-check: udp <ip>:<port> sent <n> received <m>`.
+fn udp_counts(line: &str) -> Option<(u64, u64)> {
+    let mut words = line.split_whitespace();
+    words.find(|w| *w == "sent")?;
+    let sent = words.next()?.parse().ok()?;
+    words.find(|w| *w == "received")?;
+    let received = words.next()?.parse().ok()?;
+    Some((sent, received))
+}
+
+/// Broadcast "who has `ip`" from the host's port until a reply arrives; return the MAC.
+fn arp_resolve(
+    host: &UdpSocket,
+    switch: std::net::SocketAddr,
+    ip: Ipv4Addr,
+    deadline: Instant,
+) -> Result<[u8; 6], String> {
+    let request = arp_request(ip);
+    let mut buf = vec![0u8; qemu::MAX_FRAME_BYTES];
+    while Instant::now() < deadline {
+        host.send_to(&request, switch)
+            .map_err(|e| format!("send: {e}"))?;
+        let retry = Instant::now() + Duration::from_millis(ARP_RETRY_MS);
+        while Instant::now() < retry {
+            let Ok(n) = host.recv(&mut buf) else { break };
+            if let Some(mac) = arp_reply_from(&buf[..n], ip) {
+                return Ok(mac);
+            }
+        }
+    }
+    Err("no ARP reply before the deadline".into())
+}
+
+/// An Ethernet frame carrying an ARP request (RFC 826) from the host's port.
+fn arp_request(target: Ipv4Addr) -> Vec<u8> {
+    let mut f = Vec::with_capacity(42);
+    f.extend_from_slice(&[0xff; 6]);
+    f.extend_from_slice(&HOST_MAC);
+    f.extend_from_slice(&ETHERTYPE_ARP);
+    f.extend_from_slice(&[0x00, 0x01, 0x08, 0x00, 6, 4, 0x00, 0x01]); // Ethernet/IPv4, request
+    f.extend_from_slice(&HOST_MAC);
+    f.extend_from_slice(&[SUBNET[0], SUBNET[1], SUBNET[2], HOST_IP_LAST]);
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&target.octets());
+    f
+}
+
+/// The sender MAC of an ARP reply for `ip` addressed to the host, if `frame` is one.
+fn arp_reply_from(frame: &[u8], ip: Ipv4Addr) -> Option<[u8; 6]> {
+    let arp = frame.get(14..42)?;
+    let is_reply = frame.get(12..14)? == ETHERTYPE_ARP && arp[6..8] == [0x00, 0x02];
+    if !is_reply || arp[14..18] != ip.octets() || arp[18..24] != HOST_MAC {
+        return None;
+    }
+    let mut mac = [0u8; 6];
+    mac.copy_from_slice(&arp[8..14]);
+    Some(mac)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn udp_count_parsing() {
+        assert_eq!(
+            udp_counts("net-check: udp 10.0.0.2:7 sent 64 received 63"),
+            Some((64, 63))
+        );
+        assert_eq!(udp_counts("net-check: tcp 10.0.0.2:7 FAILED: reset"), None);
+    }
+
+    #[test]
+    fn arp_request_and_reply_layout() {
+        let req = arp_request(Ipv4Addr::new(10, 0, 0, 2));
+        assert_eq!(req.len(), 42);
+        assert_eq!(&req[12..14], &ETHERTYPE_ARP);
+        assert_eq!(&req[38..42], &[10, 0, 0, 2]);
+        // Turn the request into the reply a guest would send.
+        let vm_mac = [0x52, 0x54, 0, 0xca, 1, 1];
+        let mut reply = Vec::new();
+        reply.extend_from_slice(&HOST_MAC);
+        reply.extend_from_slice(&vm_mac);
+        reply.extend_from_slice(&ETHERTYPE_ARP);
+        reply.extend_from_slice(&[0x00, 0x01, 0x08, 0x00, 6, 4, 0x00, 0x02]);
+        reply.extend_from_slice(&vm_mac);
+        reply.extend_from_slice(&[10, 0, 0, 2]);
+        reply.extend_from_slice(&HOST_MAC);
+        reply.extend_from_slice(&[10, 0, 0, 254]);
+        assert_eq!(
+            arp_reply_from(&reply, Ipv4Addr::new(10, 0, 0, 2)),
+            Some(vm_mac)
+        );
+        assert_eq!(arp_reply_from(&reply, Ipv4Addr::new(10, 0, 0, 3)), None);
+        assert_eq!(arp_reply_from(&req, Ipv4Addr::new(10, 0, 0, 2)), None);
+        assert_eq!(
+            arp_reply_from(&reply[..20], Ipv4Addr::new(10, 0, 0, 2)),
+            None
+        );
+    }
+}
