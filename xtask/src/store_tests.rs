@@ -35,6 +35,11 @@ const KILL_AFTER_HEIGHTS_MIN: u64 = 12;
 const KILL_AFTER_HEIGHTS_SPAN: u64 = 40;
 /// Heights the last run must advance past its recovered height.
 const FINAL_ADVANCE_HEIGHTS: u64 = 10;
+/// After the last awaited line, the kill waits a seeded time below this (ms), so it lands
+/// anywhere in the guest's loop: between rounds, inside a pool sync, inside a checkpoint.
+const KILL_DELAY_MS_SPAN: u64 = 150;
+/// How long the host keeps reading the killed VM's console for lines it printed before dying.
+const DRAIN_TIMEOUT_S: u64 = 5;
 /// The default seed of the kill moments.
 const DEFAULT_SEED: u64 = 0x5eed_0007;
 
@@ -79,8 +84,15 @@ pub fn store_kill9(paths: &Paths) -> Result<String, String> {
         } else {
             KILL_AFTER_HEIGHTS_MIN + splitmix(&mut rng) % KILL_AFTER_HEIGHTS_SPAN
         };
-        let seen = run_until(&mut vm, start, start.height + advance)?;
+        let mut seen = run_until(&mut vm, start, start.height + advance)?;
+        let delay_ms = if last {
+            0
+        } else {
+            splitmix(&mut rng) % KILL_DELAY_MS_SPAN
+        };
+        std::thread::sleep(Duration::from_millis(delay_ms));
         vm.kill();
+        drain(&mut vm, &mut seen);
         if last {
             report.push(format!("advanced to {} and stopped", seen.height));
             break;
@@ -110,8 +122,8 @@ pub fn store_kill9(paths: &Paths) -> Result<String, String> {
         }
         expect_verified(&mut vm)?;
         report.push(format!(
-            "kill {cycle} after height {} (last checkpoint seen {}) -> recovered height {height} \
-             checkpoint {}",
+            "kill {cycle} {delay_ms} ms after height {} (last checkpoint seen {}) -> recovered \
+             height {height} checkpoint {}",
             seen.height,
             seen.checkpoint.map_or("none".into(), |c| c.to_string()),
             checkpoint.map_or("none".into(), |c| c.to_string()),
@@ -182,6 +194,24 @@ fn run_until(vm: &mut Vm, start: Seen, target: u64) -> Result<Seen, String> {
         }
     }
     Ok(seen)
+}
+
+/// Reads what the killed VM printed before it died (the console pipe ends with QEMU) and
+/// adds it to `seen`. A line cut by the kill is ignored: a height counts only if it is the
+/// next one, a checkpoint only if its line got past the number.
+fn drain(vm: &mut Vm, seen: &mut Seen) {
+    let limit = Duration::from_secs(DRAIN_TIMEOUT_S);
+    while let Ok(line) = vm.wait_for(&LinePattern::substring("store: "), limit) {
+        if let Some(h) = value_after(&line.text, "store: height=") {
+            if h == seen.height + 1 {
+                seen.height = h;
+            }
+        } else if line.text.contains(" chunks written ") {
+            if let Some(c) = value_after(&line.text, "store: checkpoint=") {
+                seen.checkpoint = Some(c);
+            }
+        }
+    }
 }
 
 /// `store: recovered height=H checkpoint=C …` → `(H, Some(C))`, or `(H, None)` for `none`.
