@@ -22,6 +22,8 @@
 //! - `cairn.crash=panic` / `cairn.crash=fault` (aliases `cairn.test=panic|pagefault`): just
 //!   before `cairn: ready`, panic or read an unmapped page, to test that failures are
 //!   reported (status 35; `KERNEL PANIC at …` or `FATAL EXCEPTION: vector 14 …`; no ready).
+//! - `cairn.store-demo=1`: run the state store on the virtio-blk disk until killed, instead of
+//!   reaching `cairn: ready` (see `store_demo`; the host's kill -9 test).
 #![no_std]
 #![no_main]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -45,6 +47,8 @@ mod logger;
 mod net;
 #[cfg(not(feature = "host-std-check"))]
 mod panic;
+mod store_demo;
+mod store_device;
 #[cfg(feature = "kernel-tests")]
 mod tests;
 
@@ -143,6 +147,9 @@ fn report_devices(info: &BootInfo, devices: &mut drivers::virtio::Devices) {
         ));
         if let Some(mode) = info.option("cairn.disk-check") {
             disk_check::run(&mut disk, mode);
+        }
+        if info.option("cairn.store-demo") == Some("1") {
+            store_demo::run(disk);
         }
     }
     if let Some(rng) = devices.rng.as_mut() {

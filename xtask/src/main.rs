@@ -16,6 +16,7 @@ mod disk_tests;
 mod kernel_build;
 mod net_tests;
 mod run_vm;
+mod store_tests;
 mod test_steps;
 mod testnet_tests;
 

@@ -125,6 +125,13 @@ const STEPS: &[Step] = &[
         run: crate::disk_tests::disk,
     },
     Step {
+        name: "store-kill9",
+        what: "the store on virtio-blk: a VM SIGKILLed mid-run reboots and resumes from its disk \
+               (3 seeded kills; nothing reported durable is lost)",
+        needs: &["build"],
+        run: crate::store_tests::store_kill9,
+    },
+    Step {
         name: "panic-fails-fast",
         what: "a panicking kernel fails the boot test at once, with its message",
         needs: &["build"],
