@@ -8,7 +8,7 @@
 pub mod config;
 
 use config::NodeConfig;
-use node::consensus::ConsensusParams;
+pub use node::consensus::ConsensusParams;
 use node::crypto::dealer::{deal_subnet, RecordError, SubnetRecord};
 use node::types::Time;
 use std::fmt;

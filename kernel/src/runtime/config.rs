@@ -85,7 +85,8 @@ impl fmt::Display for ConfigError {
 }
 
 impl NodeConfig {
-    /// The file bytes.
+    /// The file bytes (written by the host's `image::genesis`; the kernel only reads).
+    #[allow(dead_code, reason = "only the host (image::genesis) writes configs")]
     pub fn encode(&self) -> Vec<u8> {
         // Serializing plain data into a growable buffer does not fail.
         let body = postcard::to_allocvec(self).unwrap_or_default();
