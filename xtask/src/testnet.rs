@@ -5,9 +5,14 @@
 //! 10.0.0.`i+1`. Networking, without root: each VM has one virtio-net card on a QEMU hub
 //! with two other ports, the testnet segment (a `dgram` port of the qemu crate's [`Switch`])
 //! and a user-mode (slirp) netdev that forwards 127.0.0.1:`port` to the guest's :8080. The
-//! slirp lives on 10.0.0.0/24 with its own addresses (.100+i host, .150+i DNS) so that the N
-//! slirps on the segment never claim a node's address; `restrict=on` keeps guests off the
-//! host's network.
+//! slirp lives on 10.0.0.0/24 with its own addresses (.100+i host, .150+i DNS); `restrict=on`
+//! keeps guests off the host's network.
+//!
+//! Known limit: on the hub the slirp sees every frame of its VM, and answers a node's P2P SYN
+//! to a peer with a RST (restricted slirp: "dropwithreset"), so P2P and the HTTP forward do
+//! not work together yet. Multi-node subnets therefore boot switch-only (no host forward) and
+//! the HTTP forward is used for 1-node subnets. Fix: a second NIC in the kernel (user-mode
+//! net for the API, the segment for P2P), or a host-side TCP proxy on the switch.
 
 use crate::boot_paths::{accel, failure_report, READY_LINE};
 use crate::{kernel_build, Paths};
@@ -107,6 +112,7 @@ pub fn boot_subnet(
     n: usize,
     name: &str,
     echo: bool,
+    http: bool,
     limit: Duration,
 ) -> Result<Subnet, String> {
     let now = SystemTime::now()
@@ -130,13 +136,19 @@ pub fn boot_subnet(
     let mut vms = Vec::new();
     let mut http_ports = Vec::new();
     for (i, cfg) in config_paths.iter().enumerate() {
-        let http_port =
-            qemu::free_local_port().map_err(|e| format!("no free local port: {e}"))?;
+        let http_port = qemu::free_local_port().map_err(|e| format!("no free local port: {e}"))?;
         let mut cmd = QemuCommand::pvh(paths.kernel())
             .accel(accel())
             .memory_mib(NODE_MEMORY_MIB)
             .initrd(cfg);
-        cmd.extra.extend(network_args(&switch, i, http_port));
+        if http {
+            cmd.extra.extend(network_args(&switch, i, http_port));
+        } else {
+            cmd = cmd.nic(qemu::Nic {
+                netdev: switch.netdev(i),
+                mac: MacAddr::local(0x200 + i as u16),
+            });
+        }
         let config = RunConfig {
             name: format!("node{i}"),
             log_path: dir.join(format!("node{i}.log")),
@@ -203,8 +215,10 @@ pub fn http_get(port: u16, path: &str) -> Result<(u16, String, Vec<u8>), String>
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let timeout = Duration::from_secs(HTTP_TIMEOUT_S);
     let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("{addr}: {e}"))?;
-    s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
     s.write_all(request.as_bytes())
         .map_err(|e| format!("send: {e}"))?;
     let mut response = Vec::new();
@@ -249,34 +263,51 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 /// `/api/v2/status` answers 200 with CBOR through a host-forwarded port.
 pub fn testnet_subnet(paths: &Paths) -> Result<String, String> {
     let limit = Duration::from_secs(TEST_TIMEOUT_S);
-    let mut subnet = boot_subnet(paths, TEST_NODES, "test-testnet-subnet", false, limit)?;
+    let mut subnet = boot_subnet(
+        paths,
+        TEST_NODES,
+        "test-testnet-subnet",
+        false,
+        false,
+        limit,
+    )?;
     for vm in subnet.vms.iter_mut() {
         if let Err(e) = vm.wait_for(&LinePattern::substring("runtime: node "), limit) {
             return Err(failure_report(vm, &e.to_string()));
         }
     }
     let times = wait_for_height(&mut subnet, TEST_HEIGHT, limit)?;
-    let port = subnet.http_ports[1];
-    let (status, head, body) = http_get(port, "/api/v2/status")?;
-    // CBOR self-describe tag 55799 (d9 d9 f7) opens every IC status answer.
-    let cbor = body.starts_with(&[0xd9, 0xd9, 0xf7]);
-    let root_key_in_body = find(&body, &subnet.root_key_der).is_some();
-    if status != 200 || !cbor || !head.to_ascii_lowercase().contains("application/cbor") {
-        return Err(format!(
-            "GET /api/v2/status on node1: status {status}, CBOR {cbor}\n{head}"
-        ));
+    let frames = subnet.switch.stats().frames_out;
+    for vm in subnet.vms.iter_mut() {
+        vm.kill();
     }
     let first = times.iter().map(|t| t.0).max().unwrap_or_default();
     let reached = times.iter().map(|t| t.1).max().unwrap_or_default();
+    // The HTTP forward (hubbed slirp) cannot share a segment with P2P yet (see the module
+    // doc), so the API is checked on a 1-node subnet.
+    let mut single = boot_subnet(paths, 1, "test-testnet-subnet-http", false, true, limit)?;
+    if let Err(e) =
+        single.vms[0].wait_for(&LinePattern::substring("runtime: first finalized"), limit)
+    {
+        return Err(failure_report(&mut single.vms[0], &e.to_string()));
+    }
+    let (status, head, body) = http_get(single.http_ports[0], "/api/v2/status")?;
+    // CBOR self-describe tag 55799 (d9 d9 f7) opens every IC status answer.
+    let cbor = body.starts_with(&[0xd9, 0xd9, 0xf7]);
+    let root_key_in_body = find(&body, &single.root_key_der).is_some();
+    if status != 200 || !cbor || !root_key_in_body {
+        return Err(format!(
+            "GET /api/v2/status: status {status}, CBOR {cbor}, root key {root_key_in_body}\n{head}"
+        ));
+    }
     Ok(format!(
         "{TEST_NODES} nodes: first block finalized on all {:.1} s after QEMU start, height \
-         ≥{TEST_HEIGHT} on all at {:.1} s (switch relayed {} frames); GET /api/v2/status via \
-         node1 → 200 CBOR ({} bytes, root key {})",
+         ≥{TEST_HEIGHT} on all at {:.1} s (switch relayed {frames} frames); 1-node subnet: \
+         GET /api/v2/status through 127.0.0.1:{} → 200 CBOR ({} bytes, genesis root key)",
         first.as_secs_f64(),
         reached.as_secs_f64(),
-        subnet.switch.stats().frames_out,
+        single.http_ports[0],
         body.len(),
-        if root_key_in_body { "matches genesis" } else { "NOT the genesis key" }
     ))
 }
 
@@ -294,8 +325,13 @@ pub fn qemu_nodes(
     if !paths.kernel().exists() {
         kernel_build::build_all(paths)?;
     }
-    println!("cairn: booting {n} nodes ({:?}); Ctrl-C stops them all", accel());
-    let mut subnet = boot_subnet(paths, n, "qemu-nodes", true, timeout)?;
+    // P2P and the slirp HTTP forward cannot share the segment yet: HTTP only for 1 node.
+    let http = n == 1;
+    println!(
+        "cairn: booting {n} nodes ({:?}); Ctrl-C stops them all",
+        accel()
+    );
+    let mut subnet = boot_subnet(paths, n, "qemu-nodes", true, http, timeout)?;
     for vm in subnet.vms.iter_mut() {
         if let Err(e) = vm.wait_for(&LinePattern::substring(READY_LINE), timeout) {
             return Err(failure_report(vm, &e.to_string()));
@@ -314,8 +350,13 @@ pub fn qemu_nodes(
         first.as_secs_f64()
     );
     for (i, port) in subnet.http_ports.iter().enumerate() {
+        let url = if http {
+            format!("http://127.0.0.1:{port}")
+        } else {
+            "(no host forward with --nodes > 1 yet)".to_string()
+        };
         println!(
-            "  node{i}: http://127.0.0.1:{port}  (guest {}, config {})",
+            "  node{i}: {url}  (guest {}, config {})",
             ip_text(node_ip(i)),
             subnet.config_paths[i].display()
         );
