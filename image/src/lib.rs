@@ -20,6 +20,7 @@
 //!
 //! The MBR's boot code is GRUB's boot.img, which loads core.img from partition 1.
 
+pub mod genesis;
 pub mod gpt;
 mod grub;
 pub mod host_tools;

@@ -10,6 +10,9 @@
 //! 7. banner lines, `cairn: ready`, then serve the network (idling on the APIC timer when
 //!    quiet) or halt without a NIC; or run the tests; or power off with `cairn.exit=1`.
 //!
+//! A boot module holding a node configuration (`-initrd node-<i>.cfg`, see `runtime`) makes
+//! the kernel address the NIC from it and run the node after `cairn: ready`.
+//!
 //! Kernel command line options:
 //! - `cairn.exit=1`: after `cairn: ready`, exit QEMU through isa-debug-exit with success
 //!   (status 33), falling back to ACPI S5; used by boot tests and benches.
@@ -47,6 +50,7 @@ mod logger;
 mod net;
 #[cfg(not(feature = "host-std-check"))]
 mod panic;
+mod runtime;
 mod store_demo;
 mod store_device;
 #[cfg(feature = "kernel-tests")]
@@ -91,8 +95,16 @@ extern "C" fn cairn_boot64(info_paddr: u64, protocol: u64) -> ! {
         Err(e) => panic!("clock: {e}"),
     };
     print_banner(info, &mapped, &heap, tsc_hz, clock_source);
+    let node_config = match runtime::find_config(info) {
+        Some(Ok(c)) => Some(c),
+        Some(Err(e)) => {
+            log::error!("runtime: node configuration module rejected: {e}");
+            None
+        }
+        None => None,
+    };
     let mut devices = drivers::virtio::probe();
-    let network = start_network(info, &mut devices);
+    let network = start_network(info, &mut devices, node_config.as_ref());
     report_devices(info, &mut devices);
     crash_if_asked(info.option("cairn.crash").or(info.option("cairn.test")));
     serial::write_fmt(format_args!(
@@ -100,13 +112,21 @@ extern "C" fn cairn_boot64(info_paddr: u64, protocol: u64) -> ! {
         clock::ns_since_entry() / 1_000
     ));
     serial::write_fmt(format_args!("{READY_LINE}\n"));
-    after_ready(info, network)
+    after_ready(info, network, node_config)
 }
 
 /// Brings up smoltcp on the first virtio-net device, if any.
-fn start_network(info: &BootInfo, devices: &mut drivers::virtio::Devices) -> Option<net::Network> {
+fn start_network(
+    info: &BootInfo,
+    devices: &mut drivers::virtio::Devices,
+    node_config: Option<&runtime::NodeConfig>,
+) -> Option<net::Network> {
     let nic = devices.net.take()?;
-    let config = match net::NetConfig::from_boot(info) {
+    let from_cmdline = match node_config {
+        Some(c) => Ok(runtime::net_config(c)),
+        None => net::NetConfig::from_boot(info),
+    };
+    let config = match from_cmdline {
         Ok(c) => c,
         Err(e) => {
             log::error!("net: {e}; falling back to DHCP");
@@ -163,7 +183,11 @@ fn report_devices(info: &BootInfo, devices: &mut drivers::virtio::Devices) {
 
 /// Normal build: idle (later issues run the node here), or leave with `cairn.exit=1`.
 /// Test build: run the in-kernel tests and leave with their verdict.
-fn after_ready(info: &BootInfo, network: Option<net::Network>) -> ! {
+fn after_ready(
+    info: &BootInfo,
+    network: Option<net::Network>,
+    node_config: Option<runtime::NodeConfig>,
+) -> ! {
     #[cfg(feature = "kernel-tests")]
     if !tests::run_all() {
         power::fail_and_halt();
@@ -174,14 +198,25 @@ fn after_ready(info: &BootInfo, network: Option<net::Network>) -> ! {
         power::qemu_exit(power::EXIT_SUCCESS);
         power::power_off();
     }
-    match network {
-        Some(network) => {
+    match (network, node_config) {
+        (Some(mut network), Some(config)) => match runtime::Runtime::new(&mut network, config) {
+            Ok(node) => node.run(network),
+            Err(e) => {
+                log::error!("runtime: {e}");
+                cpu::halt_forever()
+            }
+        },
+        (None, Some(_)) => {
+            log::error!("runtime: a node configuration but no network card");
+            cpu::halt_forever()
+        }
+        (Some(network), None) => {
             let check = info.option("cairn.net-check").and_then(|targets| {
                 net::check::NetCheck::new(targets, info.option("cairn.net-check-bytes"))
             });
             serve(network, check)
         }
-        None => cpu::halt_forever(),
+        (None, None) => cpu::halt_forever(),
     }
 }
 

@@ -18,6 +18,7 @@ mod net_tests;
 mod run_vm;
 mod store_tests;
 mod test_steps;
+mod testnet;
 mod testnet_tests;
 
 use std::path::{Path, PathBuf};
@@ -32,6 +33,7 @@ commands:
                         write target/cairn/disk.img (GPT; GRUB multiboot2 for BIOS and UEFI)
   qemu [--bios|--uefi] [--test] [--append CMDLINE] [--timeout SECS]
                         boot one node and stream its serial console; Ctrl-C stops it
+  qemu --nodes N        boot a subnet of N nodes (genesis + one VM each); Ctrl-C stops all
   test [--keep-going] [STEP…]
                         fmt, clippy, host tests, build, in-kernel tests, boot tests, fault tests
   bench [NAME] [--runs N]

@@ -80,6 +80,16 @@ pub fn qemu_command(paths: &Paths, args: &[String]) -> Result<(), String> {
         None => INTERACTIVE_TIMEOUT_S,
     };
     image::host_tools::ensure(image::host_tools::VM_TOOLS).map_err(|e| e.to_string())?;
+    if let Some(v) = option_value(args, "--nodes") {
+        let n = v
+            .parse()
+            .map_err(|_| format!("--nodes: not a number: {v}"))?;
+        // SAFETY: as below: the handler only stores to an atomic; installed before any VM.
+        unsafe {
+            libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t);
+        }
+        return crate::testnet::qemu_nodes(paths, n, Duration::from_secs(timeout_s), &STOP);
+    }
     kernel_build::build_all(paths)?;
     let cmdline = option_value(args, "--append").unwrap_or(DEFAULT_CMDLINE);
     if path != BootPath::Pvh {

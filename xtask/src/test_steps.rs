@@ -118,6 +118,12 @@ const STEPS: &[Step] = &[
         run: crate::testnet_tests::testnet_streams,
     },
     Step {
+        name: "testnet-subnet",
+        what: "4 cairn nodes (one VM each) finalize height 5; /api/v2/status answers 200 CBOR",
+        needs: &["build"],
+        run: crate::testnet::testnet_subnet,
+    },
+    Step {
         name: "disk",
         what: "64 MiB pattern written to virtio-blk survives a power-off; past-end read fails; \
                a flipped byte is detected",

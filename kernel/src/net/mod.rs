@@ -137,6 +137,11 @@ impl Network {
         network
     }
 
+    /// Stops the `GET /health` service so that the node runtime can listen on its port.
+    pub fn stop_http_service(&mut self) {
+        self.services.stop_http(&mut self.sockets);
+    }
+
     /// The interface's IPv4 address, once it has one.
     pub fn ipv4(&self) -> Option<Ipv4Cidr> {
         self.iface.ip_addrs().iter().find_map(|a| match a {

@@ -109,6 +109,13 @@ impl Services {
         &mut self.counters
     }
 
+    /// Gives port 8080 up (the node runtime serves its HTTP API there).
+    pub fn stop_http(&mut self, sockets: &mut SocketSet<'static>) {
+        for slot in self.http.drain(..) {
+            sockets.remove(slot.handle);
+        }
+    }
+
     pub fn poll(
         &mut self,
         sockets: &mut SocketSet<'static>,

@@ -198,6 +198,11 @@ impl Network {
         Ok(self.connection(id)?.state())
     }
 
+    /// The remote endpoint of the connection (None before it has one).
+    pub fn tcp_remote(&mut self, id: TcpId) -> Result<Option<IpEndpoint>, SocketError> {
+        Ok(self.connection(id)?.remote_endpoint())
+    }
+
     /// Queues as much of `data` as fits; returns the bytes queued (0 when the buffer is full).
     pub fn tcp_send(&mut self, id: TcpId, data: &[u8]) -> Result<usize, SocketError> {
         let socket = self.connection(id)?;

@@ -13,6 +13,7 @@ pub mod paging;
 pub mod pci;
 mod port;
 pub mod power;
+pub mod rtc;
 pub mod serial;
 
 use port::Port;
