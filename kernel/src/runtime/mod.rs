@@ -189,6 +189,7 @@ impl Runtime {
                 entropy: seed,
                 signing_floor: Height(0),
                 status_interval_ms: STATUS_INTERVAL_MS,
+                resume_from: None,
             },
             api: ApiConfig::default(),
         };
