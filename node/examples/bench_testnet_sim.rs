@@ -183,7 +183,8 @@ fn management_ecid(method: &str, arg: &[u8]) -> Option<Principal> {
 
 fn query(c: &mut Client, canister: &Principal, method: &str, nonce: u64) -> u16 {
     let body = envelope("query", canister, method, b"DIDL\x00\x00", nonce);
-    c.post(&format!("/api/v2/canister/{canister}/query"), &body).0
+    c.post(&format!("/api/v2/canister/{canister}/query"), &body)
+        .0
 }
 
 fn percentile(sorted: &[Duration], p: usize) -> Duration {
@@ -213,8 +214,9 @@ fn main() {
         .field("canister_id")
         .and_then(|v| v.as_principal())
         .expect("canister id");
-    let wasm = std::fs::read(root().join("../shared/testdata/canisters/motoko-counter/module.wasm"))
-        .expect("motoko counter");
+    let wasm =
+        std::fs::read(root().join("../shared/testdata/canisters/motoko-counter/module.wasm"))
+            .expect("motoko counter");
     let install_ty = record(&[
         ("mode", candid::variant(&[("install", Type::Null)])),
         ("canister_id", Type::Principal),
