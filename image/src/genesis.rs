@@ -141,7 +141,10 @@ mod tests {
         let mut bad = good.clone();
         let last = bad.len() - 40;
         bad[last] ^= 1;
-        assert_eq!(NodeConfig::decode(&bad).err(), Some(ConfigError::BadChecksum));
+        assert_eq!(
+            NodeConfig::decode(&bad).err(),
+            Some(ConfigError::BadChecksum)
+        );
         let mut bad = good.clone();
         bad[8] = 9;
         assert_eq!(
