@@ -1425,20 +1425,24 @@ impl Consensus {
             }
             done.insert(Rank(rank.0 + 100 * done.len() as u32), hash);
             self.sign_notarization(h, hash);
-            let content = BlockRef {
-                height: h,
-                block: hash,
-            };
-            let signature =
-                self.bls_sign_share(&content.finalization_message(), ShareKey::Multisig);
-            self.publish(Artifact::FinalizationShare(Share {
-                content,
-                signer: self.me.index,
-                signature,
-            }));
+            self.publish_finalization_share(h, hash);
             progress = true;
         }
         progress
+    }
+
+    /// Signs and publishes this node's finalization share for `hash` at `h`.
+    fn publish_finalization_share(&mut self, h: Height, hash: CryptoHash) {
+        let content = BlockRef {
+            height: h,
+            block: hash,
+        };
+        let signature = self.bls_sign_share(&content.finalization_message(), ShareKey::Multisig);
+        self.publish(Artifact::FinalizationShare(Share {
+            content,
+            signer: self.me.index,
+            signature,
+        }));
     }
 
     fn make_finalization_shares(&mut self) -> bool {
@@ -1463,17 +1467,7 @@ impl Consensus {
             }
             self.finalization_shared.insert(h);
             self.note_signed(h);
-            let content = BlockRef {
-                height: h,
-                block: hash,
-            };
-            let signature =
-                self.bls_sign_share(&content.finalization_message(), ShareKey::Multisig);
-            self.publish(Artifact::FinalizationShare(Share {
-                content,
-                signer: self.me.index,
-                signature,
-            }));
+            self.publish_finalization_share(h, hash);
             progress = true;
         }
         progress
