@@ -214,14 +214,9 @@ const fn legacy(
     allowed: u16,
     api: Api,
 ) -> Ic0Def {
-    Ic0Def {
-        name,
-        params,
-        results,
-        allowed,
-        api,
-        legacy: true,
-    }
+    let mut def = d(name, params, results, allowed, api);
+    def.legacy = true;
+    def
 }
 
 use K::{P, W32, W64};
