@@ -15,7 +15,9 @@ mod execution_support;
 
 use std::collections::BTreeMap;
 
-use execution_support::{hex, install_arg, read_module, test_canister, user, EMPTY_ARGS, TESTDATA};
+use execution_support::{
+    hex, install_arg, read_module, test_canister, to_hex, user, EMPTY_ARGS, TESTDATA,
+};
 use node::candid::{encode_args, field_id, opt, record, Type, Value};
 use node::execution::ExecutionConfig;
 use node::routing::{Batch, CheckpointError, IngressMessage, StateMachine};
@@ -225,6 +227,15 @@ fn cover(cov: &mut Coverage, sm: &StateMachine) {
         .count();
 }
 
+/// The store's content-addressed chunks: each file cut into 1 MiB pieces, by hash.
+fn store_chunks(files: &[(String, Vec<u8>)]) -> std::collections::BTreeSet<[u8; 32]> {
+    files
+        .iter()
+        .flat_map(|(_, b)| b.chunks(1 << 20))
+        .map(|c| Sha256::digest(c).into())
+        .collect()
+}
+
 fn restore(files: &[(String, Vec<u8>)]) -> Result<StateMachine, CheckpointError> {
     StateMachine::from_checkpoint_files(config(), files)
 }
@@ -242,6 +253,8 @@ fn restored_replica_agrees_at_every_height_on_a_real_workload() {
     let mut cov = Coverage::default();
     let mut checkpoints = 0;
     let mut restored_at = Vec::new();
+    let mut previous = std::collections::BTreeSet::new();
+    let mut last_files = Files::new();
     for (i, batch) in batches.iter().enumerate() {
         let ha = a.execute_batch(batch.clone());
         let hb = b.execute_batch(batch.clone());
@@ -263,7 +276,9 @@ fn restored_replica_agrees_at_every_height_on_a_real_workload() {
             sm.abort_paused_executions();
         }
         let height = a.height();
+        let t = std::time::Instant::now();
         let files = a.checkpoint_files().expect("checkpoint");
+        let write_time = t.elapsed();
         assert!(files.windows(2).all(|w| w[0].0 < w[1].0), "sorted by name");
         assert!(files.iter().all(|(n, _)| n.len() <= 200));
         // Determinism: another replica writes the very same bytes.
@@ -273,14 +288,36 @@ fn restored_replica_agrees_at_every_height_on_a_real_workload() {
         let mut reversed = b.checkpoint_files().expect("checkpoint");
         assert_eq!(reversed, files);
         reversed.reverse();
+        let t = std::time::Instant::now();
         b = restore(&reversed).expect("restore");
+        let read_time = t.elapsed();
+        let chunks = store_chunks(&files);
+        let reused = chunks.iter().filter(|c| previous.contains(*c)).count();
+        eprintln!(
+            "height {height}: {} files, {} bytes, written in {write_time:?}, read in \
+             {read_time:?}; {reused} of {} 1 MiB chunks unchanged since the last checkpoint",
+            files.len(),
+            files.iter().map(|(_, b)| b.len()).sum::<usize>(),
+            chunks.len()
+        );
+        previous = chunks;
         assert_eq!(b.height(), height);
         assert_eq!(b.state_hash(height), a.state_hash(height));
         assert_eq!(b.checkpoint_files().expect("re-checkpoint"), files);
+        last_files = files;
         checkpoints += 1;
         restored_at.push(height);
     }
     assert_eq!(checkpoints, batches.len() / CHECKPOINT_EVERY);
+    let ledger_dir = format!(
+        "canister/{}/",
+        to_hex(Principal::from_canister_index(LEDGER).as_slice())
+    );
+    for (name, bytes) in &last_files {
+        if let Some(file) = name.strip_prefix(&ledger_dir) {
+            eprintln!("ledger {file}: {} bytes", bytes.len());
+        }
+    }
     eprintln!("restored at heights {restored_at:?}; checkpoints held {cov:?}");
     // The checkpoints held what matters: open calls and queued messages mid-flight, stable
     // memory, and real results.
@@ -574,4 +611,227 @@ fn paused_execution_is_refused_and_aborting_fixes_it() {
         matches!(status, Some(IngressStatus::Replied(_))),
         "{status:?}"
     );
+}
+
+/// Every field and every variant of the state, including the parts the state hash does not
+/// cover (pending outputs), survives the round trip.
+#[test]
+fn every_field_and_variant_round_trips() {
+    use node::execution::message::Output;
+    use node::execution::runtime::GlobalValue;
+    use node::execution::system_api::WasmClosure;
+    use node::state::{
+        CallContext, CallOrigin, Callback, CanisterMessage, CanisterState, CanisterStatus, Ingress,
+        Payload, Reject, RejectCode, Request, Response,
+    };
+
+    let (files, _) = small_checkpoint();
+    let mut sm = restore(&files).expect("restore");
+    let p0 = Principal::from_canister_index(0);
+    let p1 = Principal::from_canister_index(1);
+    let reject = |code, error_code| Reject {
+        code,
+        message: "why".into(),
+        error_code,
+    };
+    let request = Request {
+        sender: p0,
+        receiver: p1,
+        method: "m".into(),
+        payload: vec![1, 2],
+        cycles: u128::MAX - 1,
+        sender_callback: 4,
+    };
+    let response = |payload| Response {
+        originator: p0,
+        respondent: p1,
+        originator_callback: 2,
+        payload,
+        refund: 77,
+    };
+    let origins = [
+        CallOrigin::Ingress {
+            id: [3; 32],
+            sender: user(),
+        },
+        CallOrigin::Canister {
+            caller: p1,
+            callback: 9,
+        },
+        CallOrigin::System,
+    ];
+    {
+        let c = sm.state.canisters.get_mut(&p0).expect("canister 0");
+        c.status = CanisterStatus::Stopping;
+        c.stop_waiters = origins.to_vec();
+        c.controllers.push(Principal::ANONYMOUS);
+        c.freezing_threshold_seconds = 1;
+        c.wasm_memory_limit_bytes = 2;
+        c.compute_allocation = 3;
+        c.memory_allocation = 4;
+        c.certified_data = vec![0xcd; 32];
+        c.global_timer = Some(123);
+        c.version = 5;
+        c.instructions_total = 6;
+        if let Some(h) = c.heap.as_mut() {
+            h.globals = vec![
+                GlobalValue::I32(-1),
+                GlobalValue::I64(i64::MIN),
+                GlobalValue::F32(0x7fc0_0001),
+                GlobalValue::F64(u64::MAX),
+            ];
+        }
+        c.heap_hash = None;
+        // Sparse stable memory: a hole, a written chunk of zeros, chunks far apart.
+        c.stable.grow(3);
+        c.stable.write(5 * 4096, &[0; 4096]).expect("in bounds");
+        c.stable
+            .write(2 * 65_536 + 100, &[0xee; 5000])
+            .expect("in bounds");
+        c.input_queue.extend([
+            CanisterMessage::Ingress(Ingress {
+                id: [4; 32],
+                sender: user(),
+                receiver: p0,
+                method: "inc".into(),
+                arg: vec![],
+            }),
+            CanisterMessage::Request(request.clone()),
+            CanisterMessage::Response(response(Payload::Reply(vec![5]))),
+            CanisterMessage::Response(response(Payload::Reject(reject(
+                RejectCode::SysTransient,
+                "IC0207",
+            )))),
+        ]);
+        for (i, origin) in origins.iter().enumerate() {
+            let id = c.next_call_context;
+            c.next_call_context += 1;
+            c.call_contexts.insert(
+                id,
+                CallContext {
+                    origin: origin.clone(),
+                    responded: i == 1,
+                    outstanding: i as u32,
+                    cycles_available: 1 << 100,
+                    method: format!("method{i}"),
+                },
+            );
+            let cb = c.next_callback;
+            c.next_callback += 1;
+            c.callbacks.insert(
+                cb,
+                Callback {
+                    call_context: id,
+                    respondent: p1,
+                    on_reply: WasmClosure { fun: 1, env: 2 },
+                    on_reject: WasmClosure { fun: 3, env: 4 },
+                    on_cleanup: (i == 2).then_some(WasmClosure { fun: 5, env: 6 }),
+                },
+            );
+        }
+    }
+    // A canister that was created but never installed: no wasm, no heap.
+    let empty = Principal::from_canister_index(40);
+    sm.state
+        .canisters
+        .insert(empty, CanisterState::new(empty, vec![user()], 5));
+    sm.state.canisters.get_mut(&p1).expect("canister 1").status = CanisterStatus::Stopped;
+    let st = &mut sm.state;
+    st.next_canister_index = 41;
+    st.raw_rand_draws = 3;
+    for (i, status) in [
+        IngressStatus::Received,
+        IngressStatus::Processing,
+        IngressStatus::Replied(vec![1]),
+        IngressStatus::Rejected(reject(RejectCode::CanisterError, "IC0503")),
+        IngressStatus::Done,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        st.ingress_history.insert([0xf0 + i as u8; 32], status);
+        st.ingress_finished_ns
+            .insert([0xf0 + i as u8; 32], i as u64);
+    }
+    for o in &origins {
+        st.subnet_queue
+            .push_back((o.clone(), p0, "raw_rand".into(), vec![9], 10));
+    }
+    st.pending_outputs = vec![
+        Output::Request(request),
+        Output::Response(response(Payload::Reject(reject(RejectCode::SysFatal, "")))),
+        Output::Ingress(
+            [8; 32],
+            IngressStatus::Rejected(reject(RejectCode::DestinationInvalid, "IC0301")),
+        ),
+    ];
+    let want = sm.state.hash();
+    let files = sm.checkpoint_files().expect("checkpoint");
+    let empty_dir = format!("canister/{}/", to_hex(empty.as_slice()));
+    assert!(files.iter().any(|(n, _)| *n == format!("{empty_dir}meta")));
+    assert!(!files.iter().any(|(n, _)| *n == format!("{empty_dir}heap")));
+    assert!(!files.iter().any(|(n, _)| *n == format!("{empty_dir}wasm")));
+    let back = restore(&files).expect("restore");
+    assert_eq!(back.state_hash(back.height()), Some(want));
+    assert_eq!(back.checkpoint_files().expect("re-checkpoint"), files);
+    let (x, y) = (&sm.state, &back.state);
+    assert_eq!(x.pending_outputs, y.pending_outputs);
+    assert_eq!(x.subnet_queue, y.subnet_queue);
+    assert_eq!(x.ingress_history, y.ingress_history);
+    assert_eq!(x.ingress_finished_ns, y.ingress_finished_ns);
+    assert_eq!(
+        (
+            x.height,
+            x.time_ns,
+            x.next_canister_index,
+            x.randomness,
+            x.raw_rand_draws
+        ),
+        (
+            y.height,
+            y.time_ns,
+            y.next_canister_index,
+            y.randomness,
+            y.raw_rand_draws
+        )
+    );
+    assert_eq!(
+        x.canisters.keys().collect::<Vec<_>>(),
+        y.canisters.keys().collect::<Vec<_>>()
+    );
+    for (c, d) in x.canisters.values().zip(y.canisters.values()) {
+        assert_eq!(c.id, d.id);
+        assert_eq!(c.controllers, d.controllers);
+        assert_eq!(c.status, d.status);
+        assert_eq!(c.stop_waiters, d.stop_waiters);
+        assert_eq!(c.cycles, d.cycles);
+        assert_eq!(
+            (
+                c.freezing_threshold_seconds,
+                c.wasm_memory_limit_bytes,
+                c.compute_allocation,
+                c.memory_allocation
+            ),
+            (
+                d.freezing_threshold_seconds,
+                d.wasm_memory_limit_bytes,
+                d.compute_allocation,
+                d.memory_allocation
+            )
+        );
+        assert_eq!(c.wasm, d.wasm);
+        assert_eq!(c.module_hash(), d.module_hash());
+        assert_eq!(c.heap, d.heap);
+        assert_eq!(c.stable, d.stable);
+        assert_eq!(c.certified_data, d.certified_data);
+        assert_eq!(c.global_timer, d.global_timer);
+        assert_eq!(c.version, d.version);
+        assert_eq!(c.input_queue, d.input_queue);
+        assert_eq!(c.call_contexts, d.call_contexts);
+        assert_eq!(c.next_call_context, d.next_call_context);
+        assert_eq!(c.callbacks, d.callbacks);
+        assert_eq!(c.next_callback, d.next_callback);
+        assert_eq!(c.instructions_total, d.instructions_total);
+        assert!(d.paused.is_none());
+    }
 }

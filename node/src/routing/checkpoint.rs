@@ -34,8 +34,10 @@ use core::fmt;
 use sha2::{Digest, Sha256};
 
 use super::StateMachine;
+use crate::execution::management::CONTROLLERS_MAX;
 use crate::execution::runtime::{HeapSnapshot, Runtime};
 use crate::execution::stable::{StableMemory, CHUNK_BYTES, WASM_PAGE_BYTES};
+use crate::execution::system_api::CERTIFIED_DATA_BYTES_MAX;
 use crate::execution::wasm::MODULE_BYTES_MAX;
 use crate::execution::ExecutionConfig;
 use crate::state::codec::{DecodeError, Reader, Writer};
@@ -364,6 +366,37 @@ fn decode_meta(r: &mut Reader<'_>, c: &mut CanisterState) -> Result<RawFiles, De
     c.callbacks = r.map(8, |r| Ok((r.u64()?, r.callback()?)))?;
     c.instructions_total = r.u64()?;
     r.finish()?;
+    // What execution relies on: ids below their counters, counters that can still count,
+    // and the limits execution enforces when it writes these fields.
+    if c.controllers.len() > CONTROLLERS_MAX {
+        return Err(DecodeError("more controllers than allowed"));
+    }
+    if c.certified_data.len() > CERTIFIED_DATA_BYTES_MAX {
+        return Err(DecodeError("certified data longer than allowed"));
+    }
+    if !counter_ok(c.version) {
+        return Err(DecodeError("module version counter exhausted"));
+    }
+    if !counter_ok(c.next_call_context)
+        || c.call_contexts
+            .last_key_value()
+            .is_some_and(|(id, _)| *id >= c.next_call_context)
+    {
+        return Err(DecodeError("call context id not below the next one"));
+    }
+    if !counter_ok(c.next_callback)
+        || c.callbacks
+            .last_key_value()
+            .is_some_and(|(id, _)| *id >= c.next_callback)
+    {
+        return Err(DecodeError("callback id not below the next one"));
+    }
+    if c.call_contexts
+        .values()
+        .any(|cc| cc.outstanding == u32::MAX)
+    {
+        return Err(DecodeError("outstanding callback counter exhausted"));
+    }
     Ok(RawFiles {
         wasm,
         heap,
@@ -371,6 +404,11 @@ fn decode_meta(r: &mut Reader<'_>, c: &mut CanisterState) -> Result<RawFiles, De
         stable_runs,
         stable_sha,
     })
+}
+
+/// Whether a counter that execution increments by one can still be incremented.
+fn counter_ok(v: u64) -> bool {
+    v < u64::MAX
 }
 
 struct System {
@@ -400,6 +438,12 @@ fn decode_system(r: &mut Reader<'_>, st: &mut ReplicatedState) -> Result<System,
     st.raw_rand_draws = r.u64()?;
     st.pending_outputs = r.vec(1, |r| r.output())?;
     r.finish()?;
+    if !counter_ok(st.height)
+        || !counter_ok(st.next_canister_index)
+        || !counter_ok(st.raw_rand_draws)
+    {
+        return Err(DecodeError("a subnet counter is exhausted"));
+    }
     Ok(System { canisters })
 }
 
