@@ -210,23 +210,51 @@ fn stable_raw(s: &StableMemory) -> (Vec<u8>, Vec<(u64, u64)>) {
 }
 
 fn encode_meta(c: &CanisterState, stable_runs: &[(u64, u64)], stable_sha: &[u8; 32]) -> Vec<u8> {
+    // Every field by name: a field added to the state breaks this build until it is
+    // encoded here (and decoded in `decode_meta`).
+    let CanisterState {
+        id,
+        controllers,
+        status,
+        stop_waiters,
+        cycles,
+        freezing_threshold_seconds,
+        wasm_memory_limit_bytes,
+        compute_allocation,
+        memory_allocation,
+        wasm,
+        module: _, // a cache, rebuilt from `wasm`
+        heap,
+        heap_hash: _, // a cache, recomputed from `heap`
+        stable: _,    // the `stable` file; its chunk runs and hash are passed in
+        certified_data,
+        global_timer,
+        version,
+        input_queue,
+        call_contexts,
+        next_call_context,
+        callbacks,
+        next_callback,
+        paused: _, // refused by `checkpoint_files`
+        instructions_total,
+    } = c;
     let mut w = Writer::default();
-    w.principal(&c.id);
-    w.len(c.controllers.len());
-    for p in &c.controllers {
+    w.principal(id);
+    w.len(controllers.len());
+    for p in controllers {
         w.principal(p);
     }
-    w.status(c.status);
-    w.len(c.stop_waiters.len());
-    for o in &c.stop_waiters {
+    w.status(*status);
+    w.len(stop_waiters.len());
+    for o in stop_waiters {
         w.origin(o);
     }
-    w.u128(c.cycles);
-    w.u64(c.freezing_threshold_seconds);
-    w.u64(c.wasm_memory_limit_bytes);
-    w.u64(c.compute_allocation);
-    w.u64(c.memory_allocation);
-    match &c.wasm {
+    w.u128(*cycles);
+    w.u64(*freezing_threshold_seconds);
+    w.u64(*wasm_memory_limit_bytes);
+    w.u64(*compute_allocation);
+    w.u64(*memory_allocation);
+    match wasm {
         Some(wasm) => {
             w.u8(1);
             w.len(wasm.len());
@@ -234,13 +262,13 @@ fn encode_meta(c: &CanisterState, stable_runs: &[(u64, u64)], stable_sha: &[u8; 
         }
         None => w.u8(0),
     }
-    match &c.heap {
-        Some(h) => {
+    match heap {
+        Some(HeapSnapshot { memory, globals }) => {
             w.u8(1);
-            w.len(h.memory.len());
-            w.fixed(&sha256(&h.memory));
-            w.len(h.globals.len());
-            for g in &h.globals {
+            w.len(memory.len());
+            w.fixed(&sha256(memory));
+            w.len(globals.len());
+            for g in globals {
                 w.global(g);
             }
         }
@@ -253,60 +281,73 @@ fn encode_meta(c: &CanisterState, stable_runs: &[(u64, u64)], stable_sha: &[u8; 
         w.u64(*n);
     }
     w.fixed(stable_sha);
-    w.bytes(&c.certified_data);
-    w.opt_u64(c.global_timer);
-    w.u64(c.version);
-    w.len(c.input_queue.len());
-    for m in &c.input_queue {
+    w.bytes(certified_data);
+    w.opt_u64(*global_timer);
+    w.u64(*version);
+    w.len(input_queue.len());
+    for m in input_queue {
         w.message(m);
     }
-    w.u64(c.next_call_context);
-    w.len(c.call_contexts.len());
-    for (id, cc) in &c.call_contexts {
+    w.u64(*next_call_context);
+    w.len(call_contexts.len());
+    for (id, cc) in call_contexts {
         w.u64(*id);
         w.call_context(cc);
     }
-    w.u64(c.next_callback);
-    w.len(c.callbacks.len());
-    for (id, cb) in &c.callbacks {
+    w.u64(*next_callback);
+    w.len(callbacks.len());
+    for (id, cb) in callbacks {
         w.u64(*id);
         w.callback(cb);
     }
-    w.u64(c.instructions_total);
+    w.u64(*instructions_total);
     w.out
 }
 
 fn encode_system(st: &ReplicatedState) -> Vec<u8> {
+    // Every field by name, as in `encode_meta`.
+    let ReplicatedState {
+        height,
+        time_ns,
+        canisters,
+        next_canister_index,
+        ingress_history,
+        ingress_finished_ns,
+        subnet_queue,
+        randomness,
+        raw_rand_draws,
+        pending_outputs,
+    } = st;
     let mut w = Writer::default();
-    w.u64(st.height);
-    w.u64(st.time_ns);
-    w.u64(st.next_canister_index);
-    w.len(st.canisters.len());
-    for id in st.canisters.keys() {
+    w.u64(*height);
+    w.u64(*time_ns);
+    w.u64(*next_canister_index);
+    w.len(canisters.len());
+    for id in canisters.keys() {
         w.principal(id);
     }
-    w.len(st.ingress_history.len());
-    for (id, s) in &st.ingress_history {
+    w.len(ingress_history.len());
+    for (id, s) in ingress_history {
         w.fixed(id);
         w.ingress_status(s);
     }
-    w.len(st.ingress_finished_ns.len());
-    for (id, t) in &st.ingress_finished_ns {
+    w.len(ingress_finished_ns.len());
+    for (id, t) in ingress_finished_ns {
         w.fixed(id);
         w.u64(*t);
     }
-    w.len(st.subnet_queue.len());
-    for (origin, caller, method, arg, cycles) in &st.subnet_queue {
+    w.len(subnet_queue.len());
+    for (origin, caller, method, arg, cycles) in subnet_queue {
         w.origin(origin);
         w.principal(caller);
         w.str(method);
         w.bytes(arg);
         w.u128(*cycles);
     }
-    w.fixed(&st.randomness);
-    w.u64(st.raw_rand_draws);
-    w.len(st.pending_outputs.len());
-    for o in &st.pending_outputs {
+    w.fixed(randomness);
+    w.u64(*raw_rand_draws);
+    w.len(pending_outputs.len());
+    for o in pending_outputs {
         w.output(o);
     }
     w.out

@@ -6,7 +6,8 @@
 //! bytes on every node. Decoding never panics: every length is checked against the bytes
 //! that remain before anything is allocated, ordered maps must come in strictly increasing
 //! key order (so every value has exactly one encoding), and enum tags outside their range
-//! are errors.
+//! are errors. The encoders destructure every struct by field name, so a field added to the
+//! state fails to compile here until it is encoded.
 
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::string::String;
@@ -81,9 +82,14 @@ impl Writer {
         self.bytes(p.as_slice());
     }
     pub fn reject(&mut self, r: &Reject) {
-        self.u8(r.code as u8);
-        self.str(&r.message);
-        self.str(r.error_code);
+        let Reject {
+            code,
+            message,
+            error_code,
+        } = r;
+        self.u8(*code as u8);
+        self.str(message);
+        self.str(error_code);
     }
     pub fn origin(&mut self, o: &CallOrigin) {
         match o {
@@ -101,18 +107,33 @@ impl Writer {
         }
     }
     pub fn request(&mut self, r: &Request) {
-        self.principal(&r.sender);
-        self.principal(&r.receiver);
-        self.str(&r.method);
-        self.bytes(&r.payload);
-        self.u128(r.cycles);
-        self.u64(r.sender_callback);
+        let Request {
+            sender,
+            receiver,
+            method,
+            payload,
+            cycles,
+            sender_callback,
+        } = r;
+        self.principal(sender);
+        self.principal(receiver);
+        self.str(method);
+        self.bytes(payload);
+        self.u128(*cycles);
+        self.u64(*sender_callback);
     }
     pub fn response(&mut self, r: &Response) {
-        self.principal(&r.originator);
-        self.principal(&r.respondent);
-        self.u64(r.originator_callback);
-        match &r.payload {
+        let Response {
+            originator,
+            respondent,
+            originator_callback,
+            payload,
+            refund,
+        } = r;
+        self.principal(originator);
+        self.principal(respondent);
+        self.u64(*originator_callback);
+        match payload {
             Payload::Reply(b) => {
                 self.u8(0);
                 self.bytes(b);
@@ -122,17 +143,23 @@ impl Writer {
                 self.reject(rj);
             }
         }
-        self.u128(r.refund);
+        self.u128(*refund);
     }
     pub fn message(&mut self, m: &CanisterMessage) {
         match m {
-            CanisterMessage::Ingress(i) => {
+            CanisterMessage::Ingress(Ingress {
+                id,
+                sender,
+                receiver,
+                method,
+                arg,
+            }) => {
                 self.u8(0);
-                self.fixed(&i.id);
-                self.principal(&i.sender);
-                self.principal(&i.receiver);
-                self.str(&i.method);
-                self.bytes(&i.arg);
+                self.fixed(id);
+                self.principal(sender);
+                self.principal(receiver);
+                self.str(method);
+                self.bytes(arg);
             }
             CanisterMessage::Request(r) => {
                 self.u8(1);
@@ -184,22 +211,37 @@ impl Writer {
         });
     }
     pub fn closure(&mut self, c: &WasmClosure) {
-        self.u64(c.fun);
-        self.u64(c.env);
+        let WasmClosure { fun, env } = c;
+        self.u64(*fun);
+        self.u64(*env);
     }
     pub fn call_context(&mut self, cc: &CallContext) {
-        self.origin(&cc.origin);
-        self.bool(cc.responded);
-        self.u32(cc.outstanding);
-        self.u128(cc.cycles_available);
-        self.str(&cc.method);
+        let CallContext {
+            origin,
+            responded,
+            outstanding,
+            cycles_available,
+            method,
+        } = cc;
+        self.origin(origin);
+        self.bool(*responded);
+        self.u32(*outstanding);
+        self.u128(*cycles_available);
+        self.str(method);
     }
     pub fn callback(&mut self, cb: &Callback) {
-        self.u64(cb.call_context);
-        self.principal(&cb.respondent);
-        self.closure(&cb.on_reply);
-        self.closure(&cb.on_reject);
-        match &cb.on_cleanup {
+        let Callback {
+            call_context,
+            respondent,
+            on_reply,
+            on_reject,
+            on_cleanup,
+        } = cb;
+        self.u64(*call_context);
+        self.principal(respondent);
+        self.closure(on_reply);
+        self.closure(on_reject);
+        match on_cleanup {
             Some(c) => {
                 self.u8(1);
                 self.closure(c);
