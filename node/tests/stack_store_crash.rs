@@ -27,6 +27,50 @@ fn seed() -> u64 {
         .unwrap_or(11)
 }
 
+/// Boots node 0 from a disk cut at disk call `cut` and checks what it recovered; returns the
+/// recovered height and the blocks replayed.
+fn check_cut(
+    config: &node::replica::stack::StackConfig,
+    disk: SimDisk,
+    cut: usize,
+    now: node::types::Time,
+    markers: &[(usize, u64, u64)],
+    hashes: &std::collections::BTreeMap<u64, [u8; 32]>,
+) -> (u64, u64, bool) {
+    let shared = SharedDisk::from_disk(disk);
+    let (stack, _recovery) = boot(config.clone(), &shared, now)
+        .unwrap_or_else(|e| panic!("cut at disk call {cut}: recovery failed: {e}"));
+    let r = stack.executed_height();
+    let stats = stack.store_stats().unwrap_or_default();
+    // What was acknowledged before the cut: sends happened only after their syncs.
+    let (must_floor, must_height) = markers
+        .iter()
+        .filter(|m| m.0 <= cut)
+        .fold((0, 0), |a, m| (a.0.max(m.1), a.1.max(m.2)));
+    if stack.syncing().is_none() {
+        assert!(
+            r >= must_height,
+            "cut at {cut}: recovered height {r} below {must_height}, durable before the cut"
+        );
+        assert_eq!(
+            stack.state_machine().state_hash(r),
+            hashes.get(&r).copied(),
+            "cut at {cut}: state at height {r} differs from the subnet's"
+        );
+        assert!(
+            stats.checkpoint_height % 10 == 0 && stats.checkpoint_height <= r,
+            "cut at {cut}: checkpoint {} is not a committed one",
+            stats.checkpoint_height
+        );
+    }
+    assert!(
+        stack.replica().signing_watermark().0 >= must_floor,
+        "cut at {cut}: signing floor {} below {must_floor}, signed and sent before the cut",
+        stack.replica().signing_watermark().0
+    );
+    (r, stats.blocks_replayed, stack.syncing().is_some())
+}
+
 #[test]
 fn power_cut_at_sampled_write_points_recovers_a_committed_checkpoint_plus_replay() {
     let t0 = Instant::now();
@@ -68,60 +112,66 @@ fn power_cut_at_sampled_write_points_recovers_a_committed_checkpoint_plus_replay
             .collect();
     }
     points.sort_unstable();
-    let mut walker = base;
-    let mut applied = 0usize;
+    // The cuts are independent: split them over the cores, each worker walking its own copy
+    // of the disk forward through its (sorted) share of the points.
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 4);
+    let share = points.len().div_ceil(workers);
+    let (hashes, now) = (&sim.hashes, sim.now);
+    let (log, markers, config, base) = (&log, &markers, &config, &base);
+    let results: Vec<(std::collections::BTreeMap<u64, usize>, u64, u64)> =
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = points
+                .chunks(share)
+                .enumerate()
+                .map(|(w, mine)| {
+                    scope.spawn(move || {
+                        let mut walker = base.clone();
+                        let mut applied = 0usize;
+                        let mut heights = std::collections::BTreeMap::<u64, usize>::new();
+                        let mut replayed = 0u64;
+                        let mut syncing = 0u64;
+                        for (k, &cut) in mine.iter().enumerate() {
+                            replay_ops(&mut walker, &log[applied..cut]);
+                            applied = cut;
+                            let mut disk = walker.clone();
+                            disk.reseed(seed.wrapping_mul(31).wrapping_add((w * share + k) as u64));
+                            disk.cut_power();
+                            disk.restart();
+                            let (r, rep, sync) = check_cut(config, disk, cut, now, markers, hashes);
+                            *heights.entry(r).or_default() += 1;
+                            replayed += rep;
+                            syncing += u64::from(sync);
+                        }
+                        (heights, replayed, syncing)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect()
+        });
     let mut heights = std::collections::BTreeMap::<u64, usize>::new();
     let mut replayed_total = 0u64;
-    for (k, &cut) in points.iter().enumerate() {
-        replay_ops(&mut walker, &log[applied..cut]);
-        applied = cut;
-        let mut disk = walker.clone();
-        disk.reseed(seed.wrapping_mul(31).wrapping_add(k as u64));
-        disk.cut_power();
-        disk.restart();
-        let shared = SharedDisk::from_disk(disk);
-        let (stack, _recovery) = boot(config.clone(), &shared, sim.now)
-            .unwrap_or_else(|e| panic!("cut at disk call {cut}: recovery failed: {e}"));
-        let r = stack.executed_height();
-        let stats = stack.store_stats().unwrap_or_default();
-        // What was acknowledged before the cut: sends happened only after their syncs.
-        let (_, must_floor, must_height) = markers
-            .iter()
-            .filter(|m| m.0 <= cut)
-            .fold((0, 0, 0), |a, m| (0, a.1.max(m.1), a.2.max(m.2)));
-        if stack.syncing().is_none() {
-            assert!(
-                r >= must_height,
-                "cut at {cut}: recovered height {r} below {must_height}, durable before the cut"
-            );
-            let want = sim.hashes.get(&r).copied();
-            assert_eq!(
-                stack.state_machine().state_hash(r),
-                want,
-                "cut at {cut}: state at height {r} differs from the subnet's"
-            );
-            assert!(
-                stats.checkpoint_height % 10 == 0 && stats.checkpoint_height <= r,
-                "cut at {cut}: checkpoint {} is not a committed one",
-                stats.checkpoint_height
-            );
+    let mut syncing_total = 0u64;
+    for (h, r, y) in results {
+        syncing_total += y;
+        for (k, v) in h {
+            *heights.entry(k).or_default() += v;
         }
-        assert!(
-            stack.replica().signing_watermark().0 >= must_floor,
-            "cut at {cut}: signing floor {} below {must_floor}, signed and sent before the cut",
-            stack.replica().signing_watermark().0
-        );
-        replayed_total += stats.blocks_replayed;
-        *heights.entry(r).or_default() += 1;
+        replayed_total += r;
     }
     eprintln!(
-        "{} cuts at {} distinct write points recovered; recovered heights {:?}; {} blocks replayed; {:?}",
+        "{} cuts at {} distinct write points recovered ({} needed state sync); recovered heights {:?}; {} blocks replayed; {:?}",
         points.len(),
         {
             let mut d = points.clone();
             d.dedup();
             d.len()
         },
+        syncing_total,
         heights,
         replayed_total,
         t0.elapsed()
