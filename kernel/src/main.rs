@@ -53,6 +53,7 @@ mod panic;
 mod runtime;
 mod store_demo;
 mod store_device;
+mod tee;
 #[cfg(feature = "kernel-tests")]
 mod tests;
 
@@ -95,6 +96,7 @@ extern "C" fn cairn_boot64(info_paddr: u64, protocol: u64) -> ! {
         Err(e) => panic!("clock: {e}"),
     };
     print_banner(info, &mapped, &heap, tsc_hz, clock_source);
+    tee::init();
     let node_config = match runtime::find_config(info) {
         Some(Ok(c)) => Some(c),
         Some(Err(e)) => {
