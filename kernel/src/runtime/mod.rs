@@ -32,7 +32,7 @@ use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec;
 use alloc::vec::Vec;
 pub use config::{ConfigError, NodeConfig, HTTP_PORT, P2P_PORT};
-use node::api::ApiConfig;
+use node::api::{ApiConfig, Metric};
 use node::replica::stack::{Stack, StackConfig};
 use node::replica::{ReplicaConfig, STATUS_INTERVAL_MS};
 use node::types::{Height, NodeId, Time};
@@ -62,6 +62,8 @@ pub const READ_ROUND_BYTES: usize = 64 * 1024;
 const READ_CHUNK_BYTES: usize = 16 * 1024;
 /// Minimum interval between `runtime: finalized height=` lines.
 pub const REPORT_INTERVAL_MS: u64 = 2_000;
+/// How often the runtime's own `/metrics` samples (peers, uptime, heap, store) are renewed.
+pub const METRICS_REFRESH_MS: u64 = 500;
 /// How long the loop keeps spinning after the last activity before sleeping on the APIC timer.
 const IDLE_AFTER_NS: u64 = 1_000_000;
 const NS_PER_MS: u64 = 1_000_000;
@@ -172,6 +174,9 @@ pub struct Runtime {
     first_finalized: bool,
     last_report_ns: u64,
     last_reported: u64,
+    last_metrics_ns: u64,
+    /// HTTP connections accepted (all cards).
+    http_accepted: u64,
 }
 
 impl Runtime {
@@ -192,7 +197,10 @@ impl Runtime {
                 status_interval_ms: STATUS_INTERVAL_MS,
                 resume_from: None,
             },
-            api: ApiConfig::default(),
+            api: ApiConfig {
+                tee: Some(crate::tee::current().name()),
+                ..ApiConfig::default()
+            },
         };
         let stack = Stack::new(stack_config, clock.now()).map_err(RuntimeError::Stack)?;
         let ids = stack.replica().members().to_vec();
@@ -235,6 +243,8 @@ impl Runtime {
             first_finalized: false,
             last_report_ns: 0,
             last_reported: 0,
+            last_metrics_ns: 0,
+            http_accepted: 0,
         })
     }
 
@@ -260,6 +270,7 @@ impl Runtime {
             active |= self.round(&mut network);
             active |= network.poll();
             self.report();
+            self.refresh_metrics();
             if active {
                 last_activity = clock::now_ns();
             } else if sleep && clock::now_ns() - last_activity > IDLE_AFTER_NS {
@@ -410,6 +421,7 @@ impl Runtime {
                 net.tcp_abort(tcp);
                 continue;
             }
+            self.http_accepted += 1;
             let conn = self.next_conn;
             self.next_conn += 1;
             self.stack.http_connect(conn, self.clock.now());
@@ -573,6 +585,59 @@ impl Runtime {
             self.last_reported = height;
             self.last_report_ns = now_ns;
         }
+    }
+}
+
+impl Runtime {
+    /// Renews the driver's `/metrics` samples every [`METRICS_REFRESH_MS`].
+    fn refresh_metrics(&mut self) {
+        let now_ns = clock::now_ns();
+        if now_ns - self.last_metrics_ns < METRICS_REFRESH_MS * NS_PER_MS {
+            return;
+        }
+        self.last_metrics_ns = now_ns;
+        let peers_up = self.peers.iter().filter(|p| p.established).count() as u64;
+        let reconnects: u64 = self.peers.iter().map(|p| p.connects).sum();
+        let queued: usize = self.peers.iter().map(|p| p.out.len()).sum();
+        let samples = vec![
+            Metric::gauge("cairn_peers_connected", "P2P streams established", peers_up),
+            Metric::gauge(
+                "cairn_peers",
+                "other nodes of the subnet",
+                self.n as u64 - 1,
+            ),
+            Metric::counter(
+                "cairn_p2p_streams_started_total",
+                "P2P streams (re)started",
+                reconnects,
+            ),
+            Metric::gauge(
+                "cairn_p2p_queued_bytes",
+                "bytes waiting to be written to peers",
+                queued as u64,
+            ),
+            Metric::gauge(
+                "cairn_http_clients",
+                "HTTP API connections open in the runtime",
+                self.clients.len() as u64,
+            ),
+            Metric::counter(
+                "cairn_http_accepted_total",
+                "HTTP API connections accepted",
+                self.http_accepted,
+            ),
+            Metric::gauge(
+                "cairn_uptime_seconds",
+                "seconds since the runtime started",
+                (now_ns - self.started_ns) / NS_PER_S,
+            ),
+            Metric::gauge(
+                "cairn_heap_free_bytes",
+                "free kernel heap",
+                crate::heap::free_bytes() as u64,
+            ),
+        ];
+        self.stack.set_driver_metrics(samples);
     }
 }
 
