@@ -17,12 +17,17 @@
 //!    wall-clock at boot plus the TSC's monotonic nanoseconds;
 //! 5. when nothing moved, sleep until the next APIC tick (1 ms).
 //!
+//! With a virtio-blk disk the node keeps its state there (`store`; `Stack::with_store`):
+//! boot recovers the checkpoint, CUP and logged blocks, or formats an empty or unusable disk
+//! and lets the node catch up by state sync. `/metrics` reports the store's usage.
+//!
 //! Back-pressure: a peer's outgoing queue above [`PEER_PAUSE_BYTES`] stops reading from that
 //! peer until it drains; above [`PEER_QUEUE_MAX_BYTES`] the stream is reset (the channel
 //! re-handshakes). An HTTP client is not read while its response is being written, and is
 //! dropped when its queue exceeds [`CLIENT_QUEUE_MAX_BYTES`].
 
 pub mod config;
+pub mod store;
 
 use crate::arch::{apic, clock, entropy, rtc};
 use crate::net::socket::{ListenerId, TcpId};
@@ -74,6 +79,8 @@ const NS_PER_S: u64 = 1_000_000_000;
 pub enum RuntimeError {
     Entropy,
     Stack(node::replica::ReplicaError),
+    /// The store could not start the node (`Stack::with_store`), and neither could genesis.
+    StackFromStore(node::replica::ReplicaError),
     Listen(crate::net::socket::SocketError),
 }
 
@@ -82,6 +89,7 @@ impl core::fmt::Display for RuntimeError {
         match self {
             RuntimeError::Entropy => f.write_str("no entropy for the channel keys"),
             RuntimeError::Stack(e) => write!(f, "node start: {e:?}"),
+            RuntimeError::StackFromStore(e) => write!(f, "node start from the store: {e:?}"),
             RuntimeError::Listen(e) => write!(f, "listen: {e}"),
         }
     }
@@ -177,10 +185,16 @@ pub struct Runtime {
     last_metrics_ns: u64,
     /// HTTP connections accepted (all cards).
     http_accepted: u64,
+    /// Size of the store's disk, when the node runs with one.
+    disk_bytes: Option<u64>,
 }
 
 impl Runtime {
-    pub fn new(network: &mut Network, config: NodeConfig) -> Result<Runtime, RuntimeError> {
+    pub fn new(
+        network: &mut Network,
+        config: NodeConfig,
+        disk: Option<store::Opened>,
+    ) -> Result<Runtime, RuntimeError> {
         let clock = WallClock::new(config.record.genesis_time_ns);
         let mut seed = [0u8; 32];
         entropy::fill(&mut seed).map_err(|_| RuntimeError::Entropy)?;
@@ -202,7 +216,8 @@ impl Runtime {
                 ..ApiConfig::default()
             },
         };
-        let stack = Stack::new(stack_config, clock.now()).map_err(RuntimeError::Stack)?;
+        let disk_bytes = disk.as_ref().map(|d| d.device_bytes);
+        let stack = start_stack(stack_config, disk, clock.now())?;
         let ids = stack.replica().members().to_vec();
         let peers = ids
             .iter()
@@ -245,6 +260,7 @@ impl Runtime {
             last_reported: 0,
             last_metrics_ns: 0,
             http_accepted: 0,
+            disk_bytes,
         })
     }
 
@@ -588,7 +604,122 @@ impl Runtime {
     }
 }
 
+/// Starts the node: over its store when there is one (falling back to genesis without a
+/// store if the store cannot start it), else from genesis.
+fn start_stack(
+    config: StackConfig,
+    disk: Option<store::Opened>,
+    now: Time,
+) -> Result<Stack, RuntimeError> {
+    let Some(disk) = disk else {
+        return Stack::new(config, now).map_err(RuntimeError::Stack);
+    };
+    let checkpoint = disk.recovery.checkpoint.map(|(h, _)| h);
+    let records = disk.recovery.pool_records.len();
+    let origin = disk.origin;
+    let stack = match Stack::with_store(config.clone(), disk.store, disk.recovery, now) {
+        Ok(stack) => stack,
+        Err(e) => {
+            log::error!("runtime: the store could not start the node ({e:?}); no store");
+            return Stack::new(config, now).map_err(RuntimeError::StackFromStore);
+        }
+    };
+    let mib = disk.device_bytes / (1024 * 1024);
+    match origin {
+        store::Origin::Recovered => serial::write_fmt(format_args!(
+            "runtime: recovered checkpoint height={} cup={} pool records={records} \
+             (open {} ms, {mib} MiB disk)\n",
+            checkpoint.map_or(alloc::string::String::from("none"), |h| alloc::format!(
+                "{h}"
+            )),
+            stack.replica().cup_height().0,
+            disk.open_ms,
+        )),
+        store::Origin::Formatted => serial::write_fmt(format_args!(
+            "runtime: store formatted on an empty {mib} MiB disk ({} ms)\n",
+            disk.open_ms
+        )),
+        store::Origin::Replaced(why) => serial::write_fmt(format_args!(
+            "runtime: store replaced (the old one {why}); formatted {mib} MiB fresh, the node \
+             catches up by state sync\n"
+        )),
+    }
+    Ok(stack)
+}
+
 impl Runtime {
+    /// The store's samples for `/metrics` (none without a store).
+    fn store_metrics(&mut self) -> Vec<Metric> {
+        let Some(disk_bytes) = self.disk_bytes else {
+            return Vec::new();
+        };
+        let syncing = self.stack.syncing();
+        let failed = self.stack.store_error().is_some();
+        let stats = self.stack.store_stats();
+        let Some(store) = self.stack.store_mut() else {
+            return Vec::new();
+        };
+        let free = store.free_blocks() * node::store::BLOCK_BYTES as u64;
+        let mut samples = vec![
+            Metric::gauge("cairn_store_bytes", "size of the store's disk", disk_bytes),
+            Metric::gauge(
+                "cairn_store_free_bytes",
+                "free space in the store's data area",
+                free,
+            ),
+            Metric::gauge(
+                "cairn_store_used_bytes",
+                "disk bytes not free (data, metadata, superblocks)",
+                disk_bytes.saturating_sub(free),
+            ),
+            Metric::gauge(
+                "cairn_store_checkpoint_height",
+                "height of the stored checkpoint (0: none)",
+                store.checkpoint_height().unwrap_or(0),
+            ),
+            Metric::gauge(
+                "cairn_store_failed",
+                "1 when the store failed and the node stopped sending",
+                u64::from(failed),
+            ),
+            Metric::gauge(
+                "cairn_state_sync_target_height",
+                "height of the state being synced from peers (0: none)",
+                syncing.unwrap_or(0),
+            ),
+        ];
+        if let Some(s) = stats {
+            samples.extend([
+                Metric::counter(
+                    "cairn_store_checkpoints_total",
+                    "checkpoints written",
+                    s.checkpoints,
+                ),
+                Metric::counter(
+                    "cairn_store_blocks_logged_total",
+                    "finalized blocks appended to the pool log",
+                    s.blocks_logged,
+                ),
+                Metric::counter(
+                    "cairn_store_blocks_replayed_total",
+                    "logged blocks executed again at start",
+                    s.blocks_replayed,
+                ),
+                Metric::counter(
+                    "cairn_store_bad_chunks_total",
+                    "checkpoint chunks found bad",
+                    s.bad_chunks_detected,
+                ),
+                Metric::counter(
+                    "cairn_state_syncs_completed_total",
+                    "state syncs completed",
+                    s.syncs_completed,
+                ),
+            ]);
+        }
+        samples
+    }
+
     /// Renews the driver's `/metrics` samples every [`METRICS_REFRESH_MS`].
     fn refresh_metrics(&mut self) {
         let now_ns = clock::now_ns();
@@ -637,6 +768,8 @@ impl Runtime {
                 crate::heap::free_bytes() as u64,
             ),
         ];
+        let mut samples = samples;
+        samples.extend(self.store_metrics());
         self.stack.set_driver_metrics(samples);
     }
 }
