@@ -636,7 +636,7 @@ fn start_stack(
             disk.open_ms,
         )),
         store::Origin::Formatted => serial::write_fmt(format_args!(
-            "runtime: store formatted on an empty {mib} MiB disk ({} ms)\n",
+            "runtime: no store on the {mib} MiB disk; formatted ({} ms)\n",
             disk.open_ms
         )),
         store::Origin::Replaced(why) => serial::write_fmt(format_args!(

@@ -4,9 +4,10 @@
 //! What boot does with the disk, and why:
 //! - a store that opens, with the chunk size the node checkpoints in: recovered as it is
 //!   (the stack loads its checkpoint and CUP and replays the logged blocks above it);
-//! - an empty disk (never formatted, or a format cut short): formatted;
-//! - a store that does not open (every superblock copy bad, a corrupt meta, a device error)
-//!   or was formatted for something else (another chunk size, e.g. the store demo): logged and
+//! - no store found (an empty disk, a format cut short, or every superblock copy failing its
+//!   checksum, which the store cannot tell apart from a torn format): formatted;
+//! - a store that does not open (a corrupt meta, a device error) or was formatted for
+//!   something else (another chunk size): logged and
 //!   formatted fresh. The node then has nothing of its own and catches up from its peers by
 //!   CUP and state sync, which is what the store's design asks of a node that lost its disk;
 //!   executing on state it cannot verify is never an option;
