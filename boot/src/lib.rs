@@ -54,11 +54,17 @@ impl core::fmt::Display for BootError {
 }
 
 /// Parses the boot information the entry code found, for protocol `protocol` (1 = PVH,
-/// 2 = multiboot2) at physical address `info_paddr`.
+/// 2 = multiboot2, 3 = the kernel's UEFI entry, which hands over a multiboot2-form structure
+/// it built from the firmware's memory map, load options and configuration table) at
+/// physical address `info_paddr`.
 pub fn parse(protocol: u64, info_paddr: u64, mem: &dyn PhysMemory) -> Result<BootInfo, BootError> {
     match protocol {
         1 => pvh::parse(info_paddr, mem),
         2 => multiboot2::parse(info_paddr, mem),
+        3 => multiboot2::parse(info_paddr, mem).map(|mut info| {
+            info.protocol = BootProtocol::Uefi;
+            info
+        }),
         other => Err(BootError::UnknownProtocol(other)),
     }
 }

@@ -15,6 +15,7 @@ mod boot_paths;
 mod disk_tests;
 mod kernel_build;
 mod net_tests;
+mod pe;
 mod run_vm;
 mod store_tests;
 mod test_steps;
