@@ -156,6 +156,13 @@ const STEPS: &[Step] = &[
         needs: &["build"],
         run: boot_efi_kernel,
     },
+    Step {
+        name: "attest-measure-efi",
+        what: "the SNP launch measurement of the real kernel.efi under edk2's AmdSev OVMF (Debian \
+               ovmf-amdsev; kernel hashes) agrees byte for byte with sev-snp-measure",
+        needs: &["build"],
+        run: attest_measure_efi,
+    },
 ];
 
 /// Run the steps; print the summary; exit code 0 only if all selected steps passed.
@@ -357,6 +364,14 @@ fn boot_efi_kernel(paths: &Paths) -> Result<String, String> {
         )),
         Err(e) => Err(failure_report(&mut vm, &e.to_string())),
     }
+}
+
+fn attest_measure_efi(paths: &Paths) -> Result<String, String> {
+    let firmware = crate::attest::amdsev_firmware(&paths.root).ok_or(
+        "no AmdSev OVMF (OVMF.amdsev.fd): .ci/run unpacks Debian's ovmf-amdsev package into \
+         target/ci-ovmf-amdsev/, or set CAIRN_OVMF_AMDSEV",
+    )?;
+    crate::attest::compare_efi_measurement(&paths.root, &firmware, &kernel_build::kernel_efi(paths))
 }
 
 fn boot(paths: &Paths, path: BootPath) -> Result<String, String> {
