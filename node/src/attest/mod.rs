@@ -27,6 +27,8 @@ pub mod cert;
 pub mod ghcb;
 pub mod guest_msg;
 pub mod measure;
+#[cfg(test)]
+mod no_fake;
 pub mod report;
 pub mod roots;
 pub mod verify;
