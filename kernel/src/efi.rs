@@ -26,6 +26,7 @@
 
 use core::ffi::c_void;
 use core::fmt::Write;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 /// EFI_STATUS for success.
 const EFI_SUCCESS: usize = 0;
@@ -67,6 +68,13 @@ const ACPI_20_TABLE_GUID: Guid = Guid(
     0xe4f1,
     0x11d3,
     [0xbc, 0x22, 0x00, 0x80, 0xc7, 0x3c, 0x88, 0x81],
+);
+/// Linux's `EFI_CC_BLOB_GUID`: OVMF's `cc_blob_sev_info` (secrets and CPUID pages) under SNP.
+const CC_BLOB_GUID: Guid = Guid(
+    0x067b_1f5f,
+    0xcf26,
+    0x44c5,
+    [0x85, 0x54, 0x93, 0xd7, 0x77, 0x91, 0x2d, 0x42],
 );
 const ACPI_10_TABLE_GUID: Guid = Guid(
     0xeb9d_2d30,
@@ -162,6 +170,19 @@ struct LoadedImage {
 }
 
 const _: () = assert!(core::mem::offset_of!(LoadedImage, load_options) == 0x38);
+
+/// Physical address of OVMF's confidential-computing blob, 0 when there is none (not booted
+/// through the UEFI entry, or not an SEV-SNP guest).
+static CC_BLOB_PADDR: AtomicU64 = AtomicU64::new(0);
+
+/// OVMF's `cc_blob_sev_info` (where the SNP secrets and CPUID pages are), if the firmware
+/// published one; `kernel/src/tee/snp.rs` reads it.
+pub fn cc_blob_paddr() -> Option<u64> {
+    match CC_BLOB_PADDR.load(Ordering::Relaxed) {
+        0 => None,
+        paddr => Some(paddr),
+    }
+}
 
 /// The multiboot2-form information handed to the kernel; 8-aligned as the format wants.
 #[repr(C, align(8))]
@@ -280,7 +301,8 @@ fn write_cmdline(st: &SystemTable, image: *mut c_void, out: &mut TagWriter<'_>) 
 }
 
 /// The ACPI RSDP from the configuration table, copied into a tag (15 for ACPI 2.0+, 14 for
-/// a 1.0 RSDP). No tag when the firmware has no ACPI table.
+/// a 1.0 RSDP). No tag when the firmware has no ACPI table. Also records the SEV-SNP
+/// confidential-computing blob, when the firmware published one.
 fn write_rsdp(st: &SystemTable, out: &mut TagWriter<'_>) -> Option<()> {
     const RSDP_V2_BYTES: usize = 36;
     const RSDP_V1_BYTES: usize = 20;
@@ -295,6 +317,9 @@ fn write_rsdp(st: &SystemTable, out: &mut TagWriter<'_>) -> Option<()> {
             .iter()
             .find(|e| e.vendor_guid == guid && !e.vendor_table.is_null())
     };
+    if let Some(blob) = find(CC_BLOB_GUID) {
+        CC_BLOB_PADDR.store(blob.vendor_table as u64, Ordering::Relaxed);
+    }
     let (kind, len, table) = match (find(ACPI_20_TABLE_GUID), find(ACPI_10_TABLE_GUID)) {
         (Some(t), _) => (TAG_ACPI_NEW, RSDP_V2_BYTES, t.vendor_table),
         (None, Some(t)) => (TAG_ACPI_OLD, RSDP_V1_BYTES, t.vendor_table),
