@@ -1,8 +1,10 @@
 //! cairn boot: how the machine hands control to the kernel, and what it tells it.
 //!
-//! Two boot protocols reach the same kernel ELF (DESIGN.md "Boot paths"):
-//! - PVH direct boot (`qemu -kernel`, Xen `hvm_start_info`), and
-//! - multiboot2 (GRUB on BIOS and UEFI).
+//! Three entries reach the same kernel (DESIGN.md "Boot paths"):
+//! - PVH direct boot (`qemu -kernel`, Xen `hvm_start_info`),
+//! - multiboot2 (GRUB on BIOS and UEFI),
+//! - the kernel's own UEFI application entry (`kernel.efi`, PE32+), which builds a
+//!   multiboot2-form structure from the firmware's tables and enters as protocol 3.
 //!
 //! [`entry`] holds the entry code (assembled only for the kernel binary, feature `entry`);
 //! [`BootInfo`] is the protocol-independent description the kernel receives: the memory map,

@@ -494,7 +494,7 @@ mod tests {
         let strings = b"\0cairn_efi_entry\0other\0";
         out.extend_from_slice(strings);
         let symtab_off = out.len();
-        let mut sym = |name: u32, value: u64| {
+        let sym = |name: u32, value: u64| {
             let mut s = vec![0u8; 24];
             s[..4].copy_from_slice(&name.to_le_bytes());
             s[8..16].copy_from_slice(&value.to_le_bytes());
@@ -503,7 +503,7 @@ mod tests {
         let syms = [sym(0, 0), sym(17, 0x1234), sym(1, entry)].concat();
         out.extend_from_slice(&syms);
         let shoff = out.len();
-        let mut sh = |kind: u32, off: usize, size: usize, link: u32| {
+        let sh = |kind: u32, off: usize, size: usize, link: u32| {
             let mut h = vec![0u8; 64];
             h[4..8].copy_from_slice(&kind.to_le_bytes());
             h[24..32].copy_from_slice(&(off as u64).to_le_bytes());
