@@ -13,9 +13,13 @@
 //!    unmask them again, so every call is followed by `cli`);
 //! 2. reads the command line from the Loaded Image protocol's `LoadOptions` (UCS-2; OVMF's
 //!    QEMU loader puts `-append` there, prefixed with `initrd=initrd ` when there is one);
-//! 3. finds the ACPI RSDP in the configuration table (ACPI 2.0 GUID first, else 1.0);
+//! 3. finds the ACPI RSDP in the configuration table (ACPI 2.0 GUID first, else 1.0), and
+//!    loads the initrd if the loader offers one through LoadFile2 under Linux's initrd media
+//!    device path (OVMF does for `-initrd`; but QEMU 7.2 refuses `-initrd` with a kernel that
+//!    has no Linux boot header, "linux kernel too old to load a ram disk", so under QEMU this
+//!    path is not exercised and a node configuration module cannot reach `kernel.efi` yet);
 //! 4. writes these, in the multiboot2 information format the kernel already parses (tags
-//!    1, 14/15 and 17), into a buffer in `.bss`, which the heap never takes;
+//!    1, 3, 14/15 and 17), into a buffer in `.bss`, which the heap never takes;
 //! 5. gets the memory map into that buffer and calls ExitBootServices with its key,
 //!    fetching the map again when the key went stale (§7.4: a failed ExitBootServices
 //!    allows only GetMemoryMap before the retry);
@@ -41,6 +45,14 @@ const EFI_BUFFER_TOO_SMALL: usize = EFI_ERROR_BIT | 5;
 
 /// Size of the handoff buffer (multiboot2-form information) in `.bss`.
 const HANDOFF_BYTES: usize = 64 * 1024;
+/// The largest initrd taken (the node configuration is a few KiB).
+const MAX_INITRD_BYTES: usize = 256 * 1024 * 1024;
+/// EFI_ALLOCATE_TYPE AllocateMaxAddress, and the limit: multiboot2 modules are 32-bit.
+const ALLOCATE_MAX_ADDRESS: u32 = 1;
+const MAX_MODULE_ADDRESS: u64 = 0xFFFF_FFFF;
+/// EFI_MEMORY_TYPE EfiLoaderData.
+const EFI_LOADER_DATA: u32 = 2;
+const EFI_PAGE_BYTES: usize = 4096;
 /// How many times a stale map key is refreshed before giving up.
 const MAX_EXIT_BOOT_SERVICES_TRIES: usize = 8;
 /// The longest command line taken from `LoadOptions`, in UCS-2 code units.
@@ -48,6 +60,7 @@ const MAX_CMDLINE_CHARS: usize = boot::MAX_CMDLINE_BYTES - 1;
 
 const TAG_END: u32 = 0;
 const TAG_CMDLINE: u32 = 1;
+const TAG_MODULE: u32 = 3;
 const TAG_ACPI_OLD: u32 = 14;
 const TAG_ACPI_NEW: u32 = 15;
 const TAG_EFI_MMAP: u32 = 17;
@@ -75,6 +88,20 @@ const CC_BLOB_GUID: Guid = Guid(
     0xcf26,
     0x44c5,
     [0x85, 0x54, 0x93, 0xd7, 0x77, 0x91, 0x2d, 0x42],
+);
+/// Linux's `LINUX_EFI_INITRD_MEDIA_GUID`: the vendor media device path under which a loader
+/// (OVMF's QEMU kernel loader for `-initrd`) offers the initrd through LoadFile2.
+const LINUX_INITRD_MEDIA_GUID: Guid = Guid(
+    0x5568_e427,
+    0x68fc,
+    0x4f3d,
+    [0xac, 0x74, 0xca, 0x55, 0x52, 0x31, 0xcc, 0x68],
+);
+const LOAD_FILE2_GUID: Guid = Guid(
+    0x4006_c0c1,
+    0xfcb3,
+    0x403e,
+    [0x99, 0x6d, 0x4a, 0x6c, 0x87, 0x24, 0xe0, 0x6d],
 );
 const ACPI_10_TABLE_GUID: Guid = Guid(
     0xeb9d_2d30,
@@ -125,6 +152,12 @@ struct TextOutput {
     output_string: extern "efiapi" fn(*mut TextOutput, *const u16) -> usize,
 }
 
+type AllocatePagesFn = extern "efiapi" fn(
+    allocate_type: u32,
+    memory_type: u32,
+    pages: usize,
+    memory: *mut u64,
+) -> usize;
 type GetMemoryMapFn = extern "efiapi" fn(
     map_size: *mut usize,
     map: *mut u8,
@@ -134,22 +167,46 @@ type GetMemoryMapFn = extern "efiapi" fn(
 ) -> usize;
 type HandleProtocolFn =
     extern "efiapi" fn(handle: *mut c_void, guid: *const Guid, out: *mut *mut c_void) -> usize;
+type LocateDevicePathFn = extern "efiapi" fn(
+    protocol: *const Guid,
+    device_path: *mut *const u8,
+    device: *mut *mut c_void,
+) -> usize;
 type ExitBootServicesFn = extern "efiapi" fn(image: *mut c_void, map_key: usize) -> usize;
 
-/// EFI_BOOT_SERVICES (§4.4): the table header, then 44 function pointers in spec order.
-/// Only the three used are typed; the others are placeholders that keep the offsets
-/// (GetMemoryMap at 0x38, HandleProtocol at 0x98, ExitBootServices at 0xE8).
+/// EFI_BOOT_SERVICES (§4.4): the table header, then function pointers in spec order. Only
+/// the ones used are typed; the others are placeholders that keep the offsets
+/// (AllocatePages 0x28, GetMemoryMap 0x38, HandleProtocol 0x98, LocateDevicePath 0xB8,
+/// ExitBootServices 0xE8).
 #[repr(C)]
 struct BootServices {
     hdr: TableHeader,
-    raise_tpl_to_free_pages: [usize; 4],
+    raise_tpl_restore_tpl: [usize; 2],
+    allocate_pages: AllocatePagesFn,
+    free_pages: usize,
     get_memory_map: GetMemoryMapFn,
     allocate_pool_to_uninstall_protocol_interface: [usize; 11],
     handle_protocol: HandleProtocolFn,
-    reserved_to_unload_image: [usize; 9],
+    reserved_to_locate_handle: [usize; 3],
+    locate_device_path: LocateDevicePathFn,
+    install_configuration_table_to_unload_image: [usize; 5],
     exit_boot_services: ExitBootServicesFn,
 }
 
+/// EFI_LOAD_FILE2_PROTOCOL (§13.2).
+#[repr(C)]
+struct LoadFile2 {
+    load_file: extern "efiapi" fn(
+        this: *mut LoadFile2,
+        file_path: *const u8,
+        boot_policy: u8,
+        buffer_size: *mut usize,
+        buffer: *mut c_void,
+    ) -> usize,
+}
+
+const _: () = assert!(core::mem::offset_of!(BootServices, allocate_pages) == 0x28);
+const _: () = assert!(core::mem::offset_of!(BootServices, locate_device_path) == 0xB8);
 const _: () = assert!(core::mem::offset_of!(BootServices, get_memory_map) == 0x38);
 const _: () = assert!(core::mem::offset_of!(BootServices, handle_protocol) == 0x98);
 const _: () = assert!(core::mem::offset_of!(BootServices, exit_boot_services) == 0xE8);
@@ -331,6 +388,70 @@ fn write_rsdp(st: &SystemTable, out: &mut TagWriter<'_>) -> Option<()> {
     Some(())
 }
 
+/// The initrd, if the loader offers one through LoadFile2 under Linux's initrd media device
+/// path: loaded into pages below 4 GiB (loader data, which the kernel's heap excludes as a
+/// boot module) and described by a module tag (3) named `initrd`.
+fn write_initrd(st: &SystemTable, out: &mut TagWriter<'_>) -> Option<()> {
+    // Vendor media node (type 4, subtype 3, 20 bytes: header + GUID), then the end node.
+    let mut path = [0u8; 24];
+    path[..4].copy_from_slice(&[4, 3, 20, 0]);
+    let g = LINUX_INITRD_MEDIA_GUID;
+    path[4..8].copy_from_slice(&g.0.to_le_bytes());
+    path[8..10].copy_from_slice(&g.1.to_le_bytes());
+    path[10..12].copy_from_slice(&g.2.to_le_bytes());
+    path[12..20].copy_from_slice(&g.3);
+    path[20..24].copy_from_slice(&[0x7F, 0xFF, 4, 0]);
+    // SAFETY: boot_services is valid under boot services.
+    let bs = unsafe { &*st.boot_services };
+    let mut remaining: *const u8 = path.as_ptr();
+    let mut handle: *mut c_void = core::ptr::null_mut();
+    let status = (bs.locate_device_path)(&LOAD_FILE2_GUID, &mut remaining, &mut handle);
+    cli();
+    if status != EFI_SUCCESS || handle.is_null() {
+        return Some(()); // no initrd: not an error
+    }
+    let mut proto: *mut c_void = core::ptr::null_mut();
+    let status = (bs.handle_protocol)(handle, &LOAD_FILE2_GUID, &mut proto);
+    cli();
+    if status != EFI_SUCCESS || proto.is_null() {
+        return Some(());
+    }
+    let proto = proto as *mut LoadFile2;
+    // SAFETY: HandleProtocol returned the handle's EFI_LOAD_FILE2_PROTOCOL.
+    let load_file = unsafe { (*proto).load_file };
+    let mut size = 0usize;
+    let status = load_file(proto, path.as_ptr(), 0, &mut size, core::ptr::null_mut());
+    cli();
+    if status != EFI_BUFFER_TOO_SMALL || size == 0 || size > MAX_INITRD_BYTES {
+        say(st, "cairn: initrd offered but not loadable; ignored\r\n");
+        return Some(());
+    }
+    let mut addr = MAX_MODULE_ADDRESS;
+    let pages = size.div_ceil(EFI_PAGE_BYTES);
+    let status = (bs.allocate_pages)(ALLOCATE_MAX_ADDRESS, EFI_LOADER_DATA, pages, &mut addr);
+    cli();
+    if status != EFI_SUCCESS {
+        say(
+            st,
+            "cairn: no memory below 4 GiB for the initrd; ignored\r\n",
+        );
+        return Some(());
+    }
+    let status = load_file(proto, path.as_ptr(), 0, &mut size, addr as *mut c_void);
+    cli();
+    if status != EFI_SUCCESS {
+        say(st, "cairn: initrd load failed; ignored\r\n");
+        return Some(());
+    }
+    const NAME: &[u8] = b"initrd\0";
+    let body = out.tag(TAG_MODULE, 8 + NAME.len())?;
+    // addr + size <= 4 GiB: AllocateMaxAddress kept the pages below MAX_MODULE_ADDRESS.
+    body[..4].copy_from_slice(&(addr as u32).to_le_bytes());
+    body[4..8].copy_from_slice(&((addr + size as u64) as u32).to_le_bytes());
+    body[8..].copy_from_slice(NAME);
+    Some(())
+}
+
 /// Gets the memory map into a tag-17 body at the writer's position and exits boot services.
 /// Returns the finished writer length, or the failing status.
 fn exit_boot_services(
@@ -400,7 +521,10 @@ extern "efiapi" fn cairn_efi_main(image: *mut c_void, st: *const SystemTable) ->
         buf: &mut buf[..],
         at: 8,
     };
-    if write_cmdline(st, image, &mut out).is_none() || write_rsdp(st, &mut out).is_none() {
+    if write_cmdline(st, image, &mut out).is_none()
+        || write_rsdp(st, &mut out).is_none()
+        || write_initrd(st, &mut out).is_none()
+    {
         say(st, "cairn: boot information does not fit\r\n");
         return EFI_LOAD_ERROR;
     }
