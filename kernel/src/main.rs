@@ -45,6 +45,7 @@ extern crate alloc;
 mod arch;
 mod disk_check;
 mod drivers;
+mod efi;
 mod heap;
 mod logger;
 mod net;
