@@ -10,6 +10,7 @@
 pub mod check;
 mod device;
 mod echo;
+mod sanity;
 mod services;
 pub mod socket;
 
@@ -156,6 +157,7 @@ impl Network {
         let changed = self.iface.poll(now(), &mut self.device, &mut self.sockets);
         self.poll_dhcp();
         let ip = self.ipv4();
+        self.services.counters_mut().tcp_sockets = self.table.tcp_count as u64;
         let served = self
             .services
             .poll(&mut self.sockets, ip, self.mac, self.device.counters());

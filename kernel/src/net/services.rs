@@ -34,15 +34,32 @@ const UDP_ECHO_MAX_BYTES: usize = 1472;
 const UDP_SCRATCH_BYTES: usize = 2048;
 const HANDSHAKE_TIMEOUT_MS: u64 = 3_000;
 const REQUEST_TIMEOUT_MS: u64 = 5_000;
+/// The longest an HTTP connection holds a slot, response and close included: a client that
+/// never reads its response or never closes its side is aborted after this.
+const CONNECTION_LIFETIME_MS: u64 = 10_000;
+/// When every HTTP slot is taken, the oldest idle one (half-open: SYN received, no ACK; or
+/// connected without a byte of request) older than this is aborted so that a new client can
+/// connect during a flood of half-open connections; a real client's handshake and request
+/// arrive in far less.
+const IDLE_EVICT_AFTER_MS: u64 = 250;
 const NS_PER_MS: u64 = 1_000_000;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ServiceCounters {
     pub echo_connections: u64,
     pub echo_bytes: u64,
+    /// Echo connections being served now.
+    pub echo_active: u64,
+    /// Echo connections aborted for moving no byte for too long.
+    pub echo_idle_aborts: u64,
+    /// TCP sockets of the socket layer (listeners' pools included).
+    pub tcp_sockets: u64,
     http_requests: u64,
     http_errors: u64,
     aborted_stale: u64,
+    evicted_idle: u64,
+    /// HTTP slots with a connection (not listening).
+    http_active: u64,
 }
 
 /// A pooled socket and when its current connection attempt began.
@@ -128,6 +145,7 @@ impl Services {
             sockets.get_mut::<udp::Socket>(self.udp_echo),
             &mut self.scratch,
         );
+        self.evict_idle(sockets, now);
         for i in 0..self.http.len() {
             let socket = sockets.get_mut::<tcp::Socket>(self.http[i].handle);
             if !lifecycle(
@@ -143,6 +161,42 @@ impl Services {
             moved |= http(&mut self.http[i], socket, body, &mut self.counters);
         }
         moved
+    }
+
+    /// When no HTTP slot listens, aborts the oldest idle connection (if older than
+    /// [`IDLE_EVICT_AFTER_MS`]) so that the slot listens again. Also counts active slots.
+    fn evict_idle(&mut self, sockets: &mut SocketSet<'static>, now: u64) {
+        let mut listening = false;
+        let mut active = 0;
+        let mut oldest: Option<(usize, u64)> = None;
+        for (i, slot) in self.http.iter().enumerate() {
+            let socket = sockets.get::<tcp::Socket>(slot.handle);
+            match socket.state() {
+                tcp::State::Listen => listening = true,
+                tcp::State::Closed => {}
+                state @ (tcp::State::SynReceived | tcp::State::Established)
+                    if state == tcp::State::SynReceived
+                        || (slot.request.is_empty() && !slot.responded) =>
+                {
+                    active += 1;
+                    let since = slot.since_ms.unwrap_or(now);
+                    if oldest.is_none_or(|(_, t)| since < t) {
+                        oldest = Some((i, since));
+                    }
+                }
+                _ => active += 1,
+            }
+        }
+        self.counters.http_active = active;
+        if listening {
+            return;
+        }
+        if let Some((i, since)) = oldest {
+            if now.saturating_sub(since) > IDLE_EVICT_AFTER_MS {
+                sockets.get_mut::<tcp::Socket>(self.http[i].handle).abort();
+                self.counters.evicted_idle += 1;
+            }
+        }
     }
 }
 
@@ -174,7 +228,8 @@ fn lifecycle(
         HANDSHAKE_TIMEOUT_MS
     };
     let waiting = !established || !slot.responded;
-    if waiting && now.saturating_sub(since) > limit {
+    let age = now.saturating_sub(since);
+    if (waiting && age > limit) || age > CONNECTION_LIFETIME_MS {
         socket.abort();
         counters.aborted_stale += 1;
         return false;
@@ -306,7 +361,7 @@ fn health_json(
         m[0], m[1], m[2], m[3], m[4], m[5]
     );
     format!(
-        "{{\"status\":\"ok\",\"version\":\"{}\",\"uptime_ms\":{now_ms},\"address\":{address},\"mac\":\"{mac}\",\"counters\":{{\"rx_frames\":{},\"tx_frames\":{},\"rx_errors\":{},\"tx_errors\":{},\"http_requests\":{},\"http_errors\":{},\"echo_connections\":{},\"echo_bytes\":{},\"aborted_stale\":{}}}}}",
+        "{{\"status\":\"ok\",\"version\":\"{}\",\"uptime_ms\":{now_ms},\"address\":{address},\"mac\":\"{mac}\",\"counters\":{{\"rx_frames\":{},\"tx_frames\":{},\"rx_errors\":{},\"tx_errors\":{},\"http_requests\":{},\"http_errors\":{},\"echo_connections\":{},\"echo_bytes\":{},\"echo_active\":{},\"echo_idle_aborts\":{},\"tcp_sockets\":{},\"http_active\":{},\"aborted_stale\":{},\"evicted_idle\":{},\"rx_malformed\":{},\"rx_oversized\":{},\"rx_fragments\":{},\"rx_unsupported\":{}}}}}",
         crate::VERSION,
         frames.rx_frames,
         frames.tx_frames,
@@ -316,6 +371,15 @@ fn health_json(
         c.http_errors,
         c.echo_connections,
         c.echo_bytes,
-        c.aborted_stale
+        c.echo_active,
+        c.echo_idle_aborts,
+        c.tcp_sockets,
+        c.http_active,
+        c.aborted_stale,
+        c.evicted_idle,
+        frames.rx_dropped.malformed,
+        frames.rx_dropped.oversized,
+        frames.rx_dropped.fragments,
+        frames.rx_dropped.unsupported
     )
 }

@@ -96,7 +96,7 @@ pub struct SocketTable {
     /// Connections the caller closed, removed once TCP is done with them.
     closing: Vec<SocketHandle>,
     udp: Vec<(SocketHandle, u16)>,
-    tcp_count: usize,
+    pub(super) tcp_count: usize,
     next_port: u16,
 }
 
