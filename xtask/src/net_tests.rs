@@ -93,7 +93,15 @@ pub fn health(paths: &Paths) -> Result<String, String> {
 
 /// One HTTP/1.1 GET with `Connection: close`; returns the status code and body.
 pub(crate) fn get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
-    let io = Duration::from_secs(IO_TIMEOUT_S);
+    get_within(addr, path, Duration::from_secs(IO_TIMEOUT_S))
+}
+
+/// [`get`] with `io` as the connect, send and receive timeout.
+pub(crate) fn get_within(
+    addr: SocketAddr,
+    path: &str,
+    io: Duration,
+) -> Result<(u16, String), String> {
     let mut stream = TcpStream::connect_timeout(&addr, io).map_err(|e| format!("connect: {e}"))?;
     stream
         .set_read_timeout(Some(io))

@@ -21,7 +21,7 @@ use smoltcp::wire::{EthernetAddress, Ipv4Cidr};
 pub const ECHO_PORT: u16 = 7;
 pub const HTTP_PORT: u16 = 8080;
 /// Concurrent HTTP connections.
-const HTTP_SOCKETS: usize = 8;
+const HTTP_SOCKETS: usize = 32;
 /// Each HTTP socket's receive and send buffer.
 const HTTP_BUFFER_BYTES: usize = 8 * 1024;
 /// The largest HTTP request head accepted.
@@ -37,10 +37,14 @@ const REQUEST_TIMEOUT_MS: u64 = 5_000;
 /// The longest an HTTP connection holds a slot, response and close included: a client that
 /// never reads its response or never closes its side is aborted after this.
 const CONNECTION_LIFETIME_MS: u64 = 10_000;
-/// When every HTTP slot is taken, the oldest idle one (half-open: SYN received, no ACK; or
-/// connected without a byte of request) older than this is aborted so that a new client can
-/// connect during a flood of half-open connections; a real client's handshake and request
-/// arrive in far less.
+/// HTTP slots kept listening under a flood: when fewer listen, the oldest idle connections
+/// are aborted (half-open ones older than [`HALF_OPEN_EVICT_AFTER_MS`], connected ones without
+/// a request byte older than [`IDLE_EVICT_AFTER_MS`]), so that a new client finds a listening
+/// slot during a flood of half-open or silent connections.
+const MIN_LISTENING_SLOTS: usize = HTTP_SOCKETS / 2;
+/// A real client's ACK arrives within one round trip, far sooner than this.
+const HALF_OPEN_EVICT_AFTER_MS: u64 = 20;
+/// A real client sends its request right after connecting, far sooner than this.
 const IDLE_EVICT_AFTER_MS: u64 = 250;
 const NS_PER_MS: u64 = 1_000_000;
 
@@ -145,8 +149,14 @@ impl Services {
             sockets.get_mut::<udp::Socket>(self.udp_echo),
             &mut self.scratch,
         );
-        self.evict_idle(sockets, now);
         for i in 0..self.http.len() {
+            if !sockets.get::<tcp::Socket>(self.http[i].handle).is_open() {
+                // A fresh socket for each connection: smoltcp keeps a per-socket egress
+                // back-off (a forged peer whose address never resolves silences the socket for
+                // a second), which must not fall on the next client of the slot.
+                sockets.remove(self.http[i].handle);
+                self.http[i].handle = sockets.add(tcp_socket(HTTP_BUFFER_BYTES));
+            }
             let socket = sockets.get_mut::<tcp::Socket>(self.http[i].handle);
             if !lifecycle(
                 &mut self.http[i],
@@ -160,42 +170,46 @@ impl Services {
             let body = |c: &ServiceCounters| health_json(now, ip, mac, frames, c);
             moved |= http(&mut self.http[i], socket, body, &mut self.counters);
         }
+        // After serving: an evicted socket must stay Closed until the interface has sent its
+        // RST (the next `iface.poll`); `lifecycle` listens on it again after that.
+        self.evict_idle(sockets, now);
         moved
     }
 
-    /// When no HTTP slot listens, aborts the oldest idle connection (if older than
-    /// [`IDLE_EVICT_AFTER_MS`]) so that the slot listens again. Also counts active slots.
+    /// Keeps [`MIN_LISTENING_SLOTS`] listening by aborting the oldest idle connections (see
+    /// the constant). Also counts active slots.
     fn evict_idle(&mut self, sockets: &mut SocketSet<'static>, now: u64) {
-        let mut listening = false;
+        let mut listening = 0;
         let mut active = 0;
-        let mut oldest: Option<(usize, u64)> = None;
+        // (since, slot) of the connections that may be evicted.
+        let mut idle: Vec<(u64, usize)> = Vec::new();
         for (i, slot) in self.http.iter().enumerate() {
-            let socket = sockets.get::<tcp::Socket>(slot.handle);
-            match socket.state() {
-                tcp::State::Listen => listening = true,
+            let since = slot.since_ms.unwrap_or(now);
+            let age = now.saturating_sub(since);
+            match sockets.get::<tcp::Socket>(slot.handle).state() {
+                tcp::State::Listen => listening += 1,
                 tcp::State::Closed => {}
-                state @ (tcp::State::SynReceived | tcp::State::Established)
-                    if state == tcp::State::SynReceived
-                        || (slot.request.is_empty() && !slot.responded) =>
-                {
+                tcp::State::SynReceived => {
                     active += 1;
-                    let since = slot.since_ms.unwrap_or(now);
-                    if oldest.is_none_or(|(_, t)| since < t) {
-                        oldest = Some((i, since));
+                    if age > HALF_OPEN_EVICT_AFTER_MS {
+                        idle.push((since, i));
+                    }
+                }
+                tcp::State::Established if slot.request.is_empty() && !slot.responded => {
+                    active += 1;
+                    if age > IDLE_EVICT_AFTER_MS {
+                        idle.push((since, i));
                     }
                 }
                 _ => active += 1,
             }
         }
         self.counters.http_active = active;
-        if listening {
-            return;
-        }
-        if let Some((i, since)) = oldest {
-            if now.saturating_sub(since) > IDLE_EVICT_AFTER_MS {
-                sockets.get_mut::<tcp::Socket>(self.http[i].handle).abort();
-                self.counters.evicted_idle += 1;
-            }
+        idle.sort_unstable();
+        let wanted = MIN_LISTENING_SLOTS.saturating_sub(listening);
+        for &(_, i) in idle.iter().take(wanted) {
+            sockets.get_mut::<tcp::Socket>(self.http[i].handle).abort();
+            self.counters.evicted_idle += 1;
         }
     }
 }
