@@ -26,6 +26,8 @@ pub const DEFAULT_BLK_MIB: u64 = 128;
 const CHUNK_BYTES: usize = 256 * 1024;
 const BENCH_VM_TIMEOUT_S: u64 = 600;
 const MIB: u64 = 1024 * 1024;
+/// Host runs; the best is shown.
+const HOST_RUNS: usize = 3;
 
 pub fn run(paths: &Paths, args: &[String]) -> Result<(), String> {
     let mib: u64 = parse_opt(args, "--mib", DEFAULT_BLK_MIB)?;
@@ -36,10 +38,17 @@ pub fn run(paths: &Paths, args: &[String]) -> Result<(), String> {
 
     let host_file = dir.join("host.raw");
     let _ = std::fs::remove_file(&host_file);
-    let host_write = host_write(&host_file, bytes)?;
-    let host_read_hot = host_read(&host_file, bytes, false)?;
-    let host_read_cold = host_read(&host_file, bytes, true)?;
+    // The host's figures are the best of a few runs (this machine is shared); the guest's
+    // come from one boot.
+    let (mut host_write_s, mut hot_s, mut cold_s) = (f64::MAX, f64::MAX, f64::MAX);
+    for _ in 0..HOST_RUNS {
+        let _ = std::fs::remove_file(&host_file);
+        host_write_s = host_write_s.min(host_write(&host_file, bytes)?);
+        hot_s = hot_s.min(host_read(&host_file, bytes, false)?);
+        cold_s = cold_s.min(host_read(&host_file, bytes, true)?);
+    }
     let _ = std::fs::remove_file(&host_file);
+    let (host_write, host_read_hot, host_read_cold) = (host_write_s, hot_s, cold_s);
 
     let (guest_write, guest_read) = guest(paths, &dir, bytes)?;
     print_table_rows(
@@ -70,8 +79,9 @@ pub fn run(paths: &Paths, args: &[String]) -> Result<(), String> {
         ],
     );
     println!(
-        "\n(guest figures from its TSC clock; {:?}; QEMU cache=writeback, so guest reads come \
-         from the host page cache like the hot host read)",
+        "\n(guest figures from its TSC clock, one boot; host figures best of {HOST_RUNS}; {:?}; \
+         QEMU cache=writeback, so guest reads come from the host page cache like the hot host \
+         read)",
         accel()
     );
     Ok(())

@@ -236,7 +236,9 @@ fn vm_to_vm(paths: &Paths, bytes: u64) -> Result<Figure, String> {
         vms.push(spawn_quiet(&name, &cmd, &paths.run_dir(&name), limit)?);
     }
     let sink = &mut vms[1];
-    let line = match sink.wait_for(&LinePattern::substring("net-bench: sink "), limit) {
+    let report = LinePattern::regex("net-bench: sink (received|FAILED)")
+        .map_err(|e| format!("pattern: {e}"))?;
+    let line = match sink.wait_for(&report, limit) {
         Ok(line) => line,
         Err(err) => return Err(failure_report(sink, &err.to_string())),
     };
