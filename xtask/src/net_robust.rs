@@ -764,7 +764,7 @@ pub fn reset_step(paths: &Paths) -> Result<String, String> {
     Ok(format!(
         "{RESET_ROUNDS} echo + {RESET_ROUNDS} HTTP clients reset mid-stream in {:.1} s; services \
          answered after; {STUCK_ECHO_PEERS} non-reading echo peers and {GUEST_HTTP_SLOTS} HTTP \
-         clients holding every slot: /health answered after {:.1} s, all reclaimed after {:.1} s \
+         clients that never read nor close: /health answered after {:.1} s, all reclaimed after {:.1} s \
          (tcp_sockets {} = baseline, echo_idle_aborts {}, aborted_stale {})",
         resets_took.as_secs_f64(),
         health_back.as_secs_f64(),
