@@ -11,9 +11,12 @@
 
 mod attest;
 mod bench;
+mod bench_blk;
+mod bench_net;
 mod boot_paths;
 mod disk_tests;
 mod kernel_build;
+mod net_robust;
 mod net_tests;
 mod pe;
 mod run_vm;

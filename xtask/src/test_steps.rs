@@ -105,6 +105,28 @@ const STEPS: &[Step] = &[
         run: crate::net_tests::echo,
     },
     Step {
+        name: "net-malformed",
+        what: "thousands of seeded bad frames (truncated, bad checksums/lengths/offsets, \
+               fragments, bogus ARP, oversized and 9000/65535-byte jumbo, garbage) injected on \
+               the VM's segment: counted as drops in /health; /health and echo still answer",
+        needs: &["build"],
+        run: crate::net_robust::malformed_step,
+    },
+    Step {
+        name: "net-reset",
+        what: "clients resetting mid-stream (SO_LINGER 0) on echo and HTTP, peers that stop \
+               reading or never close: services answer, every connection is reclaimed",
+        needs: &["build"],
+        run: crate::net_robust::reset_step,
+    },
+    Step {
+        name: "net-halfopen",
+        what: "silent connections and a forged SYN flood on the health port, beyond its slots: \
+               /health serves during and after, every slot is reclaimed",
+        needs: &["build"],
+        run: crate::net_robust::halfopen_step,
+    },
+    Step {
         name: "testnet",
         what: "3 VMs on one virtual L2 segment (the qemu crate's switch) each answer ARP",
         needs: &["build"],
