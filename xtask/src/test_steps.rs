@@ -391,8 +391,9 @@ fn boot_efi_kernel(paths: &Paths) -> Result<String, String> {
 
 fn attest_measure_efi(paths: &Paths) -> Result<String, String> {
     let firmware = crate::attest::amdsev_firmware(&paths.root).ok_or(
-        "no AmdSev OVMF (OVMF.amdsev.fd): .ci/run unpacks Debian's ovmf-amdsev package into \
-         target/ci-ovmf-amdsev/, or set CAIRN_OVMF_AMDSEV",
+        "no AmdSev OVMF (OVMF.amdsev.fd); fetch Debian's ovmf-amdsev into target/ci-ovmf-amdsev/ \
+         with `bash .ci/ovmf-amdsev.sh` (as root, from the repository root), or set \
+         CAIRN_OVMF_AMDSEV",
     )?;
     crate::attest::compare_efi_measurement(&paths.root, &firmware, &kernel_build::kernel_efi(paths))
 }
