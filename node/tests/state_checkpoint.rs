@@ -774,6 +774,17 @@ fn every_field_and_variant_round_trips() {
     let back = restore(&files).expect("restore");
     assert_eq!(back.state_hash(back.height()), Some(want));
     assert_eq!(back.checkpoint_files().expect("re-checkpoint"), files);
+    // Canisters running the same module share its bytes and compiled form.
+    let shared = |a: u64, b: u64| {
+        let m = |i| {
+            back.canister(&Principal::from_canister_index(i))
+                .and_then(|c| c.module.clone())
+                .expect("module")
+        };
+        std::sync::Arc::ptr_eq(&m(a), &m(b))
+    };
+    assert!(shared(0, 2));
+    assert!(!shared(0, MOTOKO));
     let (x, y) = (&sm.state, &back.state);
     assert_eq!(x.pending_outputs, y.pending_outputs);
     assert_eq!(x.subnet_queue, y.subnet_queue);
