@@ -54,7 +54,8 @@ pub const META_FILE: &str = "meta";
 pub const HEAP_FILE: &str = "heap";
 pub const STABLE_FILE: &str = "stable";
 pub const WASM_FILE: &str = "wasm";
-/// Longest file name a checkpoint has (the longest real one is 71 bytes).
+/// Longest file name a checkpoint may have (the longest real one, a 29-byte id's
+/// `canister/<58 hex digits>/stable`, is 74 bytes).
 pub const FILE_NAME_BYTES_MAX: usize = 200;
 /// Bytes of the version at the start of `system` and `meta`.
 const VERSION_BYTES: usize = 4;
