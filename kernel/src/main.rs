@@ -25,6 +25,10 @@
 //! - `cairn.crash=panic` / `cairn.crash=fault` (aliases `cairn.test=panic|pagefault`): just
 //!   before `cairn: ready`, panic or read an unmapped page, to test that failures are
 //!   reported (status 35; `KERNEL PANIC at …` or `FATAL EXCEPTION: vector 14 …`; no ready).
+//! - `cairn.net-bench=source|sink:<ip>` (and `cairn.net-bench-bytes=N`): TCP throughput
+//!   services on port 5001 for `cargo xtask bench net` (see `net_bench`).
+//! - `cairn.blk-bench=<MiB>`: timed sequential write and read of the virtio-blk disk before
+//!   `cairn: ready`, for `cargo xtask bench blk` (see `blk_bench`).
 //! - `cairn.store-demo=1`: run the state store on the virtio-blk disk until killed, instead of
 //!   reaching `cairn: ready` (see `store_demo`; the host's kill -9 test).
 #![no_std]
@@ -43,16 +47,20 @@ extern crate alloc;
     )
 )]
 mod arch;
+mod blk_bench;
 mod disk_check;
 mod drivers;
+mod efi;
 mod heap;
 mod logger;
 mod net;
+mod net_bench;
 #[cfg(not(feature = "host-std-check"))]
 mod panic;
 mod runtime;
 mod store_demo;
 mod store_device;
+mod tee;
 #[cfg(feature = "kernel-tests")]
 mod tests;
 
@@ -95,6 +103,7 @@ extern "C" fn cairn_boot64(info_paddr: u64, protocol: u64) -> ! {
         Err(e) => panic!("clock: {e}"),
     };
     print_banner(info, &mapped, &heap, tsc_hz, clock_source);
+    tee::init();
     let node_config = match runtime::find_config(info) {
         Some(Ok(c)) => Some(c),
         Some(Err(e)) => {
@@ -105,58 +114,83 @@ extern "C" fn cairn_boot64(info_paddr: u64, protocol: u64) -> ! {
     };
     let mut devices = drivers::virtio::probe();
     let network = start_network(info, &mut devices, node_config.as_ref());
-    report_devices(info, &mut devices);
+    let disk = report_devices(info, &mut devices);
     crash_if_asked(info.option("cairn.crash").or(info.option("cairn.test")));
     serial::write_fmt(format_args!(
         "boot: ready in {} us after kernel entry\n",
         clock::ns_since_entry() / 1_000
     ));
     serial::write_fmt(format_args!("{READY_LINE}\n"));
-    after_ready(info, network, node_config)
+    after_ready(info, network, node_config, disk)
 }
 
-/// Brings up smoltcp on the first virtio-net device, if any.
+/// Brings up smoltcp on every virtio-net card, if any: the first (primary) card addressed
+/// by the node configuration or the command line, a second one by `cairn.ip2`/`cairn.gw2` or
+/// slirp's defaults (the host-access card of a testnet node), any further one by DHCPv4.
 fn start_network(
     info: &BootInfo,
     devices: &mut drivers::virtio::Devices,
     node_config: Option<&runtime::NodeConfig>,
 ) -> Option<net::Network> {
-    let nic = devices.net.take()?;
-    let from_cmdline = match node_config {
-        Some(c) => Ok(runtime::net_config(c)),
-        None => net::NetConfig::from_boot(info),
-    };
-    let config = match from_cmdline {
-        Ok(c) => c,
-        Err(e) => {
-            log::error!("net: {e}; falling back to DHCP");
-            net::NetConfig::default()
-        }
-    };
+    if devices.net.is_empty() {
+        return None;
+    }
+    let cards: alloc::vec::Vec<_> = core::mem::take(&mut devices.net)
+        .into_iter()
+        .enumerate()
+        .map(|(i, nic)| (nic, nic_config(info, i, node_config)))
+        .collect();
     let seed = entropy::rdrand64().unwrap_or_else(|_| cpu::rdtsc());
-    let network = net::Network::new(nic, config, seed);
-    serial::write_fmt(format_args!(
-        "net: virtio-net mac {} {:?} ipv4 {}{}{}; tcp+udp echo :7, http :8080\n",
-        network.mac,
-        network.addressing,
-        network
-            .ipv4()
-            .map_or(String::from("pending"), |a| alloc::format!("{a}")),
-        config
-            .gateway
-            .map_or(String::new(), |g| alloc::format!(" gw {g}")),
-        config
-            .ipv6
-            .map_or(String::new(), |a| alloc::format!(" ipv6 {a}")),
-    ));
+    let network = net::Network::new(cards, seed);
+    for (i, nic) in network.nics().iter().enumerate() {
+        serial::write_fmt(format_args!(
+            "net: virtio-net{} mac {} {:?} ipv4 {}{}{}; tcp+udp echo :7, http :8080\n",
+            if i == 0 {
+                String::new()
+            } else {
+                alloc::format!(" #{i}")
+            },
+            nic.mac,
+            nic.addressing,
+            nic.ipv4()
+                .map_or(String::from("pending"), |a| alloc::format!("{a}")),
+            nic.gateway()
+                .map_or(String::new(), |g| alloc::format!(" gw {g}")),
+            nic.ipv6()
+                .map_or(String::new(), |a| alloc::format!(" ipv6 {a}")),
+        ));
+    }
     Some(network)
 }
 
-fn report_devices(info: &BootInfo, devices: &mut drivers::virtio::Devices) {
+/// The addressing of card `i` (see [`start_network`]); a bad option falls back to DHCP.
+fn nic_config(
+    info: &BootInfo,
+    i: usize,
+    node_config: Option<&runtime::NodeConfig>,
+) -> net::NetConfig {
+    let parsed = match (i, node_config) {
+        (0, Some(c)) => Ok(runtime::net_config(c)),
+        (0, None) => net::NetConfig::from_boot(info),
+        (1, _) => net::NetConfig::second_from_boot(info),
+        _ => Ok(net::NetConfig::default()),
+    };
+    parsed.unwrap_or_else(|e| {
+        log::error!("net: {e}; falling back to DHCP");
+        net::NetConfig::default()
+    })
+}
+
+/// Prints the devices and runs the disk checks asked for; returns the disk for the node.
+fn report_devices(
+    info: &BootInfo,
+    devices: &mut drivers::virtio::Devices,
+) -> Option<drivers::block::VirtioBlock> {
     serial::write_fmt(format_args!(
         "pci: {} functions via {:?}\n",
         devices.pci_functions, devices.cam
     ));
+    let mut disk_found = None;
     if let Some(blk) = devices.blk.take() {
         let mut disk = drivers::block::VirtioBlock::new(blk);
         serial::write_fmt(format_args!(
@@ -168,9 +202,13 @@ fn report_devices(info: &BootInfo, devices: &mut drivers::virtio::Devices) {
         if let Some(mode) = info.option("cairn.disk-check") {
             disk_check::run(&mut disk, mode);
         }
+        if let Some(mib) = info.option("cairn.blk-bench") {
+            blk_bench::run(&mut disk, mib);
+        }
         if info.option("cairn.store-demo") == Some("1") {
             store_demo::run(disk);
         }
+        disk_found = Some(disk);
     }
     if let Some(rng) = devices.rng.as_mut() {
         let mut bytes = [0u8; 16];
@@ -179,6 +217,7 @@ fn report_devices(info: &BootInfo, devices: &mut drivers::virtio::Devices) {
             Err(e) => serial::write_fmt(format_args!("rng: virtio-rng failed: {e}\n")),
         }
     }
+    disk_found
 }
 
 /// Normal build: idle (later issues run the node here), or leave with `cairn.exit=1`.
@@ -187,6 +226,7 @@ fn after_ready(
     info: &BootInfo,
     network: Option<net::Network>,
     node_config: Option<runtime::NodeConfig>,
+    disk: Option<drivers::block::VirtioBlock>,
 ) -> ! {
     #[cfg(feature = "kernel-tests")]
     if !tests::run_all() {
@@ -199,22 +239,29 @@ fn after_ready(
         power::power_off();
     }
     match (network, node_config) {
-        (Some(mut network), Some(config)) => match runtime::Runtime::new(&mut network, config) {
-            Ok(node) => node.run(network),
-            Err(e) => {
-                log::error!("runtime: {e}");
-                cpu::halt_forever()
+        (Some(mut network), Some(config)) => {
+            let nonce = entropy::rdrand64().unwrap_or_else(|_| cpu::rdtsc());
+            let store = disk.and_then(|d| runtime::store::open(d, nonce));
+            match runtime::Runtime::new(&mut network, config, store) {
+                Ok(node) => node.run(network),
+                Err(e) => {
+                    log::error!("runtime: {e}");
+                    cpu::halt_forever()
+                }
             }
-        },
+        }
         (None, Some(_)) => {
             log::error!("runtime: a node configuration but no network card");
             cpu::halt_forever()
         }
-        (Some(network), None) => {
+        (Some(mut network), None) => {
             let check = info.option("cairn.net-check").and_then(|targets| {
                 net::check::NetCheck::new(targets, info.option("cairn.net-check-bytes"))
             });
-            serve(network, check)
+            let bench = info.option("cairn.net-bench").and_then(|mode| {
+                net_bench::NetBench::new(&mut network, mode, info.option("cairn.net-bench-bytes"))
+            });
+            serve(network, check, bench)
         }
         (None, None) => cpu::halt_forever(),
     }
@@ -224,7 +271,11 @@ fn after_ready(
 /// the next APIC tick (1 ms): busy streams never sleep, an idle VM costs the host little.
 const IDLE_AFTER_NS: u64 = 2_000_000;
 
-fn serve(mut network: net::Network, mut check: Option<net::check::NetCheck>) -> ! {
+fn serve(
+    mut network: net::Network,
+    mut check: Option<net::check::NetCheck>,
+    mut bench: Option<net_bench::NetBench>,
+) -> ! {
     let sleep = match apic::init() {
         Ok(hz) => {
             log::info!(
@@ -244,6 +295,9 @@ fn serve(mut network: net::Network, mut check: Option<net::check::NetCheck>) -> 
         let mut active = network.poll();
         if let Some(check) = check.as_mut() {
             active |= check.poll(&mut network);
+        }
+        if let Some(bench) = bench.as_mut() {
+            active |= bench.poll(&mut network);
         }
         if active {
             last_activity = clock::now_ns();

@@ -189,6 +189,18 @@ fn workload(seed: u64) -> Vec<Batch> {
             };
             ingress.push(m);
         }
+        if (h + 2) % CHECKPOINT_EVERY == 0 {
+            // Right before a checkpoint: a long, time-sliced message on canister 0 and a
+            // call to it from canister 1 that waits behind it, so the checkpoint holds an
+            // open call context, a callback and a queued request whatever the seed.
+            ingress.push(msg(
+                user(),
+                ids[0],
+                "work",
+                500_000u32.to_le_bytes().to_vec(),
+            ));
+            ingress.push(msg(user(), ids[1], "call_inc", ids[0].as_slice().to_vec()));
+        }
         let mut randomness = [0u8; 32];
         randomness[..8].copy_from_slice(&rng.next().to_le_bytes());
         batches.push(Batch {
@@ -353,10 +365,20 @@ fn small_checkpoint() -> (Files, [u8; 32]) {
     // Without the ledger: its megabytes make every mutation slow to check.
     setup.ingress.truncate(2 * (TEST_CANISTERS as usize + 1));
     sm.execute_batch(setup);
-    for b in &batches[1..10] {
+    for (i, b) in batches[1..10].iter().enumerate() {
         let mut b = b.clone();
         b.ingress
             .retain(|m| m.canister_id != Principal::from_canister_index(LEDGER));
+        if i == 0 {
+            // Stable memory whatever the seed.
+            b.ingress.push(IngressMessage {
+                id: [0x5b; 32],
+                sender: user(),
+                canister_id: Principal::from_canister_index(0),
+                method: "stable_put".into(),
+                arg: 42u64.to_le_bytes().to_vec(),
+            });
+        }
         sm.execute_batch(b);
     }
     sm.abort_paused_executions();
@@ -774,6 +796,17 @@ fn every_field_and_variant_round_trips() {
     let back = restore(&files).expect("restore");
     assert_eq!(back.state_hash(back.height()), Some(want));
     assert_eq!(back.checkpoint_files().expect("re-checkpoint"), files);
+    // Canisters running the same module share its bytes and compiled form.
+    let shared = |a: u64, b: u64| {
+        let m = |i| {
+            back.canister(&Principal::from_canister_index(i))
+                .and_then(|c| c.module.clone())
+                .expect("module")
+        };
+        std::sync::Arc::ptr_eq(&m(a), &m(b))
+    };
+    assert!(shared(0, 2));
+    assert!(!shared(0, MOTOKO));
     let (x, y) = (&sm.state, &back.state);
     assert_eq!(x.pending_outputs, y.pending_outputs);
     assert_eq!(x.subnet_queue, y.subnet_queue);

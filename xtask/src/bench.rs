@@ -24,6 +24,12 @@ pub fn run(paths: &Paths, args: &[String]) -> Result<(), String> {
         };
         return bench_boot(paths, runs.max(1));
     }
+    if name == "net" {
+        return crate::bench_net::run(paths, args);
+    }
+    if name == "blk" {
+        return crate::bench_blk::run(paths, args);
+    }
     if !available.iter().any(|a| a == name) {
         return Err(format!(
             "no benchmark `{name}`; available: {}",
@@ -44,7 +50,7 @@ pub fn run(paths: &Paths, args: &[String]) -> Result<(), String> {
 
 /// `boot` plus every `node/examples/bench_*.rs`.
 fn list(paths: &Paths) -> Vec<String> {
-    let mut names = vec!["boot".to_string()];
+    let mut names = vec!["boot".to_string(), "net".to_string(), "blk".to_string()];
     let mut node: Vec<String> = std::fs::read_dir(paths.root.join("node").join("examples"))
         .into_iter()
         .flatten()

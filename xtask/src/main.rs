@@ -11,10 +11,14 @@
 
 mod attest;
 mod bench;
+mod bench_blk;
+mod bench_net;
 mod boot_paths;
 mod disk_tests;
 mod kernel_build;
+mod net_robust;
 mod net_tests;
+mod pe;
 mod run_vm;
 mod store_tests;
 mod test_steps;
@@ -31,7 +35,7 @@ commands:
   build                 build target/cairn/kernel.elf and kernel-test.elf (+ build guard)
   image [--store-mib N] [--append CMDLINE]
                         write target/cairn/disk.img (GPT; GRUB multiboot2 for BIOS and UEFI)
-  qemu [--bios|--uefi] [--test] [--append CMDLINE] [--timeout SECS]
+  qemu [--bios|--uefi|--uefi-kernel] [--test] [--append CMDLINE] [--timeout SECS]
                         boot one node and stream its serial console; Ctrl-C stops it
   qemu --nodes N        boot a subnet of N nodes (genesis + one VM each); Ctrl-C stops all
   test [--keep-going] [STEP…]

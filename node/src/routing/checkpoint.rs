@@ -35,7 +35,7 @@ use sha2::{Digest, Sha256};
 
 use super::StateMachine;
 use crate::execution::management::CONTROLLERS_MAX;
-use crate::execution::runtime::{HeapSnapshot, Runtime};
+use crate::execution::runtime::{CompiledModule, HeapSnapshot, Runtime};
 use crate::execution::stable::{StableMemory, CHUNK_BYTES, WASM_PAGE_BYTES};
 use crate::execution::system_api::CERTIFIED_DATA_BYTES_MAX;
 use crate::execution::wasm::MODULE_BYTES_MAX;
@@ -54,7 +54,8 @@ pub const META_FILE: &str = "meta";
 pub const HEAP_FILE: &str = "heap";
 pub const STABLE_FILE: &str = "stable";
 pub const WASM_FILE: &str = "wasm";
-/// Longest file name a checkpoint has (the longest real one is 71 bytes).
+/// Longest file name a checkpoint may have (the longest real one, a 29-byte id's
+/// `canister/<58 hex digits>/stable`, is 74 bytes).
 pub const FILE_NAME_BYTES_MAX: usize = 200;
 /// Bytes of the version at the start of `system` and `meta`.
 const VERSION_BYTES: usize = 4;
@@ -576,11 +577,16 @@ fn decode_stable(
     Ok(s)
 }
 
+/// Modules already read in this checkpoint, by SHA-256: canisters running the same module
+/// share its bytes and its compiled form.
+type Modules = BTreeMap<[u8; 32], (Arc<Vec<u8>>, Option<Arc<CompiledModule>>)>;
+
 fn decode_canister(
     id: &Principal,
     files: &mut Files<'_>,
     config: &ExecutionConfig,
-) -> Result<CanisterState, CheckpointError> {
+    modules: &mut Modules,
+) -> Result<(CanisterState, Option<[u8; 32]>), CheckpointError> {
     let dir = canister_dir(id);
     let meta_name = format!("{dir}{META_FILE}");
     let meta = open(&meta_name, files.take(&meta_name)?)?;
@@ -599,7 +605,10 @@ fn decode_canister(
             return Err(malformed(&wasm_name, "module larger than the limit"));
         }
         check_raw(&wasm_name, wasm, len, &sha)?;
-        c.wasm = Some(Arc::new(wasm.to_vec()));
+        let (bytes, _) = modules
+            .entry(sha)
+            .or_insert_with(|| (Arc::new(wasm.to_vec()), None));
+        c.wasm = Some(bytes.clone());
     }
     let heap_name = format!("{dir}{HEAP_FILE}");
     if let Some(heap) = files.take_if(&heap_name, raw.heap.is_some())? {
@@ -623,7 +632,7 @@ fn decode_canister(
     let stable_name = format!("{dir}{STABLE_FILE}");
     let stable = files.take(&stable_name)?;
     c.stable = decode_stable(&stable_name, stable, &raw, config)?;
-    Ok(c)
+    Ok((c, raw.wasm.map(|(_, sha)| sha)))
 }
 
 impl StateMachine {
@@ -675,23 +684,35 @@ impl StateMachine {
         let system = open(SYSTEM_FILE, files.take(SYSTEM_FILE)?)?;
         let sys = decode_system(&mut Reader::new(system), &mut state)
             .map_err(|e| malformed(SYSTEM_FILE, e))?;
+        let mut modules = Modules::new();
+        let mut module_of = Vec::new();
         for id in &sys.canisters {
-            let c = decode_canister(id, &mut files, &config)?;
+            let (c, sha) = decode_canister(id, &mut files, &config, &mut modules)?;
             state.canisters.insert(*id, c);
+            module_of.extend(sha.map(|sha| (*id, sha)));
         }
         if let Some(name) = files.by_name.keys().next() {
             return Err(CheckpointError::Unexpected((*name).into()));
         }
-        // The compiled module is a cache: rebuilt from the stored Wasm.
+        // The compiled module is a cache: rebuilt from the stored Wasm, once per module.
         let runtime = Runtime::new();
-        for (id, c) in state.canisters.iter_mut() {
-            if let Some(w) = &c.wasm {
-                let module = runtime.compile(w).map_err(|e| CheckpointError::Wasm {
-                    file: format!("{}{WASM_FILE}", canister_dir(id)),
-                    reason: e.to_string(),
-                })?;
-                c.module = Some(Arc::new(module));
-            }
+        for (id, sha) in module_of {
+            let (Some(c), Some((w, compiled))) =
+                (state.canisters.get_mut(&id), modules.get_mut(&sha))
+            else {
+                continue;
+            };
+            let module = match compiled {
+                Some(m) => m.clone(),
+                None => {
+                    let m = runtime.compile(w).map_err(|e| CheckpointError::Wasm {
+                        file: format!("{}{WASM_FILE}", canister_dir(&id)),
+                        reason: e.to_string(),
+                    })?;
+                    compiled.insert(Arc::new(m)).clone()
+                }
+            };
+            c.module = Some(module);
         }
         let mut hashes = BTreeMap::new();
         hashes.insert(state.height, state.hash());
