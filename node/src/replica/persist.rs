@@ -126,18 +126,16 @@ impl fmt::Display for StateFilesError {
 }
 
 /// The state as named files (the codec of `routing::checkpoint`).
-pub fn state_files(_sm: &StateMachine) -> Result<Vec<(String, Vec<u8>)>, StateFilesError> {
-    // Bridge to `StateMachine::checkpoint_files` (branch statecodec, not merged yet).
-    Err(StateFilesError::Codec)
+pub fn state_files(sm: &StateMachine) -> Result<Vec<(String, Vec<u8>)>, StateFilesError> {
+    sm.checkpoint_files().map_err(|_| StateFilesError::Codec)
 }
 
 /// A state machine from a checkpoint's files.
 pub fn state_from_files(
-    _config: ExecutionConfig,
-    _files: &[(String, Vec<u8>)],
+    config: ExecutionConfig,
+    files: &[(String, Vec<u8>)],
 ) -> Result<StateMachine, StateFilesError> {
-    // Bridge to `StateMachine::from_checkpoint_files` (branch statecodec, not merged yet).
-    Err(StateFilesError::Codec)
+    StateMachine::from_checkpoint_files(config, files).map_err(|_| StateFilesError::Codec)
 }
 
 /// Borrowed view of owned files, as the store takes them.
