@@ -198,12 +198,12 @@ pub fn validate_ingress_entry(
     })
 }
 
-/// The randomness of batch `h`: `H("cairn-random-tape" ‖ hash of block h)`. Equal on every
-/// node; unlike the IC's random tape (a threshold signature revealed only after the block is
-/// final) the block maker could predict it, which `raw_rand` users should know. Moving to the
-/// random beacon needs consensus to hand it out with each finalized block.
+/// The randomness of batch `h`: `H("cairn-random-tape" ‖ hash of the random beacon at h+1)`.
+/// Equal on every node; that beacon is a threshold BLS signature revealed only after height
+/// `h` is notarized, so the block maker can neither predict nor grind it (it plays the role
+/// of the IC's random tape; see [`FinalizedBlock::next_beacon_hash`]).
 pub fn randomness_of(block: &FinalizedBlock) -> [u8; 32] {
-    domain_hash(DOMAIN_RANDOM_TAPE, &block.hash)
+    domain_hash(DOMAIN_RANDOM_TAPE, &block.next_beacon_hash)
 }
 
 /// Everything a node of the full stack needs to start.
