@@ -24,6 +24,9 @@ pub fn run(paths: &Paths, args: &[String]) -> Result<(), String> {
         };
         return bench_boot(paths, runs.max(1));
     }
+    if name == "exec" {
+        return bench_exec(paths);
+    }
     if !available.iter().any(|a| a == name) {
         return Err(format!(
             "no benchmark `{name}`; available: {}",
@@ -111,6 +114,137 @@ fn median(times: &[Duration]) -> Duration {
     } else {
         (times[mid - 1] + times[mid]) / 2
     }
+}
+
+/// Runs a node bench example in release and returns its stdout lines (echoed as they come).
+fn run_node_example(paths: &Paths, example: &str) -> Result<Vec<String>, String> {
+    use std::io::BufRead;
+    let mut child = cargo(paths)
+        .args(["run", "--release", "-p", "node", "--features", "sim"])
+        .args(["--example", example])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run the {example} example: {e}"))?;
+    let mut lines = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            println!("{line}");
+            lines.push(line);
+        }
+    }
+    let status = child.wait().map_err(|e| format!("{example}: {e}"))?;
+    if !status.success() {
+        return Err(format!("the {example} example failed ({status})"));
+    }
+    Ok(lines)
+}
+
+/// `key=value` fields of the tab-separated line of `lines` that starts with `tag`.
+fn tagged_fields(lines: &[String], tag: &str) -> Option<Vec<(String, String)>> {
+    let line = lines
+        .iter()
+        .find(|l| l.split(['\t', ' ']).next() == Some(tag))?;
+    let sep = if line.contains('\t') { '\t' } else { ' ' };
+    Some(
+        line.split(sep)
+            .skip(1)
+            .filter_map(|f| f.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    )
+}
+
+fn field<'a>(fields: &'a [(String, String)], key: &str) -> Result<&'a str, String> {
+    fields
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+        .ok_or_else(|| format!("bench output lacks `{key}`"))
+}
+
+fn field_f64(fields: &[(String, String)], key: &str) -> Result<f64, String> {
+    field(fields, key)?
+        .parse()
+        .map_err(|_| format!("bench output: `{key}` is not a number"))
+}
+
+/// The wasmtime baseline crate (outside the workspace, so workspace builds never compile it).
+const WASMTIME_BENCH_DIR: &str = "bench/wasmtime";
+/// Runs per wasmtime configuration (the median is reported).
+const WASMTIME_RUNS: usize = 5;
+
+/// `bench exec`: the node's wasmi figures, then the same CPU-bound module under wasmtime
+/// (Cranelift, with and without fuel metering) in the same run, as ratios.
+fn bench_exec(paths: &Paths) -> Result<(), String> {
+    let lines = run_node_example(paths, "bench_exec")?;
+    let cpu = tagged_fields(&lines, "bench-exec-cpu")
+        .ok_or("bench_exec printed no `bench-exec-cpu` line")?;
+    let wasmi_ips = field_f64(&cpu, "instructions")? / field_f64(&cpu, "median_s")?;
+    let wasmi_reply = field(&cpu, "reply_hex")?.to_string();
+
+    println!(
+        "\nbuilding the wasmtime baseline ({WASMTIME_BENCH_DIR}, release; the first build \
+         compiles Cranelift and takes several minutes)..."
+    );
+    let target_dir = paths.root.join("target").join("bench-wasmtime");
+    let manifest = paths.root.join(WASMTIME_BENCH_DIR).join("Cargo.toml");
+    run_status(
+        cargo(paths)
+            .args(["build", "--release", "--manifest-path"])
+            .arg(&manifest)
+            .arg("--target-dir")
+            .arg(&target_dir),
+    )?;
+    let exe = target_dir.join("release").join("cairn-bench-wasmtime");
+    let mut rows = vec![(
+        "wasmi 2.0 (cairn: fuel metering, full routing + execution)".to_string(),
+        wasmi_ips,
+    )];
+    for (fuel, label) in [
+        (false, "wasmtime 48 (Cranelift, no metering)"),
+        (true, "wasmtime 48 (Cranelift, fuel metering on)"),
+    ] {
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.args(["--module", field(&cpu, "module")?])
+            .args(["--export", field(&cpu, "export")?])
+            .args(["--arg-hex", field(&cpu, "arg_hex")?])
+            .args(["--instructions", field(&cpu, "instructions")?])
+            .args(["--runs", &WASMTIME_RUNS.to_string()]);
+        if fuel {
+            cmd.arg("--fuel");
+        }
+        let out = cmd
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", exe.display()))?;
+        eprint!("{}", String::from_utf8_lossy(&out.stderr));
+        if !out.status.success() {
+            return Err(format!("{label} failed ({})", out.status));
+        }
+        let stdout: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect();
+        let w = tagged_fields(&stdout, "wasmtime-result")
+            .ok_or("cairn-bench-wasmtime printed no result line")?;
+        let reply = field(&w, "reply_hex")?;
+        if reply != wasmi_reply {
+            return Err(format!(
+                "{label} replied {reply}, wasmi replied {wasmi_reply}: not the same computation"
+            ));
+        }
+        rows.push((label.to_string(), field_f64(&w, "instr_per_s")?));
+    }
+    println!(
+        "\nCPU-bound canister `{}`, {} wasmi-counted instructions per message; every engine \
+         replied {wasmi_reply}",
+        field(&cpu, "export")?,
+        field(&cpu, "instructions")?
+    );
+    println!("{:<62} {:>16} {:>10}", "engine", "instr/s", "vs wasmi");
+    for (label, ips) in &rows {
+        println!("{label:<62} {ips:>16.0} {:>9.2}x", ips / wasmi_ips);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
