@@ -27,6 +27,9 @@ pub fn run(paths: &Paths, args: &[String]) -> Result<(), String> {
     if name == "exec" {
         return bench_exec(paths);
     }
+    if name == "api" {
+        return bench_api(paths);
+    }
     if !available.iter().any(|a| a == name) {
         return Err(format!(
             "no benchmark `{name}`; available: {}",
@@ -128,7 +131,9 @@ fn run_node_example(paths: &Paths, example: &str) -> Result<Vec<String>, String>
     let mut lines = Vec::new();
     if let Some(out) = child.stdout.take() {
         for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-            println!("{line}");
+            if !line.starts_with("bench-row\t") {
+                println!("{line}");
+            }
             lines.push(line);
         }
     }
@@ -243,6 +248,83 @@ fn bench_exec(paths: &Paths) -> Result<(), String> {
     println!("{:<62} {:>16} {:>10}", "engine", "instr/s", "vs wasmi");
     for (label, ips) in &rows {
         println!("{label:<62} {ips:>16.0} {:>9.2}x", ips / wasmi_ips);
+    }
+    Ok(())
+}
+
+/// One `bench-row` line of a node bench example: (section, name, value, unit).
+type BenchRow = (String, String, f64, String);
+
+fn bench_rows(lines: &[String]) -> Vec<BenchRow> {
+    lines
+        .iter()
+        .filter_map(|l| {
+            let mut f = l.strip_prefix("bench-row\t")?.split('\t');
+            let (section, name) = (f.next()?, f.next()?);
+            let value = f.next()?.parse().ok()?;
+            Some((section.into(), name.into(), value, f.next()?.into()))
+        })
+        .collect()
+}
+
+fn row_value(rows: &[BenchRow], name_prefix: &str) -> Option<f64> {
+    rows.iter()
+        .find(|r| r.1.starts_with(name_prefix))
+        .map(|r| r.2)
+}
+
+/// `bench api`: per-operation costs and the in-process simulated subnet (`bench_api`), then
+/// cairn-sim over real TCP (`bench_testnet_sim`), in one table.
+fn bench_api(paths: &Paths) -> Result<(), String> {
+    let mut rows = bench_rows(&run_node_example(paths, "bench_api")?);
+    rows.extend(bench_rows(&run_node_example(paths, "bench_testnet_sim")?));
+    if rows.is_empty() {
+        return Err("the api benches printed no rows".into());
+    }
+    // Where an update call's CPU goes on the simulated subnet: its sender's signature is
+    // verified once at the API and again by every node when it executes the block.
+    let per_call_us = row_value(&rows, "update calls/s, 400 concurrent").map(|r| 1e6 / r);
+    let verify_us = row_value(&rows, "verify Ed25519 signature");
+    println!("\nbench api: the HTTP interface, one table");
+    let mut section = String::new();
+    for (sec, name, value, unit) in &rows {
+        if *sec != section {
+            section = sec.clone();
+            println!("\n{section}");
+            println!("  {:<78} {:>12} {:>8}", "", "value", "unit");
+        }
+        println!("  {name:<78} {value:>12.2} {unit:>8}");
+    }
+    if let (Some(call), Some(verify)) = (per_call_us, verify_us) {
+        let sigs = 5.0 * verify;
+        println!("\nCPU per update call on the simulated subnet (all 4 nodes, 1 core)");
+        println!("  {:<78} {call:>12.1} {:>8}", "total", "µs");
+        println!(
+            "  {:<78} {sigs:>12.1} {:>8}  ({:.1}%)",
+            "Ed25519 verification: 5 per call (API + each node's execution)",
+            "µs",
+            100.0 * sigs / call
+        );
+    }
+    let cert: Option<Vec<f64>> = [
+        "BLS threshold share: sign",
+        "BLS threshold: aggregate",
+        "BLS threshold: verify the aggregate",
+    ]
+    .iter()
+    .map(|n| row_value(&rows, n))
+    .collect();
+    if let (Some(cert), Some(tree)) = (cert, row_value(&rows, "hash state tree, 1000 ")) {
+        let bls: f64 = cert.iter().sum();
+        println!("\ncertification CPU per height per node");
+        println!(
+            "  {:<78} {bls:>12.1} {:>8}",
+            "BLS: sign a share + aggregate n−f shares + verify the aggregate", "µs"
+        );
+        println!(
+            "  {:<78} {tree:>12.1} {:>8}",
+            "state tree hashing (1,000 request statuses)", "µs"
+        );
     }
     Ok(())
 }
