@@ -717,14 +717,8 @@ mod subnet {
         sorted[(sorted.len() * p / 100).min(sorted.len() - 1)]
     }
 
-    pub fn run() {
-        let user = Key::Ed25519(ed25519_dalek::SigningKey::from_bytes(&[11; 32]));
-        let start = Instant::now();
-        let mut net = Net::new();
-        net.run_until("genesis", |n| {
-            n.stacks.iter().all(|s| s.certified_height() >= 1)
-        });
-        // Setup: create a canister and install the Motoko counter (anonymous controller).
+    /// Creates a canister and installs the Motoko counter (anonymous controller).
+    fn install_counter(net: &mut Net) -> Principal {
         let create_arg = candid::encode_args(&[(
             record(&[("amount", candid::opt(Type::Nat))]),
             Value::Record(vec![(
@@ -781,6 +775,17 @@ mod subnet {
             2,
         );
         net.await_calls("install_code", vec![p]);
+        cid
+    }
+
+    pub fn run() {
+        let user = Key::Ed25519(ed25519_dalek::SigningKey::from_bytes(&[11; 32]));
+        let start = Instant::now();
+        let mut net = Net::new();
+        net.run_until("genesis", |n| {
+            n.stacks.iter().all(|s| s.certified_height() >= 1)
+        });
+        let cid = install_counter(&mut net);
         let initial = query_counter(&mut net, &user, cid, 3);
         let setup_s = start.elapsed().as_secs_f64();
 
