@@ -74,11 +74,19 @@ fn options() -> Result<Options, String> {
     })
 }
 
+/// Names under which a canister's memory 0 may be exported: cairn's preparation exports it
+/// as `__cairn_memory` (node/src/execution/wasm.rs); a raw module may use `memory`.
+const MEMORY_EXPORTS: [&str; 2] = ["__cairn_memory", "memory"];
+/// cairn's preparation turns a `(start)` section into this export, run on instantiation.
+const START_EXPORT: &str = "__cairn_start";
+
 fn memory(caller: &mut Caller<'_, Ic0>) -> wasmtime::Result<wasmtime::Memory> {
-    match caller.get_export("memory") {
-        Some(Extern::Memory(m)) => Ok(m),
-        _ => Err(wasmtime::format_err!("module exports no memory")),
+    for name in MEMORY_EXPORTS {
+        if let Some(Extern::Memory(m)) = caller.get_export(name) {
+            return Ok(m);
+        }
     }
+    Err(wasmtime::format_err!("module exports no memory"))
 }
 
 fn arg_u64(v: &Val) -> u64 {
@@ -188,6 +196,11 @@ fn run_once(engine: &Engine, module: &Module, o: &Options) -> Result<(Duration, 
     let instance: Instance = linker
         .instantiate(&mut store, module)
         .map_err(|e| format!("instantiate: {e}"))?;
+    if let Some(start) = instance.get_func(&mut store, START_EXPORT) {
+        start
+            .call(&mut store, &[], &mut [])
+            .map_err(|e| format!("{START_EXPORT}: {e:?}"))?;
+    }
     let func = instance
         .get_func(&mut store, &o.export)
         .ok_or_else(|| format!("no export `{}`", o.export))?;
@@ -204,7 +217,7 @@ fn run_once(engine: &Engine, module: &Module, o: &Options) -> Result<(Duration, 
         .collect();
     let start = Instant::now();
     func.call(&mut store, &[], &mut results)
-        .map_err(|e| format!("call `{}`: {e}", o.export))?;
+        .map_err(|e| format!("call `{}`: {e:?}", o.export))?;
     let elapsed = start.elapsed();
     if !store.data().replied {
         return Err(format!("`{}` returned without msg_reply", o.export));
