@@ -37,7 +37,7 @@ pub const RECORD_FINALIZED_BLOCK: u32 = 1;
 /// Pool log record: the signing watermark (u64 LE).
 pub const RECORD_SIGNING_WATERMARK: u32 = 2;
 /// Version of [`LoggedBlock`].
-pub const LOGGED_BLOCK_VERSION: u8 = 1;
+pub const LOGGED_BLOCK_VERSION: u8 = 2;
 /// Chunk size every store of a subnet must be formatted with: the manifest root, and so the
 /// state hash certified by CUPs, depends on it.
 pub const CHECKPOINT_CHUNK_BYTES: u32 = CHUNK_BYTES_DEFAULT;
@@ -73,6 +73,9 @@ pub struct LoggedBlock {
     pub hash: CryptoHash,
     pub block: Block,
     pub signature: FixedBytes<64>,
+    /// The beacon of the next height, the source of the batch's randomness: a replayed block
+    /// must execute with the randomness it had the first time.
+    pub next_beacon_hash: CryptoHash,
 }
 
 impl LoggedBlock {
@@ -82,6 +85,7 @@ impl LoggedBlock {
             hash: b.hash,
             block: b.block.clone(),
             signature: b.signature,
+            next_beacon_hash: b.next_beacon_hash,
         })
         .unwrap_or_default()
     }
@@ -100,6 +104,7 @@ impl LoggedBlock {
             hash: l.hash,
             block: l.block,
             signature: l.signature,
+            next_beacon_hash: l.next_beacon_hash,
         })
     }
 }
