@@ -61,6 +61,8 @@ const FLOOD_CLIENT_TIMEOUT_MS: u64 = 2000;
 /// Bytes of the echo round trip that checks a service after an attack.
 const CHECK_ECHO_BYTES: usize = 256 * 1024;
 const RETRY_MS: u64 = 100;
+/// How long an echo check may retry connections that were reset before their echo.
+const ECHO_CHECK_WINDOW_S: u64 = 15;
 const IO_TIMEOUT_MS: u64 = 3000;
 const DEFAULT_SEED: u64 = 0x005e_ed0f_ca1e;
 
@@ -482,10 +484,35 @@ impl RobustVm {
         self.health(limit).map(Counters)
     }
 
+    /// A byte-identical echo round trip. A connection refused or reset before it got its
+    /// echo is retried on a new connection (as any client would) until
+    /// [`ECHO_CHECK_WINDOW_S`]: right after a burst of resets the listener's backlog may still
+    /// hold connections the guest has not reaped, and QEMU's user-mode network then resets
+    /// the next one. Wrong bytes are never retried.
     fn echo_check(&self, bytes: usize, seed: u64) -> Result<(), String> {
         let data = pattern(bytes, seed);
-        round_trip(self.echo, &data, Duration::from_secs(30)).map_err(|e| format!("echo: {e}"))
+        let deadline = Instant::now() + Duration::from_secs(ECHO_CHECK_WINDOW_S);
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            match round_trip(self.echo, &data, Duration::from_secs(30)) {
+                Ok(()) => return Ok(()),
+                Err(e) if reset_before_echo(&e) && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(RETRY_MS));
+                }
+                Err(e) => return Err(format!("echo (attempt {attempts}): {e}")),
+            }
+        }
     }
+}
+
+/// Whether a failed round trip never got a byte back (refused, or reset/closed before its
+/// echo): the only failures `echo_check` retries.
+fn reset_before_echo(error: &str) -> bool {
+    error.starts_with("connect:")
+        || error.starts_with("send:")
+        || error.starts_with("receive after 0 bytes")
+        || error.starts_with("connection closed after 0 of")
 }
 
 /// A `/health` body, read by counter name.
