@@ -149,6 +149,31 @@ const STEPS: &[Step] = &[
         needs: &["build"],
         run: fault_fails_fast,
     },
+    Step {
+        name: "testnet-agent",
+        what: "4-VM testnet: the unmodified ic-agent installs the Motoko counter and the ICRC-1 \
+               ledger and replays their scenarios through different nodes; certificates verify",
+        needs: &["build"],
+        run: crate::testnet_steps::testnet_agent,
+    },
+];
+
+/// Steps that run only when named (`cargo xtask test testnet-faults`): they need the state
+/// store in the node runtime and join [`STEPS`] once they pass.
+const NAMED_ONLY_STEPS: &[Step] = &[
+    Step {
+        name: "testnet-faults",
+        what: "4-VM testnet: one VM killed (calls go on), restarted from its disk (catches up), \
+               wiped (rejoins by state sync); two paused: no progress, no fork, then progress",
+        needs: &["build"],
+        run: crate::testnet_steps::testnet_faults,
+    },
+    Step {
+        name: "testnet-restart",
+        what: "4-VM testnet: a canister's counter survives stopping and restarting every VM",
+        needs: &["build"],
+        run: crate::testnet_steps::testnet_restart,
+    },
 ];
 
 /// Run the steps; print the summary; exit code 0 only if all selected steps passed.
@@ -223,16 +248,15 @@ fn select(filters: &[&str]) -> Vec<&'static Step> {
     if filters.is_empty() {
         return STEPS.iter().collect();
     }
-    let mut wanted: Vec<&str> = STEPS
-        .iter()
+    let all = || STEPS.iter().chain(NAMED_ONLY_STEPS);
+    let mut wanted: Vec<&str> = all()
         .filter(|s| filters.iter().any(|f| s.name.contains(f)))
         .map(|s| s.name)
         .collect();
     // Add prerequisites until nothing changes (the graph is two levels deep).
     loop {
         let before = wanted.len();
-        let needed: Vec<&str> = STEPS
-            .iter()
+        let needed: Vec<&str> = all()
             .filter(|s| wanted.contains(&s.name))
             .flat_map(|s| s.needs.iter().copied())
             .collect();
@@ -245,7 +269,7 @@ fn select(filters: &[&str]) -> Vec<&'static Step> {
             break;
         }
     }
-    STEPS.iter().filter(|s| wanted.contains(&s.name)).collect()
+    all().filter(|s| wanted.contains(&s.name)).collect()
 }
 
 fn fmt(paths: &Paths) -> Result<String, String> {
