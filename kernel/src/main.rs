@@ -53,6 +53,7 @@ mod panic;
 mod runtime;
 mod store_demo;
 mod store_device;
+mod tee;
 #[cfg(feature = "kernel-tests")]
 mod tests;
 
@@ -95,6 +96,7 @@ extern "C" fn cairn_boot64(info_paddr: u64, protocol: u64) -> ! {
         Err(e) => panic!("clock: {e}"),
     };
     print_banner(info, &mapped, &heap, tsc_hz, clock_source);
+    tee::init();
     let node_config = match runtime::find_config(info) {
         Some(Ok(c)) => Some(c),
         Some(Err(e)) => {
@@ -115,41 +117,61 @@ extern "C" fn cairn_boot64(info_paddr: u64, protocol: u64) -> ! {
     after_ready(info, network, node_config)
 }
 
-/// Brings up smoltcp on the first virtio-net device, if any.
+/// Brings up smoltcp on every virtio-net card, if any: the first (primary) card addressed
+/// by the node configuration or the command line, a second one by `cairn.ip2`/`cairn.gw2` or
+/// slirp's defaults (the host-access card of a testnet node), any further one by DHCPv4.
 fn start_network(
     info: &BootInfo,
     devices: &mut drivers::virtio::Devices,
     node_config: Option<&runtime::NodeConfig>,
 ) -> Option<net::Network> {
-    let nic = devices.net.take()?;
-    let from_cmdline = match node_config {
-        Some(c) => Ok(runtime::net_config(c)),
-        None => net::NetConfig::from_boot(info),
-    };
-    let config = match from_cmdline {
-        Ok(c) => c,
-        Err(e) => {
-            log::error!("net: {e}; falling back to DHCP");
-            net::NetConfig::default()
-        }
-    };
+    if devices.net.is_empty() {
+        return None;
+    }
+    let cards: alloc::vec::Vec<_> = core::mem::take(&mut devices.net)
+        .into_iter()
+        .enumerate()
+        .map(|(i, nic)| (nic, nic_config(info, i, node_config)))
+        .collect();
     let seed = entropy::rdrand64().unwrap_or_else(|_| cpu::rdtsc());
-    let network = net::Network::new(nic, config, seed);
-    serial::write_fmt(format_args!(
-        "net: virtio-net mac {} {:?} ipv4 {}{}{}; tcp+udp echo :7, http :8080\n",
-        network.mac,
-        network.addressing,
-        network
-            .ipv4()
-            .map_or(String::from("pending"), |a| alloc::format!("{a}")),
-        config
-            .gateway
-            .map_or(String::new(), |g| alloc::format!(" gw {g}")),
-        config
-            .ipv6
-            .map_or(String::new(), |a| alloc::format!(" ipv6 {a}")),
-    ));
+    let network = net::Network::new(cards, seed);
+    for (i, nic) in network.nics().iter().enumerate() {
+        serial::write_fmt(format_args!(
+            "net: virtio-net{} mac {} {:?} ipv4 {}{}{}; tcp+udp echo :7, http :8080\n",
+            if i == 0 {
+                String::new()
+            } else {
+                alloc::format!(" #{i}")
+            },
+            nic.mac,
+            nic.addressing,
+            nic.ipv4()
+                .map_or(String::from("pending"), |a| alloc::format!("{a}")),
+            nic.gateway()
+                .map_or(String::new(), |g| alloc::format!(" gw {g}")),
+            nic.ipv6()
+                .map_or(String::new(), |a| alloc::format!(" ipv6 {a}")),
+        ));
+    }
     Some(network)
+}
+
+/// The addressing of card `i` (see [`start_network`]); a bad option falls back to DHCP.
+fn nic_config(
+    info: &BootInfo,
+    i: usize,
+    node_config: Option<&runtime::NodeConfig>,
+) -> net::NetConfig {
+    let parsed = match (i, node_config) {
+        (0, Some(c)) => Ok(runtime::net_config(c)),
+        (0, None) => net::NetConfig::from_boot(info),
+        (1, _) => net::NetConfig::second_from_boot(info),
+        _ => Ok(net::NetConfig::default()),
+    };
+    parsed.unwrap_or_else(|e| {
+        log::error!("net: {e}; falling back to DHCP");
+        net::NetConfig::default()
+    })
 }
 
 fn report_devices(info: &BootInfo, devices: &mut drivers::virtio::Devices) {

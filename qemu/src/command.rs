@@ -160,6 +160,26 @@ pub struct Nic {
     pub mac: MacAddr,
 }
 
+impl Nic {
+    /// A user-mode (slirp) card whose only purpose is to let the host in: TCP
+    /// `127.0.0.1:host_port` on the host reaches the guest's `guest_port`. The guest sees
+    /// slirp's defaults (10.0.2.15/24, gateway 10.0.2.2); cairn's kernel gives a second card
+    /// exactly that address without DHCP. A testnet node has this as its second card, beside
+    /// its segment card, so its API is reachable while P2P stays on the segment.
+    pub fn host_forward(mac: MacAddr, host_port: u16, guest_port: u16) -> Nic {
+        Nic {
+            netdev: Netdev::User {
+                forwards: vec![HostForward {
+                    protocol: Protocol::Tcp,
+                    host_port,
+                    guest_port,
+                }],
+            },
+            mac,
+        }
+    }
+}
+
 /// An Ethernet address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MacAddr(pub [u8; 6]);
@@ -664,6 +684,32 @@ mod tests {
         assert_eq!(
             pairs(&args, "-device")[1],
             "virtio-net-pci,netdev=net1,mac=52:54:00:ca:01:ff"
+        );
+    }
+
+    #[test]
+    fn testnet_node_has_segment_card_then_host_forward_card() {
+        let segment = SocketAddr::from(([127, 0, 0, 1], 5000));
+        let switch = SocketAddr::from(([127, 0, 0, 1], 5001));
+        let args = QemuCommand::pvh("/k")
+            .nic(Nic {
+                netdev: Netdev::Dgram {
+                    local: SocketEndpoint::Inet(segment),
+                    remote: SocketEndpoint::Inet(switch),
+                },
+                mac: MacAddr::local(0x200),
+            })
+            .nic(Nic::host_forward(MacAddr::local(0x300), 28080, 8080))
+            .args();
+        let netdevs = pairs(&args, "-netdev");
+        assert!(netdevs[0].starts_with("dgram,id=net0,"));
+        assert_eq!(netdevs[1], "user,id=net1,hostfwd=tcp:127.0.0.1:28080-:8080");
+        assert_eq!(
+            pairs(&args, "-device")[..2],
+            [
+                "virtio-net-pci,netdev=net0,mac=52:54:00:ca:02:00",
+                "virtio-net-pci,netdev=net1,mac=52:54:00:ca:03:00"
+            ]
         );
     }
 

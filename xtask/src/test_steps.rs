@@ -119,9 +119,10 @@ const STEPS: &[Step] = &[
     },
     Step {
         name: "testnet-subnet",
-        what: "4 cairn nodes (one VM each) finalize height 5; /api/v2/status answers 200 CBOR",
+        what: "4 cairn nodes (one VM each) finalize height 5; every node's /api/v2/status and \
+               /metrics answer through its host-forwarded port, heights increasing",
         needs: &["build"],
-        run: crate::testnet::testnet_subnet,
+        run: crate::testnet_tests::testnet_subnet,
     },
     Step {
         name: "disk",

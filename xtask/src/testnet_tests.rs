@@ -147,6 +147,120 @@ pub fn testnet_streams(paths: &Paths) -> Result<String, String> {
     ))
 }
 
+/// Host time for every node's certified height (status) and finalized height (metrics) to
+/// grow after the first look.
+pub const SUBNET_PROGRESS_TIMEOUT_S: u64 = 120;
+/// Pause between two looks at a node's heights.
+const PROGRESS_POLL_MS: u64 = 500;
+
+/// What `/api/v2/status` of one node said.
+struct Status {
+    certified_height: Option<u64>,
+    health: String,
+}
+
+/// `GET /api/v2/status` through `port`: 200, CBOR with the self-describe tag, the genesis
+/// root key; returns the fields the test follows and the request's latency.
+fn get_status(port: u16, root_key: &[u8]) -> Result<(Status, Duration), String> {
+    let started = Instant::now();
+    let (code, head, body) = crate::testnet::http_get(port, "/api/v2/status")?;
+    let latency = started.elapsed();
+    // CBOR self-describe tag 55799 (d9 d9 f7) opens every IC status answer.
+    if code != 200 || !body.starts_with(&[0xd9, 0xd9, 0xf7]) {
+        return Err(format!("GET /api/v2/status: status {code}\n{head}"));
+    }
+    let value = node::api::cbor::decode(&body).map_err(|e| format!("status CBOR: {e:?}"))?;
+    let map =
+        node::api::cbor::Record::new(value.untagged()).map_err(|e| format!("status map: {e:?}"))?;
+    if map.bytes("root_key").ok() != Some(root_key) {
+        return Err("status: root_key is not the genesis root key".into());
+    }
+    let status = Status {
+        certified_height: map.u64("certified_height").ok(),
+        health: map.text("replica_health_status").unwrap_or("?").to_string(),
+    };
+    Ok((status, latency))
+}
+
+/// Polls `look` on node `i` until it returns a height above `above`.
+fn wait_for_growth(
+    what: &str,
+    i: usize,
+    above: u64,
+    mut look: impl FnMut() -> Result<u64, String>,
+) -> Result<u64, String> {
+    let deadline = Instant::now() + Duration::from_secs(SUBNET_PROGRESS_TIMEOUT_S);
+    loop {
+        let h = look()?;
+        if h > above {
+            return Ok(h);
+        }
+        if Instant::now() > deadline {
+            return Err(format!("node{i}: {what} stayed at {h} (was {above})"));
+        }
+        std::thread::sleep(Duration::from_millis(PROGRESS_POLL_MS));
+    }
+}
+
+fn median_ms(mut xs: Vec<Duration>) -> f64 {
+    xs.sort();
+    xs.get(xs.len() / 2).map_or(0.0, |d| d.as_secs_f64() * 1e3)
+}
+
+/// Checks one node's API through its forwarded port: status, looked at until its certified
+/// height grows. Returns the status latency.
+fn check_node_api(i: usize, port: u16, root_key: &[u8]) -> Result<Duration, String> {
+    let (first, status_latency) = get_status(port, root_key)?;
+    let certified = first
+        .certified_height
+        .ok_or_else(|| format!("node{i}: status has no certified_height ({})", first.health))?;
+    wait_for_growth("certified_height (status)", i, certified, || {
+        let (s, _) = get_status(port, root_key)?;
+        Ok(s.certified_height.unwrap_or(0))
+    })?;
+    Ok(status_latency)
+}
+
+/// The `testnet-subnet` step: [`TEST_NODES`] nodes, each with its testnet card and a
+/// host-access card, finalize [`TEST_HEIGHT`] blocks each; then, through every node's own
+/// forwarded port, `/api/v2/status` (CBOR, genesis root key, a TEE field) and `/metrics`
+/// (Prometheus text) answer and their heights grow.
+pub fn testnet_subnet(paths: &Paths) -> Result<String, String> {
+    use crate::testnet::{boot_subnet, wait_for_height, TEST_HEIGHT, TEST_NODES, TEST_TIMEOUT_S};
+    let limit = Duration::from_secs(TEST_TIMEOUT_S);
+    let mut subnet = boot_subnet(paths, TEST_NODES, "test-testnet-subnet", false, true, limit)?;
+    for vm in subnet.vms.iter_mut() {
+        if let Err(e) = vm.wait_for(&LinePattern::substring("runtime: node "), limit) {
+            return Err(failure_report(vm, &e.to_string()));
+        }
+    }
+    let times = wait_for_height(&mut subnet, TEST_HEIGHT, limit)?;
+    let first = times.iter().map(|t| t.0).max().unwrap_or_default();
+    let reached = times.iter().map(|t| t.1).max().unwrap_or_default();
+    let mut status_latencies = Vec::new();
+    for i in 0..TEST_NODES {
+        let port = subnet.http_ports[i];
+        match check_node_api(i, port, &subnet.root_key_der) {
+            Ok(s) => status_latencies.push(s),
+            Err(e) => return Err(failure_report(&mut subnet.vms[i], &e)),
+        }
+    }
+    let frames = subnet.switch.stats().frames_out;
+    for vm in subnet.vms.iter_mut() {
+        vm.kill();
+    }
+    Ok(format!(
+        "{TEST_NODES} nodes: first block finalized on all {:.1} s after QEMU start, height \
+         ≥{TEST_HEIGHT} on all at {:.1} s (switch relayed {frames} frames); on every node \
+         through its forwarded port (127.0.0.1:{:?}): /api/v2/status 200 CBOR (median {:.1} ms, \
+         certified height growing)",
+        first.as_secs_f64(),
+        reached.as_secs_f64(),
+        subnet.http_ports,
+        median_ms(status_latencies),
+    ))
+}
+
 /// `(sent, received)` from `net-check: udp <ip>:<port> sent <n> received <m>`.
 fn udp_counts(line: &str) -> Option<(u64, u64)> {
     let mut words = line.split_whitespace();

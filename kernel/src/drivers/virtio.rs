@@ -65,10 +65,14 @@ unsafe impl Hal for KernelHal {
     unsafe fn unshare(_paddr: PhysAddr, _buffer: NonNull<[u8]>, _direction: BufferDirection) {}
 }
 
-/// The virtio devices found at boot (the first of each kind).
+/// Network cards the kernel drives; more are ignored.
+pub const NET_DEVICES_MAX: usize = 4;
+
+/// The virtio devices found at boot: every network card (in PCI order, at most
+/// [`NET_DEVICES_MAX`]) and the first device of each other kind.
 #[derive(Default)]
 pub struct Devices {
-    pub net: Option<VirtioNet>,
+    pub net: alloc::vec::Vec<VirtioNet>,
     pub blk: Option<VirtioBlk>,
     pub rng: Option<VirtioRng>,
     /// PCI functions seen, for the banner.
@@ -106,10 +110,12 @@ pub fn probe() -> Devices {
 
 fn attach(devices: &mut Devices, kind: DeviceType, transport: PciTransport) {
     match kind {
-        DeviceType::Network if devices.net.is_none() => match VirtioNet::new(transport) {
-            Ok(net) => devices.net = Some(net),
-            Err(e) => log::warn!("virtio-net: {e}"),
-        },
+        DeviceType::Network if devices.net.len() < NET_DEVICES_MAX => {
+            match VirtioNet::new(transport) {
+                Ok(net) => devices.net.push(net),
+                Err(e) => log::warn!("virtio-net: {e}"),
+            }
+        }
         DeviceType::Block if devices.blk.is_none() => match VirtioBlk::new(transport) {
             Ok(blk) => devices.blk = Some(blk),
             Err(e) => log::warn!("virtio-blk: {e}"),

@@ -1,5 +1,10 @@
 //! The socket layer the runtime uses: TCP listeners with a bounded accept pool, outgoing TCP
-//! connections, and UDP endpoints, over the interface's smoltcp sockets.
+//! connections, and UDP endpoints, over the cards' smoltcp sockets.
+//!
+//! With several network cards (see `net`), a listener listens on every card
+//! ([`Network::tcp_listen`]) or on one ([`Network::tcp_listen_on`]), with its own backlog on
+//! each; an accepted connection stays on the card it arrived on. Outgoing connections leave
+//! through the card `Network::nic_for` picks; UDP endpoints live on the primary card.
 //!
 //! Handles are small `Copy` ids; every call returns a typed [`SocketError`], none panics on
 //! a stale handle. Bounds: at most [`MAX_TCP_SOCKETS`] TCP sockets (listening ones included),
@@ -29,10 +34,15 @@ pub const UDP_MAX_PAYLOAD_BYTES: usize = 1472;
 pub const TCP_ACK_TIMEOUT_MS: u64 = 10_000;
 /// Local ports for outgoing connections are taken from this range, round robin.
 const EPHEMERAL_PORTS: core::ops::RangeInclusive<u16> = 49_152..=65_535;
+/// The card UDP endpoints live on.
+const UDP_NIC: usize = 0;
 
-/// A TCP connection.
+/// A TCP connection: the card it lives on and its socket there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TcpId(SocketHandle);
+pub struct TcpId {
+    nic: usize,
+    handle: SocketHandle,
+}
 
 /// A listening TCP port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,8 +93,10 @@ impl core::fmt::Display for SocketError {
 
 struct Listener {
     port: u16,
+    /// The card it listens on; `None`: every card.
+    nic: Option<usize>,
     /// Sockets listening on `port`; an established one is handed out by `tcp_accept`.
-    pool: Vec<SocketHandle>,
+    pool: Vec<TcpId>,
 }
 
 /// The layer's bookkeeping, kept inside [`Network`].
@@ -92,9 +104,9 @@ struct Listener {
 pub struct SocketTable {
     listeners: Vec<Option<Listener>>,
     /// Connections handed to the caller (accepted or connected).
-    connections: Vec<SocketHandle>,
+    connections: Vec<TcpId>,
     /// Connections the caller closed, removed once TCP is done with them.
-    closing: Vec<SocketHandle>,
+    closing: Vec<TcpId>,
     udp: Vec<(SocketHandle, u16)>,
     tcp_count: usize,
     next_port: u16,
@@ -110,42 +122,100 @@ fn new_tcp() -> tcp::Socket<'static> {
 }
 
 impl Network {
-    fn add_tcp(&mut self) -> Result<SocketHandle, SocketError> {
+    fn add_tcp(&mut self, nic: usize) -> Result<TcpId, SocketError> {
         if self.table.tcp_count >= MAX_TCP_SOCKETS {
             return Err(SocketError::TooManySockets);
         }
+        let sockets = &mut self
+            .nics
+            .get_mut(nic)
+            .ok_or(SocketError::InvalidHandle)?
+            .sockets;
         self.table.tcp_count += 1;
-        Ok(self.sockets.add(new_tcp()))
+        Ok(TcpId {
+            nic,
+            handle: sockets.add(new_tcp()),
+        })
     }
 
-    fn listening_socket(&mut self, port: u16) -> Result<SocketHandle, SocketError> {
-        let handle = self.add_tcp()?;
-        let socket = self.sockets.get_mut::<tcp::Socket>(handle);
-        socket.listen(port).map_err(SocketError::Listen)?;
-        Ok(handle)
+    fn tcp_socket(&mut self, id: TcpId) -> &mut tcp::Socket<'static> {
+        self.nics[id.nic].sockets.get_mut::<tcp::Socket>(id.handle)
     }
 
-    /// Listens on `port` with up to `backlog` connections pending acceptance.
+    fn remove_tcp(&mut self, id: TcpId) {
+        self.nics[id.nic].sockets.remove(id.handle);
+        self.table.tcp_count -= 1;
+    }
+
+    fn listening_socket(&mut self, nic: usize, port: u16) -> Result<TcpId, SocketError> {
+        let id = self.add_tcp(nic)?;
+        if let Err(e) = self.tcp_socket(id).listen(port) {
+            self.remove_tcp(id);
+            return Err(SocketError::Listen(e));
+        }
+        Ok(id)
+    }
+
+    /// Listens on `port` on every card, with up to `backlog` connections pending acceptance
+    /// on each.
     pub fn tcp_listen(&mut self, port: u16, backlog: usize) -> Result<ListenerId, SocketError> {
+        self.listen(None, port, backlog)
+    }
+
+    /// Listens on `port` on card `nic` only (0 is the primary card).
+    pub fn tcp_listen_on(
+        &mut self,
+        nic: usize,
+        port: u16,
+        backlog: usize,
+    ) -> Result<ListenerId, SocketError> {
+        if nic >= self.nics.len() {
+            return Err(SocketError::InvalidHandle);
+        }
+        self.listen(Some(nic), port, backlog)
+    }
+
+    fn listen(
+        &mut self,
+        nic: Option<usize>,
+        port: u16,
+        backlog: usize,
+    ) -> Result<ListenerId, SocketError> {
         let taken = self
             .table
             .listeners
             .iter()
             .flatten()
-            .any(|l| l.port == port);
+            .any(|l| l.port == port && (l.nic.is_none() || nic.is_none() || l.nic == nic));
         if taken {
             return Err(SocketError::PortInUse);
         }
+        let nics: Vec<usize> = match nic {
+            Some(n) => vec![n],
+            None => (0..self.nics.len()).collect(),
+        };
         let mut pool = Vec::new();
-        for _ in 0..backlog.clamp(1, MAX_LISTEN_BACKLOG) {
-            pool.push(self.listening_socket(port)?);
+        for &n in &nics {
+            for _ in 0..backlog.clamp(1, MAX_LISTEN_BACKLOG) {
+                match self.listening_socket(n, port) {
+                    Ok(id) => pool.push(id),
+                    Err(e) => {
+                        for id in pool {
+                            self.remove_tcp(id);
+                        }
+                        return Err(e);
+                    }
+                }
+            }
         }
-        self.table.listeners.push(Some(Listener { port, pool }));
+        self.table
+            .listeners
+            .push(Some(Listener { port, nic, pool }));
         Ok(ListenerId(self.table.listeners.len() - 1))
     }
 
-    /// An established connection on the listener, if one is waiting. Its pool slot listens
-    /// again.
+    /// An established connection on the listener (on any of its cards), if one is waiting.
+    /// Its pool slot listens again.
     pub fn tcp_accept(&mut self, id: ListenerId) -> Result<Option<TcpId>, SocketError> {
         let listener = self
             .table
@@ -154,43 +224,46 @@ impl Network {
             .and_then(Option::as_ref)
             .ok_or(SocketError::InvalidHandle)?;
         let port = listener.port;
-        let ready = listener.pool.iter().position(|&h| {
-            let s = self.sockets.get::<tcp::Socket>(h);
+        let nics = &self.nics;
+        let ready = listener.pool.iter().position(|&t| {
+            let s = nics[t.nic].sockets.get::<tcp::Socket>(t.handle);
             s.may_send() || s.may_recv() && s.state() != tcp::State::Listen
         });
         let Some(index) = ready else {
             return Ok(None);
         };
-        let replacement = self.listening_socket(port)?;
+        let nic = listener.pool[index].nic;
+        let replacement = self.listening_socket(nic, port)?;
         let Some(listener) = self.table.listeners.get_mut(id.0).and_then(Option::as_mut) else {
             return Err(SocketError::InvalidHandle);
         };
-        let handle = core::mem::replace(&mut listener.pool[index], replacement);
-        self.table.connections.push(handle);
-        Ok(Some(TcpId(handle)))
+        let conn = core::mem::replace(&mut listener.pool[index], replacement);
+        self.table.connections.push(conn);
+        Ok(Some(conn))
     }
 
-    /// Starts a connection to `remote`; poll [`Network::tcp_state`] for Established.
+    /// Starts a connection to `remote` (through the card `nic_for` picks); poll
+    /// [`Network::tcp_state`] for Established.
     pub fn tcp_connect(&mut self, remote: IpEndpoint) -> Result<TcpId, SocketError> {
-        let handle = self.add_tcp()?;
+        let id = self.add_tcp(self.nic_for(remote.addr))?;
         let span = u32::from(EPHEMERAL_PORTS.end() - EPHEMERAL_PORTS.start()) + 1;
         let port = EPHEMERAL_PORTS.start() + (u32::from(self.table.next_port) % span) as u16;
         self.table.next_port = self.table.next_port.wrapping_add(1);
-        let socket = self.sockets.get_mut::<tcp::Socket>(handle);
-        if let Err(e) = socket.connect(self.iface.context(), remote, port) {
-            self.sockets.remove(handle);
-            self.table.tcp_count -= 1;
+        let nic = &mut self.nics[id.nic];
+        let socket = nic.sockets.get_mut::<tcp::Socket>(id.handle);
+        if let Err(e) = socket.connect(nic.iface.context(), remote, port) {
+            self.remove_tcp(id);
             return Err(SocketError::Connect(e));
         }
-        self.table.connections.push(handle);
-        Ok(TcpId(handle))
+        self.table.connections.push(id);
+        Ok(id)
     }
 
     fn connection(&mut self, id: TcpId) -> Result<&mut tcp::Socket<'static>, SocketError> {
-        if !self.table.connections.contains(&id.0) {
+        if !self.table.connections.contains(&id) {
             return Err(SocketError::InvalidHandle);
         }
-        Ok(self.sockets.get_mut::<tcp::Socket>(id.0))
+        Ok(self.tcp_socket(id))
     }
 
     /// The connection's TCP state.
@@ -237,8 +310,8 @@ impl Network {
     pub fn tcp_close(&mut self, id: TcpId) {
         if let Ok(socket) = self.connection(id) {
             socket.close();
-            self.table.connections.retain(|&h| h != id.0);
-            self.table.closing.push(id.0);
+            self.table.connections.retain(|&h| h != id);
+            self.table.closing.push(id);
         }
     }
 
@@ -246,8 +319,8 @@ impl Network {
     pub fn tcp_abort(&mut self, id: TcpId) {
         if let Ok(socket) = self.connection(id) {
             socket.abort();
-            self.table.connections.retain(|&h| h != id.0);
-            self.table.closing.push(id.0);
+            self.table.connections.retain(|&h| h != id);
+            self.table.closing.push(id);
         }
     }
 
@@ -267,7 +340,7 @@ impl Network {
         };
         let mut socket = udp::Socket::new(buffer(), buffer());
         socket.bind(port).map_err(SocketError::Bind)?;
-        let handle = self.sockets.add(socket);
+        let handle = self.nics[UDP_NIC].sockets.add(socket);
         self.table.udp.push((handle, port));
         Ok(UdpId(handle))
     }
@@ -276,7 +349,7 @@ impl Network {
         if !self.table.udp.iter().any(|&(h, _)| h == id.0) {
             return Err(SocketError::InvalidHandle);
         }
-        Ok(self.sockets.get_mut::<udp::Socket>(id.0))
+        Ok(self.nics[UDP_NIC].sockets.get_mut::<udp::Socket>(id.0))
     }
 
     /// Queues one datagram to `remote`.
@@ -310,26 +383,27 @@ impl Network {
     }
 
     /// Re-arms listener slots whose half-open connection died, and removes closed
-    /// connections from the socket set.
+    /// connections from their socket sets.
     pub(super) fn reap_closed(&mut self) {
         for listener in self.table.listeners.iter().flatten() {
-            for &h in &listener.pool {
-                let socket = self.sockets.get_mut::<tcp::Socket>(h);
+            for &t in &listener.pool {
+                let socket = self.nics[t.nic].sockets.get_mut::<tcp::Socket>(t.handle);
                 if !socket.is_open() {
                     // Listening again on the slot's own port cannot fail.
                     let _ = socket.listen(listener.port);
                 }
             }
         }
-        let sockets = &mut self.sockets;
+        let nics = &mut self.nics;
         let mut removed = 0;
-        self.table.closing.retain(|&h| {
+        self.table.closing.retain(|&t| {
+            let sockets = &mut nics[t.nic].sockets;
             let done = matches!(
-                sockets.get::<tcp::Socket>(h).state(),
+                sockets.get::<tcp::Socket>(t.handle).state(),
                 tcp::State::Closed | tcp::State::TimeWait
             );
             if done {
-                sockets.remove(h);
+                sockets.remove(t.handle);
                 removed += 1;
             }
             !done

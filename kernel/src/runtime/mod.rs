@@ -9,7 +9,8 @@
 //!    fails is retried with exponential backoff ([`RECONNECT_MIN_MS`]..[`RECONNECT_MAX_MS`]).
 //!    Every time a stream (re)starts, `Stack::peer_connection_reset` is called and bytes
 //!    queued for the old stream are dropped;
-//! 3. HTTP API on TCP [`HTTP_PORT`]: each accepted connection gets a `ConnId`; its bytes go to
+//! 3. HTTP API on TCP [`HTTP_PORT`] on every network card (P2P is on the first card only):
+//!    each accepted connection gets a `ConnId`; its bytes go to
 //!    `Stack::http_receive`, the stack's outputs are written back, and the connection is closed
 //!    when the stack asks;
 //! 4. time: `Stack::handle_timeout` once `now >= poll_deadline()`; `now` is the CMOS RTC's
@@ -211,8 +212,10 @@ impl Runtime {
             })
             .collect();
         network.stop_http_service();
+        // P2P only on the testnet card; the API on every card (a second card is the host's
+        // way in: QEMU user-mode networking with a port forward to :8080).
         let p2p = network
-            .tcp_listen(P2P_PORT, P2P_BACKLOG)
+            .tcp_listen_on(0, P2P_PORT, P2P_BACKLOG)
             .map_err(RuntimeError::Listen)?;
         let http = network
             .tcp_listen(HTTP_PORT, HTTP_BACKLOG)

@@ -247,6 +247,8 @@ fn reason(status: u16) -> &'static str {
 pub enum ContentType {
     Cbor,
     Text,
+    /// Prometheus text exposition (`GET /metrics`).
+    Metrics,
     None,
 }
 
@@ -257,6 +259,9 @@ pub fn response(status: u16, content_type: ContentType, body: &[u8], close: bool
     match content_type {
         ContentType::Cbor => head.push_str("Content-Type: application/cbor\r\n"),
         ContentType::Text => head.push_str("Content-Type: text/plain; charset=utf-8\r\n"),
+        ContentType::Metrics => {
+            let _ = write!(head, "Content-Type: {}\r\n", super::metrics::CONTENT_TYPE);
+        }
         ContentType::None => {}
     }
     let _ = write!(head, "Content-Length: {}\r\n", body.len());
@@ -276,6 +281,8 @@ pub fn response(status: u16, content_type: ContentType, body: &[u8], close: bool
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
     Status,
+    /// `GET /metrics` (not part of the IC's interface: node operations).
+    Metrics,
     /// `/api/v{2,3,4}/canister/<ecid>/call`.
     Call {
         version: u8,
@@ -339,6 +346,10 @@ pub fn route(method: Method, path: &str) -> Result<Route, RouteError> {
     match parts.as_slice() {
         ["", "api", "v2", "status"] => match method {
             Method::Get => Ok(Route::Status),
+            _ => Err(RouteError::MethodNotAllowed),
+        },
+        ["", "metrics"] => match method {
+            Method::Get => Ok(Route::Metrics),
             _ => Err(RouteError::MethodNotAllowed),
         },
         ["", "api", v, kind, id, endpoint] => {
@@ -422,6 +433,11 @@ mod tests {
         let p = Principal::from_text(cid).unwrap();
         let r = |m, s: &str| route(m, s);
         assert_eq!(r(Method::Get, "/api/v2/status"), Ok(Route::Status));
+        assert_eq!(r(Method::Get, "/metrics"), Ok(Route::Metrics));
+        assert_eq!(
+            r(Method::Post, "/metrics"),
+            Err(RouteError::MethodNotAllowed)
+        );
         for v in [2u8, 3, 4] {
             let path = alloc::format!("/api/v{v}/canister/{cid}/call");
             assert_eq!(

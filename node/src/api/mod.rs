@@ -12,6 +12,7 @@
 //! | `auth` | Ed25519, P-256, secp256k1, canister signatures, delegation chains, expiry |
 //! | `state_tree` | the spec's state tree layout and one height's `CertifiedState` |
 //! | `http` | HTTP/1.1 framing with size limits, endpoint routes |
+//! | `metrics` | `GET /metrics` in the Prometheus text format (node operations, not the IC's) |
 //! | `server` | `HttpApi` (the sans-IO server) and `ApiBackend` (what the replica provides) |
 //!
 //! How the replica plugs in:
@@ -39,10 +40,12 @@ pub mod envelope;
 pub mod hash_tree;
 pub mod http;
 pub mod labeled_tree;
+pub mod metrics;
 pub mod request_id;
 pub mod server;
 pub mod state_tree;
 
+pub use metrics::{Metric, MetricKind};
 pub use server::{
     ApiBackend, ApiConfig, ConnId, HttpApi, IngressMessage, Output, Reject, ReplicaHealth,
 };

@@ -15,6 +15,7 @@ use super::auth::{self, AuthError};
 use super::cbor::Writer;
 use super::envelope::{CallContent, Content, Envelope, ReadStateContent, RequestKind};
 use super::http::{self, ContentType, HttpError, Method, Request, RequestReader, Route};
+use super::metrics::{self, Metric};
 use super::request_id::{self, RequestId};
 use super::state_tree::CertifiedState;
 use crate::types::Principal;
@@ -103,6 +104,10 @@ pub trait ApiBackend {
     fn management_target(&self, _method: &str, _arg: &[u8]) -> Option<Principal> {
         None
     }
+    /// The samples of `GET /metrics` (heights, counters, and whatever the driver added).
+    fn metrics(&self) -> Vec<Metric> {
+        Vec::new()
+    }
 }
 
 /// Tunables of the server; the defaults are the IC's where it has one.
@@ -118,6 +123,10 @@ pub struct ApiConfig {
     /// Largest update call envelope (registry `max_ingress_bytes_per_message`; 2 MiB on
     /// application subnets, 3.5 MiB on system subnets).
     pub max_ingress_bytes: usize,
+    /// The trusted execution environment the driver found (`"none"`, `"sev-snp"`), reported
+    /// as `tee` in `/api/v2/status` and `cairn_tee_info` in `/metrics`; `None`: not said
+    /// (the simulator). The node never probes hardware itself.
+    pub tee: Option<&'static str>,
 }
 
 impl Default for ApiConfig {
@@ -128,6 +137,7 @@ impl Default for ApiConfig {
             idle_timeout_ns: 60_000_000_000,
             impl_version: concat!("cairn-", env!("CARGO_PKG_VERSION")),
             max_ingress_bytes: 3_584 * 1024,
+            tee: None,
         }
     }
 }
@@ -196,6 +206,8 @@ pub struct HttpApi {
     submitted: BTreeMap<RequestId, Submitted>,
     /// `(expiry, id)` of every entry of `submitted`, to forget them in expiry order.
     expiries: BTreeSet<(u64, RequestId)>,
+    /// Samples the driver reported for `/metrics` (peers, uptime, store), newest set.
+    driver_metrics: Vec<Metric>,
 }
 
 impl HttpApi {
@@ -206,7 +218,14 @@ impl HttpApi {
             outputs: Vec::new(),
             submitted: BTreeMap::new(),
             expiries: BTreeSet::new(),
+            driver_metrics: Vec::new(),
         }
+    }
+
+    /// Replaces the driver's samples served by `GET /metrics` (at most
+    /// [`metrics::SAMPLES_MAX`] are rendered in all).
+    pub fn set_driver_metrics(&mut self, samples: Vec<Metric>) {
+        self.driver_metrics = samples;
     }
 
     /// A new connection. Over [`CONNECTIONS_MAX`] it is answered 503 and closed.
@@ -442,6 +461,24 @@ impl HttpApi {
         self.conns.len()
     }
 
+    /// `GET /metrics`: the backend's samples, the driver's, then the server's own.
+    fn metrics_body<B: ApiBackend>(&self, backend: &B) -> String {
+        let mut samples = backend.metrics();
+        samples.extend(self.driver_metrics.iter().cloned());
+        samples.push(Metric::gauge(
+            "cairn_http_connections",
+            "open HTTP API connections",
+            self.conns.len() as u64,
+        ));
+        if let Some(tee) = self.config.tee {
+            samples.push(
+                Metric::gauge("cairn_tee_info", "the trusted execution environment", 1)
+                    .with_label("tee", tee),
+            );
+        }
+        metrics::render(&samples)
+    }
+
     fn handle<B: ApiBackend>(&mut self, backend: &mut B, req: &Request, now_ns: u64) -> Handled {
         if req.method == Method::Options {
             return respond(204, ContentType::None, Vec::new());
@@ -451,7 +488,7 @@ impl HttpApi {
             backend.health(),
             ReplicaHealth::Starting | ReplicaHealth::WaitingForCertifiedState
         );
-        if !serving && !matches!(route, Ok(Route::Status) | Err(_)) {
+        if !serving && !matches!(route, Ok(Route::Status | Route::Metrics) | Err(_)) {
             let body = b"replica is not healthy yet".to_vec();
             return respond(503, ContentType::Text, body);
         }
@@ -461,6 +498,11 @@ impl HttpApi {
                 200,
                 ContentType::Cbor,
                 status_body(backend, &self.config),
+            )),
+            Ok(Route::Metrics) => Ok(respond(
+                200,
+                ContentType::Metrics,
+                self.metrics_body(backend).into_bytes(),
             )),
             Ok(Route::Call { version, ecid }) => {
                 self.call(backend, version, ecid, &req.body, now_ns)
@@ -826,17 +868,21 @@ fn non_replicated_body(version: u8, r: &Reject) -> Vec<u8> {
     w.into_bytes()
 }
 
-/// `GET /api/v2/status`, fields in the IC's order.
+/// `GET /api/v2/status`, fields in the IC's order, then cairn's `tee` (agents ignore keys
+/// they do not know).
 fn status_body<B: ApiBackend>(backend: &B, config: &ApiConfig) -> Vec<u8> {
     let height = backend.certified_state().map(|s| s.height);
     let mut w = Writer::self_describing();
-    w.map(if height.is_some() { 4 } else { 3 });
+    w.map(3 + usize::from(height.is_some()) + usize::from(config.tee.is_some()));
     w.text("root_key").bytes(backend.root_key_der());
     w.text("impl_version").text(config.impl_version);
     w.text("replica_health_status")
         .text(backend.health().as_str());
     if let Some(h) = height {
         w.text("certified_height").u64(h);
+    }
+    if let Some(tee) = config.tee {
+        w.text("tee").text(tee);
     }
     w.into_bytes()
 }
@@ -857,4 +903,111 @@ pub fn verify_query_signature(
         .filter(|_| node_der_key.len() == 44)
         .ok_or(AuthError::UnsupportedKey)?;
     auth::verify_ed25519(raw, &msg, signature)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::cbor::{self, Record};
+
+    /// A replica that has certified nothing yet and reports one metric of its own.
+    struct Starting;
+
+    impl ApiBackend for Starting {
+        fn root_key_der(&self) -> &[u8] {
+            &[0x30, 0x03]
+        }
+        fn subnet_id(&self) -> Principal {
+            Principal::ANONYMOUS
+        }
+        fn canister_ranges(&self) -> &[(Principal, Principal)] {
+            &[]
+        }
+        fn health(&self) -> ReplicaHealth {
+            ReplicaHealth::WaitingForCertifiedState
+        }
+        fn certified_state(&self) -> Option<&CertifiedState> {
+            None
+        }
+        fn submit_ingress(&mut self, _msg: IngressMessage) -> Result<(), Reject> {
+            unreachable!("no calls in these tests")
+        }
+        fn query(&mut self, _content: &CallContent) -> Result<Vec<u8>, Reject> {
+            unreachable!("no queries in these tests")
+        }
+        fn node_id(&self) -> Principal {
+            Principal::ANONYMOUS
+        }
+        fn sign_with_node_key(&self, _message: &[u8]) -> [u8; 64] {
+            [0; 64]
+        }
+        fn metrics(&self) -> Vec<Metric> {
+            alloc::vec![Metric::gauge("cairn_finalized_height", "finalized", 5)]
+        }
+    }
+
+    fn get(api: &mut HttpApi, path: &str) -> (String, Vec<u8>) {
+        let request = format!("GET {path} HTTP/1.1\r\nConnection: close\r\n\r\n");
+        exchange(api, request.as_bytes())
+    }
+
+    fn exchange(api: &mut HttpApi, request: &[u8]) -> (String, Vec<u8>) {
+        api.connect(1, 0);
+        api.receive(&mut Starting, 1, request, 0);
+        let out = api.take_outputs();
+        api.disconnect(1);
+        assert_eq!(out.len(), 1);
+        let bytes = &out[0].bytes;
+        let split = bytes.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        let head = String::from_utf8(bytes[..split].to_vec()).unwrap();
+        (head, bytes[split + 4..].to_vec())
+    }
+
+    #[test]
+    fn metrics_are_served_before_the_replica_is_healthy_with_the_tee() {
+        let config = ApiConfig {
+            tee: Some("none"),
+            ..ApiConfig::default()
+        };
+        let mut api = HttpApi::new(config);
+        api.set_driver_metrics(alloc::vec![Metric::gauge("cairn_uptime_seconds", "up", 9)]);
+        let (head, body) = get(&mut api, "/metrics");
+        assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+        assert!(head.contains("Content-Type: text/plain; version=0.0.4; charset=utf-8"));
+        let text = String::from_utf8(body).unwrap();
+        assert!(text.contains("\ncairn_finalized_height 5\n"), "{text}");
+        assert!(text.contains("\ncairn_http_connections 1\n"), "{text}");
+        assert!(text.contains("\ncairn_uptime_seconds 9\n"), "{text}");
+        assert!(
+            text.contains("\ncairn_tee_info{tee=\"none\"} 1\n"),
+            "{text}"
+        );
+        // Everything of the IC's interface but status still waits for a certified state.
+        let query = b"POST /api/v2/canister/aaaaa-aa/query HTTP/1.1\r\nContent-Length: 0\r\n\r\n";
+        let (head, _) = exchange(&mut api, query);
+        assert!(head.starts_with("HTTP/1.1 503 "), "{head}");
+    }
+
+    #[test]
+    fn status_reports_the_tee_only_when_the_driver_said() {
+        for tee in [Some("none"), Some("sev-snp"), None] {
+            let mut api = HttpApi::new(ApiConfig {
+                tee,
+                ..ApiConfig::default()
+            });
+            let (head, body) = get(&mut api, "/api/v2/status");
+            assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+            let value = cbor::decode(&body).unwrap();
+            let map = Record::new(value.untagged()).unwrap();
+            assert_eq!(map.text("tee").ok(), tee);
+            assert_eq!(map.keys().count(), 3 + usize::from(tee.is_some()));
+            assert_eq!(
+                map.text("replica_health_status").ok(),
+                Some("waiting_for_certified_state")
+            );
+        }
+        let mut api = HttpApi::new(ApiConfig::default());
+        let (_, body) = get(&mut api, "/metrics");
+        assert!(!String::from_utf8(body).unwrap().contains("cairn_tee_info"));
+    }
 }

@@ -426,6 +426,17 @@ impl Stack {
         self.api.take_outputs()
     }
 
+    /// The driver's own samples for `GET /metrics` (peers, uptime, store usage), replacing
+    /// the previous set; the node adds its heights and counters ([`Stack::metrics`]).
+    pub fn set_driver_metrics(&mut self, samples: Vec<api::Metric>) {
+        self.api.set_driver_metrics(samples);
+    }
+
+    /// The node's own `/metrics` samples: heights, batches, ingress, instructions.
+    pub fn metrics(&self) -> Vec<api::Metric> {
+        self.core.metrics()
+    }
+
     /// Runs everything the last input made possible: executes finalized blocks, handles
     /// upper-layer messages, sends shares, installs certifications and wakes parked calls.
     fn process(&mut self, now: Time) {
@@ -698,6 +709,91 @@ impl ApiBackend for Core {
 
     fn management_target(&self, method: &str, arg: &[u8]) -> Option<Principal> {
         management_target(method, arg)
+    }
+
+    fn metrics(&self) -> Vec<api::Metric> {
+        use api::Metric;
+        let s = self.stats;
+        let c = self.certifier.stats();
+        let r = self.replica.stats().consensus;
+        let certified = self.certified.as_ref().map_or(0, |c| c.height);
+        alloc::vec![
+            Metric::gauge(
+                "cairn_finalized_height",
+                "newest finalized block height",
+                self.replica.finalized_height().0,
+            ),
+            Metric::gauge(
+                "cairn_notarized_height",
+                "newest notarized block height (consensus rounds)",
+                self.replica.notarized_height().0,
+            ),
+            Metric::gauge(
+                "cairn_cup_height",
+                "height of the newest catch-up package",
+                self.replica.cup_height().0,
+            ),
+            Metric::gauge(
+                "cairn_executed_height",
+                "newest executed batch",
+                self.sm.height(),
+            ),
+            Metric::gauge(
+                "cairn_certified_height",
+                "newest height with a certified state",
+                certified,
+            ),
+            Metric::gauge(
+                "cairn_stalled",
+                "1 when blocks were skipped and execution waits for state sync",
+                u64::from(self.stalled),
+            ),
+            Metric::counter(
+                "cairn_batches_executed_total",
+                "batches (finalized blocks) executed",
+                s.batches_executed,
+            ),
+            Metric::counter(
+                "cairn_blocks_proposed_total",
+                "blocks this node proposed",
+                r.blocks_proposed,
+            ),
+            Metric::counter(
+                "cairn_ingress_accepted_total",
+                "update calls accepted by this node's API",
+                s.ingress_accepted,
+            ),
+            Metric::counter(
+                "cairn_ingress_executed_total",
+                "ingress messages inducted from finalized blocks",
+                s.ingress_executed,
+            ),
+            Metric::counter(
+                "cairn_ingress_invalid_total",
+                "block ingress entries that failed validation",
+                s.ingress_entries_invalid,
+            ),
+            Metric::counter(
+                "cairn_ingress_queue_full_total",
+                "ingress messages refused because the queue was full",
+                s.ingress_queue_full,
+            ),
+            Metric::counter(
+                "cairn_instructions_executed_total",
+                "Wasm instructions executed (fuel)",
+                s.instructions_executed,
+            ),
+            Metric::counter(
+                "cairn_heights_certified_total",
+                "heights whose certification this node combined or received",
+                c.heights_certified,
+            ),
+            Metric::gauge(
+                "cairn_ingress_known",
+                "ingress messages accepted or gossiped, not yet in a block",
+                self.known_ingress.len() as u64,
+            ),
+        ]
     }
 }
 
