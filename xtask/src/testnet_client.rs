@@ -265,6 +265,40 @@ impl Client {
         Err(CallError::Timeout)
     }
 
+    /// `read_state` of `/time` through `ecid`: the certified state's time and root hash (the
+    /// certificate's signature verified). Equal times mean the same certified height, so two
+    /// nodes answering one time with different root hashes have diverged.
+    pub fn certified_time(&mut self, ecid: &Principal) -> Result<(u64, [u8; 32]), CallError> {
+        let nonce = self.next_nonce();
+        let mut w = Writer::self_describing();
+        w.map(1).text("content").map(5);
+        w.text("request_type").text("read_state");
+        w.text("sender").bytes(&ANONYMOUS);
+        w.text("nonce").bytes(&nonce.to_be_bytes());
+        w.text("ingress_expiry").u64(now_ns() + INGRESS_EXPIRY_NS);
+        w.text("paths").array(1).array(1).bytes(b"time");
+        let body = w.into_bytes();
+        let (status, resp) = self.post(&format!("/api/v2/canister/{ecid}/read_state"), &body)?;
+        if status != 200 {
+            return Err(CallError::Http(
+                status,
+                String::from_utf8_lossy(&resp).into_owned(),
+            ));
+        }
+        let v = cbor::decode(&resp).map_err(|e| CallError::Invalid(format!("{e:?}")))?;
+        let r =
+            cbor::Record::new(v.untagged()).map_err(|e| CallError::Invalid(format!("{e:?}")))?;
+        let cert = r
+            .bytes("certificate")
+            .map_err(|e| CallError::Invalid(format!("{e:?}")))?;
+        let cert = certificate::verify(cert, &self.root_key, Effective::Canister(*ecid))
+            .map_err(|e| CallError::Invalid(format!("certificate: {e:?}")))?;
+        let time = cert
+            .time_ns()
+            .map_err(|e| CallError::Invalid(format!("time: {e:?}")))?;
+        Ok((time, cert.root_hash()))
+    }
+
     /// The reply in a verified certificate; `None` while the request is not done.
     fn status_in(
         &self,

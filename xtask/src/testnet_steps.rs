@@ -209,11 +209,55 @@ fn recovery_note(net: &mut Testnet, i: usize) -> String {
     }
 }
 
+/// Certified-state agreement seen from the host: for each certified time (one per height),
+/// the root hashes the nodes' `read_state` certificates had.
+#[derive(Default)]
+struct Agreement {
+    roots: std::collections::BTreeMap<u64, std::collections::BTreeMap<usize, [u8; 32]>>,
+}
+
+impl Agreement {
+    /// Ask every running, unpaused node for its certified time and root, `rounds` times.
+    fn sample(&mut self, net: &Testnet, id: &Principal, rounds: usize) {
+        for _ in 0..rounds {
+            for i in 0..net.nodes.len() {
+                if net.nodes[i].vm.is_none() || net.nodes[i].paused {
+                    continue;
+                }
+                let Ok(mut c) = client(net, i) else { continue };
+                if let Ok((time, root)) = c.certified_time(id) {
+                    self.roots.entry(time).or_default().insert(i, root);
+                }
+            }
+        }
+    }
+
+    /// (heights compared by two or more nodes, heights where they disagreed).
+    fn verdict(&self) -> (usize, Vec<u64>) {
+        let mut compared = 0;
+        let mut forks = Vec::new();
+        for (time, by_node) in &self.roots {
+            if by_node.len() < 2 {
+                continue;
+            }
+            compared += 1;
+            let mut roots = by_node.values();
+            let first = roots.next();
+            if roots.any(|r| Some(r) != first) {
+                forks.push(*time);
+            }
+        }
+        (compared, forks)
+    }
+}
+
 /// `testnet-faults`.
 pub fn testnet_faults(paths: &Paths) -> Result<String, String> {
     let mut net = boot(paths, "test-testnet-faults")?;
     let mut report = Vec::new();
     let id = install_counter(paths, &net, 1)?;
+    let mut agree = Agreement::default();
+    agree.sample(&net, &id, 3);
     let all: Vec<usize> = (0..NODES).collect();
     let victim = NODES - 1;
     let others: Vec<usize> = (0..NODES - 1).collect();
@@ -231,6 +275,7 @@ pub fn testnet_faults(paths: &Paths) -> Result<String, String> {
             "after {expected} incs with node{victim} down: get = {got}"
         ));
     }
+    agree.sample(&net, &id, 2);
     report.push(format!(
         "node{victim} killed: {expected} updates via nodes {others:?} ok"
     ));
@@ -248,6 +293,7 @@ pub fn testnet_faults(paths: &Paths) -> Result<String, String> {
             "restarted node{victim}: get = {got}, expected {expected}"
         ));
     }
+    agree.sample(&net, &id, 2);
     report.push(format!(
         "restarted: at height {target} after {:.0} s, serves get = {got} ({})",
         t.as_secs_f64(),
@@ -268,6 +314,7 @@ pub fn testnet_faults(paths: &Paths) -> Result<String, String> {
             "wiped node{victim}: get = {got}, expected {expected}"
         ));
     }
+    agree.sample(&net, &id, 2);
     report.push(format!(
         "wiped: at height {target} after {:.0} s, serves get = {got} ({})",
         t.as_secs_f64(),
@@ -285,6 +332,7 @@ pub fn testnet_faults(paths: &Paths) -> Result<String, String> {
     let before = top(&net, &running);
     let watch = Instant::now();
     while watch.elapsed() < Duration::from_secs(PAUSE_WATCH_S) {
+        agree.sample(&net, &id, 1);
         std::thread::sleep(Duration::from_millis(500));
         net.poll_all()?;
     }
@@ -304,6 +352,7 @@ pub fn testnet_faults(paths: &Paths) -> Result<String, String> {
     )?;
     counter_update(&net, paused[0], &id, "inc")?;
     expected += 1;
+    agree.sample(&net, &id, 3);
     let got = counter_get(&net, 1, &id)?;
     if got != expected {
         return Err(format!("after resume: get = {got}, expected {expected}"));
@@ -315,17 +364,30 @@ pub fn testnet_faults(paths: &Paths) -> Result<String, String> {
         t.as_secs_f64()
     ));
 
-    // 5. Agreement: every height two nodes reported a hash for has one hash.
-    net.poll_all()?;
-    let (forks, compared) = net.forks();
+    // 5. Agreement: at every certified height two nodes answered for, one state root; and
+    //    one block hash per height where the progress lines carry hashes.
+    let (compared, forks) = agree.verdict();
     if !forks.is_empty() {
-        return Err(format!("fork: different block hashes at heights {forks:?}"));
+        return Err(format!(
+            "fork: certified state roots differ at certified times {forks:?}"
+        ));
     }
-    report.push(if compared > 0 {
-        format!("no fork: block hashes agree at {compared} heights")
-    } else {
-        "no fork check: the progress lines carry no hash=".into()
-    });
+    net.poll_all()?;
+    let (block_forks, blocks_compared) = net.forks();
+    if !block_forks.is_empty() {
+        return Err(format!(
+            "fork: different block hashes at heights {block_forks:?}"
+        ));
+    }
+    report.push(format!(
+        "no fork: certified state roots agree at all {compared} heights answered by 2+ nodes \
+         (read_state /time, BLS-verified){}",
+        if blocks_compared > 0 {
+            format!("; block hashes agree at {blocks_compared} heights")
+        } else {
+            String::new()
+        }
+    ));
     Ok(report.join("; "))
 }
 
