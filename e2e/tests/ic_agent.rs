@@ -25,12 +25,17 @@ use std::time::Duration;
 const FLOW_TIMEOUT_SECS: u64 = 300;
 const NODES: usize = 4;
 const CREATE_CYCLES: u128 = 100_000_000_000_000;
+/// How long `call_and_wait` polls for a reply (VMs under TCG on a loaded host install the
+/// 1.2 MB ledger slowly).
+const MAX_POLLING_SECS: u64 = 180;
+/// How long a query through a node may lag behind an update certified through another.
+const CATCH_UP_SECS: u64 = 20;
 
 async fn agent(url: &str, key: [u8; 32]) -> Agent {
     let agent = Agent::builder()
         .with_url(url)
         .with_identity(BasicIdentity::from_raw_key(&key))
-        .with_max_polling_time(Duration::from_secs(60))
+        .with_max_polling_time(Duration::from_secs(MAX_POLLING_SECS))
         .build()
         .expect("agent");
     agent.fetch_root_key().await.expect("fetch_root_key");
@@ -105,12 +110,7 @@ async fn flow(subnet: &e2e::Subnet) {
             }
             "query" => {
                 let method = step.method.as_deref().expect("method");
-                let reply = a
-                    .query(&canister, method)
-                    .with_arg(step.arg.clone())
-                    .call()
-                    .await
-                    .unwrap_or_else(|e| panic!("query {method}: {e}"));
+                let reply = query_caught_up(a, &canister, method, &step.arg, &step.reply).await;
                 assert_eq!(
                     Some(&reply),
                     step.reply.as_ref(),
@@ -141,14 +141,43 @@ async fn flow(subnet: &e2e::Subnet) {
         .expect("submit signed update");
     let status = wait_replied(&agents[3 % nodes], &signed.request_id, canister).await;
     assert_eq!(status, b"DIDL\x00\x00".to_vec());
-    let reply = agents[0]
-        .query(&canister, "get")
-        .with_arg(b"DIDL\x00\x00".to_vec())
-        .call()
-        .await
-        .expect("query after inc");
     // 45 after the scenario, 46 after one more inc (Candid nat 46 = 0x2e).
-    assert_eq!(reply, e2e::hex_decode("4449444c00017d2e"));
+    let want = e2e::hex_decode("4449444c00017d2e");
+    let reply = query_caught_up(
+        &agents[0],
+        &canister,
+        "get",
+        b"DIDL\x00\x00",
+        &Some(want.clone()),
+    )
+    .await;
+    assert_eq!(reply, want);
+}
+
+/// A query through `agent`'s node, asked again (for at most [`CATCH_UP_SECS`]) while its reply
+/// differs from `expected`: an update certified by the other n − f nodes may not have been
+/// executed on this node yet (queries read the node's own latest state, as on the IC). The
+/// caller still compares the final reply with `expected`.
+async fn query_caught_up(
+    agent: &Agent,
+    canister: &Principal,
+    method: &str,
+    arg: &[u8],
+    expected: &Option<Vec<u8>>,
+) -> Vec<u8> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(CATCH_UP_SECS);
+    loop {
+        let reply = agent
+            .query(canister, method)
+            .with_arg(arg.to_vec())
+            .call()
+            .await
+            .unwrap_or_else(|e| panic!("query {method}: {e}"));
+        if expected.as_ref() == Some(&reply) || tokio::time::Instant::now() >= deadline {
+            return reply;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// One agent per node, all with the identity of `key`; every node serves the same root key
@@ -243,10 +272,10 @@ async fn ledger_flow(subnet: &e2e::Subnet) {
                         .with_arg(arg)
                         .call_and_wait()
                         .await
+                        .unwrap_or_else(|e| panic!("step {i}: update {method}: {e}"))
                 } else {
-                    a.query(&canister, method).with_arg(arg).call().await
-                }
-                .unwrap_or_else(|e| panic!("step {i}: {} {method}: {e}", step.op));
+                    query_caught_up(a, &canister, method, &arg, &step.reply).await
+                };
                 assert_eq!(
                     Some(&reply),
                     step.reply.as_ref(),

@@ -28,8 +28,8 @@ pub const NODES: usize = 4;
 pub const VM_LIMIT_S: u64 = 900;
 /// Boot until every API answers and the first block is finalized.
 pub const BOOT_TIMEOUT_S: u64 = 180;
-/// Bound on the e2e agent tests (both run in parallel).
-pub const AGENT_TESTS_TIMEOUT_S: u64 = 420;
+/// Bound on the e2e agent tests (run one after the other).
+pub const AGENT_TESTS_TIMEOUT_S: u64 = 600;
 /// Bound on one update call, polling included.
 pub const CALL_TIMEOUT_S: u64 = 60;
 /// A restarted or wiped node must reach the others' height within this.
@@ -158,6 +158,7 @@ pub fn testnet_agent(paths: &Paths) -> Result<String, String> {
                 "ic_agent",
                 "--",
                 "--nocapture",
+                "--test-threads=1",
             ])
             .env("CAIRN_URLS", &urls)
             .env("CAIRN_ROOT_KEY", net.root_key_hex()),
