@@ -92,7 +92,7 @@ pub struct Node {
     pub vm: Option<Vm>,
     pub paused: bool,
     pub boots: usize,
-    /// Highest finalized height seen on the console (this boot and earlier ones).
+    /// Highest finalized height seen on the console during this boot.
     pub height: u64,
     /// Host time of this boot's start.
     pub booted_at: Option<Instant>,
@@ -310,6 +310,7 @@ impl Testnet {
         node.paused = false;
         node.booted_at = Some(Instant::now());
         node.first_block = None;
+        node.height = 0;
         node.scanned_to = None;
         Ok(())
     }
@@ -338,9 +339,7 @@ impl Testnet {
     /// Kill node `i` and give it an empty disk (it must rejoin by state sync when started).
     pub fn wipe(&mut self, i: usize) -> Result<(), String> {
         self.kill(i);
-        empty_disk(&self.nodes[i].disk)?;
-        self.nodes[i].height = 0;
-        Ok(())
+        empty_disk(&self.nodes[i].disk)
     }
 
     /// Freeze node `i` (SIGSTOP).
@@ -510,7 +509,7 @@ impl Testnet {
         )
     }
 
-    /// Whether node `i`'s `/api/v2/status` answers 200 with the genesis root key now.
+    /// Whether node `i`'s `/api/v2/status` answers 200 with the genesis root key, healthy, now.
     pub fn api_up(&self, i: usize) -> bool {
         status_serves_key(self.nodes[i].http_port, &self.root_key_der)
     }
@@ -533,7 +532,7 @@ impl Testnet {
         })
     }
 
-    /// Wait until node `i`'s `/api/v2/status` answers 200 with the genesis root key.
+    /// Wait until node `i`'s `/api/v2/status` answers 200, healthy, with the genesis root key.
     pub fn wait_api(&mut self, i: usize, limit: Duration) -> Result<Duration, String> {
         let start = Instant::now();
         let mut last = String::new();
@@ -557,7 +556,12 @@ impl Testnet {
     }
 }
 
-/// Whether `GET /api/v2/status` on 127.0.0.1:`port` answers 200 with `root_key_der` in it.
+/// The CBOR text `"healthy"` (major type 3, length 7), the `replica_health_status` of a node
+/// that serves calls.
+const CBOR_HEALTHY: &[u8] = b"\x67healthy";
+
+/// Whether `GET /api/v2/status` on 127.0.0.1:`port` answers 200 with `root_key_der` in it and
+/// the replica reports itself healthy.
 fn status_serves_key(port: u16, root_key_der: &[u8]) -> bool {
     let answer = crate::testnet_client::http(
         port,
@@ -566,7 +570,8 @@ fn status_serves_key(port: u16, root_key_der: &[u8]) -> bool {
         &[],
         Duration::from_millis(PROBE_TIMEOUT_MS),
     );
-    matches!(answer, Ok((200, body)) if body.windows(root_key_der.len()).any(|w| w == root_key_der))
+    let has = |body: &[u8], what: &[u8]| body.windows(what.len()).any(|w| w == what);
+    matches!(answer, Ok((200, body)) if has(&body, root_key_der) && has(&body, CBOR_HEALTHY))
 }
 
 impl Drop for Testnet {

@@ -198,7 +198,10 @@ fn recovery_note(net: &mut Testnet, i: usize) -> String {
         .iter()
         .filter(|l| {
             let t = l.text.to_ascii_lowercase();
-            t.contains("recovered") || t.contains("state sync") || t.contains("resum")
+            t.contains("recovered")
+                || t.contains("state sync")
+                || t.contains("store formatted")
+                || t.contains("store replaced")
         })
         .map(|l| l.text.clone())
         .take(2)
