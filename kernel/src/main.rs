@@ -107,14 +107,14 @@ extern "C" fn cairn_boot64(info_paddr: u64, protocol: u64) -> ! {
     };
     let mut devices = drivers::virtio::probe();
     let network = start_network(info, &mut devices, node_config.as_ref());
-    report_devices(info, &mut devices);
+    let disk = report_devices(info, &mut devices);
     crash_if_asked(info.option("cairn.crash").or(info.option("cairn.test")));
     serial::write_fmt(format_args!(
         "boot: ready in {} us after kernel entry\n",
         clock::ns_since_entry() / 1_000
     ));
     serial::write_fmt(format_args!("{READY_LINE}\n"));
-    after_ready(info, network, node_config)
+    after_ready(info, network, node_config, disk)
 }
 
 /// Brings up smoltcp on every virtio-net card, if any: the first (primary) card addressed
@@ -174,11 +174,16 @@ fn nic_config(
     })
 }
 
-fn report_devices(info: &BootInfo, devices: &mut drivers::virtio::Devices) {
+/// Prints the devices and runs the disk checks asked for; returns the disk for the node.
+fn report_devices(
+    info: &BootInfo,
+    devices: &mut drivers::virtio::Devices,
+) -> Option<drivers::block::VirtioBlock> {
     serial::write_fmt(format_args!(
         "pci: {} functions via {:?}\n",
         devices.pci_functions, devices.cam
     ));
+    let mut disk_found = None;
     if let Some(blk) = devices.blk.take() {
         let mut disk = drivers::block::VirtioBlock::new(blk);
         serial::write_fmt(format_args!(
@@ -193,6 +198,7 @@ fn report_devices(info: &BootInfo, devices: &mut drivers::virtio::Devices) {
         if info.option("cairn.store-demo") == Some("1") {
             store_demo::run(disk);
         }
+        disk_found = Some(disk);
     }
     if let Some(rng) = devices.rng.as_mut() {
         let mut bytes = [0u8; 16];
@@ -201,6 +207,7 @@ fn report_devices(info: &BootInfo, devices: &mut drivers::virtio::Devices) {
             Err(e) => serial::write_fmt(format_args!("rng: virtio-rng failed: {e}\n")),
         }
     }
+    disk_found
 }
 
 /// Normal build: idle (later issues run the node here), or leave with `cairn.exit=1`.
@@ -209,6 +216,7 @@ fn after_ready(
     info: &BootInfo,
     network: Option<net::Network>,
     node_config: Option<runtime::NodeConfig>,
+    disk: Option<drivers::block::VirtioBlock>,
 ) -> ! {
     #[cfg(feature = "kernel-tests")]
     if !tests::run_all() {
@@ -221,13 +229,17 @@ fn after_ready(
         power::power_off();
     }
     match (network, node_config) {
-        (Some(mut network), Some(config)) => match runtime::Runtime::new(&mut network, config) {
-            Ok(node) => node.run(network),
-            Err(e) => {
-                log::error!("runtime: {e}");
-                cpu::halt_forever()
+        (Some(mut network), Some(config)) => {
+            let nonce = entropy::rdrand64().unwrap_or_else(|_| cpu::rdtsc());
+            let store = disk.and_then(|d| runtime::store::open(d, nonce));
+            match runtime::Runtime::new(&mut network, config, store) {
+                Ok(node) => node.run(network),
+                Err(e) => {
+                    log::error!("runtime: {e}");
+                    cpu::halt_forever()
+                }
             }
-        },
+        }
         (None, Some(_)) => {
             log::error!("runtime: a node configuration but no network card");
             cpu::halt_forever()

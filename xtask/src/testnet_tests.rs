@@ -157,6 +157,7 @@ const PROGRESS_POLL_MS: u64 = 500;
 struct Status {
     certified_height: Option<u64>,
     health: String,
+    tee: Option<String>,
 }
 
 /// `GET /api/v2/status` through `port`: 200, CBOR with the self-describe tag, the genesis
@@ -178,8 +179,35 @@ fn get_status(port: u16, root_key: &[u8]) -> Result<(Status, Duration), String> 
     let status = Status {
         certified_height: map.u64("certified_height").ok(),
         health: map.text("replica_health_status").unwrap_or("?").to_string(),
+        tee: map.text("tee").ok().map(str::to_string),
     };
     Ok((status, latency))
+}
+
+/// `GET /metrics` through `port`: 200 Prometheus text; returns the body and the latency.
+fn get_metrics(port: u16) -> Result<(String, Duration), String> {
+    let started = Instant::now();
+    let (code, head, body) = crate::testnet::http_get(port, "/metrics")?;
+    let latency = started.elapsed();
+    if code != 200
+        || !head
+            .to_ascii_lowercase()
+            .contains("content-type: text/plain")
+    {
+        return Err(format!("GET /metrics: status {code}\n{head}"));
+    }
+    String::from_utf8(body)
+        .map(|b| (b, latency))
+        .map_err(|_| "GET /metrics: body is not UTF-8".into())
+}
+
+/// The value of the sample `name` (exact name with labels, e.g. `cairn_tee_info{tee="none"}`)
+/// in a Prometheus text exposition.
+fn metric(text: &str, name: &str) -> Option<u64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (key, value) = l.rsplit_once(' ')?;
+        (key == name).then(|| value.trim().parse().ok())?
+    })
 }
 
 /// Polls `look` on node `i` until it returns a height above `above`.
@@ -202,23 +230,77 @@ fn wait_for_growth(
     }
 }
 
-fn median_ms(mut xs: Vec<Duration>) -> f64 {
-    xs.sort();
-    xs.get(xs.len() / 2).map_or(0.0, |d| d.as_secs_f64() * 1e3)
+/// The samples every node's `/metrics` must have.
+const REQUIRED_METRICS: &[&str] = &[
+    "cairn_finalized_height",
+    "cairn_executed_height",
+    "cairn_certified_height",
+    "cairn_batches_executed_total",
+    "cairn_ingress_accepted_total",
+    "cairn_ingress_executed_total",
+    "cairn_instructions_executed_total",
+    "cairn_peers_connected",
+    "cairn_uptime_seconds",
+];
+
+/// Latencies of every request the test made to the nodes' APIs.
+#[derive(Default)]
+struct Latencies {
+    status: Vec<Duration>,
+    metrics: Vec<Duration>,
 }
 
-/// Checks one node's API through its forwarded port: status, looked at until its certified
-/// height grows. Returns the status latency.
-fn check_node_api(i: usize, port: u16, root_key: &[u8]) -> Result<Duration, String> {
-    let (first, status_latency) = get_status(port, root_key)?;
+/// Checks one node's API through its forwarded port: status, then metrics, each looked at
+/// until its height grows. Returns the TEE the node reports.
+fn check_node_api(
+    i: usize,
+    port: u16,
+    root_key: &[u8],
+    lat: &mut Latencies,
+) -> Result<String, String> {
+    let (first, t) = get_status(port, root_key)?;
+    lat.status.push(t);
     let certified = first
         .certified_height
         .ok_or_else(|| format!("node{i}: status has no certified_height ({})", first.health))?;
+    let tee = first
+        .tee
+        .ok_or_else(|| format!("node{i}: status has no tee field"))?;
     wait_for_growth("certified_height (status)", i, certified, || {
-        let (s, _) = get_status(port, root_key)?;
+        let (s, t) = get_status(port, root_key)?;
+        lat.status.push(t);
         Ok(s.certified_height.unwrap_or(0))
     })?;
-    Ok(status_latency)
+    let (text, t) = get_metrics(port)?;
+    lat.metrics.push(t);
+    for name in REQUIRED_METRICS {
+        if metric(&text, name).is_none() {
+            return Err(format!("node{i}: /metrics lacks {name}:\n{text}"));
+        }
+    }
+    let tee_sample = format!("cairn_tee_info{{tee=\"{tee}\"}}");
+    if metric(&text, &tee_sample) != Some(1) {
+        return Err(format!("node{i}: /metrics lacks {tee_sample} 1:\n{text}"));
+    }
+    let finalized = metric(&text, "cairn_finalized_height").unwrap_or(0);
+    wait_for_growth("cairn_finalized_height (metrics)", i, finalized, || {
+        let (text, t) = get_metrics(port)?;
+        lat.metrics.push(t);
+        metric(&text, "cairn_finalized_height").ok_or_else(|| "no cairn_finalized_height".into())
+    })?;
+    Ok(tee)
+}
+
+/// "median M ms, max X ms over N requests".
+fn latency_text(mut xs: Vec<Duration>) -> String {
+    xs.sort();
+    let ms = |d: Option<&Duration>| d.map_or(0.0, |d| d.as_secs_f64() * 1e3);
+    format!(
+        "median {:.1} ms, max {:.1} ms over {} requests",
+        ms(xs.get(xs.len() / 2)),
+        ms(xs.last()),
+        xs.len()
+    )
 }
 
 /// The `testnet-subnet` step: [`TEST_NODES`] nodes, each with its testnet card and a
@@ -237,11 +319,12 @@ pub fn testnet_subnet(paths: &Paths) -> Result<String, String> {
     let times = wait_for_height(&mut subnet, TEST_HEIGHT, limit)?;
     let first = times.iter().map(|t| t.0).max().unwrap_or_default();
     let reached = times.iter().map(|t| t.1).max().unwrap_or_default();
-    let mut status_latencies = Vec::new();
+    let mut lat = Latencies::default();
+    let mut tees = Vec::new();
     for i in 0..TEST_NODES {
         let port = subnet.http_ports[i];
-        match check_node_api(i, port, &subnet.root_key_der) {
-            Ok(s) => status_latencies.push(s),
+        match check_node_api(i, port, &subnet.root_key_der, &mut lat) {
+            Ok(tee) => tees.push(tee),
             Err(e) => return Err(failure_report(&mut subnet.vms[i], &e)),
         }
     }
@@ -249,15 +332,18 @@ pub fn testnet_subnet(paths: &Paths) -> Result<String, String> {
     for vm in subnet.vms.iter_mut() {
         vm.kill();
     }
+    tees.dedup();
     Ok(format!(
         "{TEST_NODES} nodes: first block finalized on all {:.1} s after QEMU start, height \
          ≥{TEST_HEIGHT} on all at {:.1} s (switch relayed {frames} frames); on every node \
-         through its forwarded port (127.0.0.1:{:?}): /api/v2/status 200 CBOR (median {:.1} ms, \
-         certified height growing)",
+         through its forwarded port (127.0.0.1:{:?}): /api/v2/status 200 CBOR with tee {} \
+         ({}), certified height growing; /metrics 200 ({}), finalized height growing",
         first.as_secs_f64(),
         reached.as_secs_f64(),
         subnet.http_ports,
-        median_ms(status_latencies),
+        tees.join("/"),
+        latency_text(lat.status),
+        latency_text(lat.metrics),
     ))
 }
 
@@ -323,6 +409,17 @@ fn arp_reply_from(frame: &[u8], ip: Ipv4Addr) -> Option<[u8; 6]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metric_samples_by_exact_name() {
+        let text = "# HELP cairn_finalized_height h\n# TYPE cairn_finalized_height gauge\n\
+                    cairn_finalized_height 42\ncairn_finalized_height_x 7\n\
+                    cairn_tee_info{tee=\"none\"} 1\n";
+        assert_eq!(metric(text, "cairn_finalized_height"), Some(42));
+        assert_eq!(metric(text, "cairn_tee_info{tee=\"none\"}"), Some(1));
+        assert_eq!(metric(text, "cairn_tee_info{tee=\"sev-snp\"}"), None);
+        assert_eq!(metric(text, "cairn_executed_height"), None);
+    }
 
     #[test]
     fn udp_count_parsing() {

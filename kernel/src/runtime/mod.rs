@@ -17,12 +17,17 @@
 //!    wall-clock at boot plus the TSC's monotonic nanoseconds;
 //! 5. when nothing moved, sleep until the next APIC tick (1 ms).
 //!
+//! With a virtio-blk disk the node keeps its state there (`store`; `Stack::with_store`):
+//! boot recovers the checkpoint, CUP and logged blocks, or formats an empty or unusable disk
+//! and lets the node catch up by state sync. `/metrics` reports the store's usage.
+//!
 //! Back-pressure: a peer's outgoing queue above [`PEER_PAUSE_BYTES`] stops reading from that
 //! peer until it drains; above [`PEER_QUEUE_MAX_BYTES`] the stream is reset (the channel
 //! re-handshakes). An HTTP client is not read while its response is being written, and is
 //! dropped when its queue exceeds [`CLIENT_QUEUE_MAX_BYTES`].
 
 pub mod config;
+pub mod store;
 
 use crate::arch::{apic, clock, entropy, rtc};
 use crate::net::socket::{ListenerId, TcpId};
@@ -32,7 +37,7 @@ use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec;
 use alloc::vec::Vec;
 pub use config::{ConfigError, NodeConfig, HTTP_PORT, P2P_PORT};
-use node::api::ApiConfig;
+use node::api::{ApiConfig, Metric};
 use node::replica::stack::{Stack, StackConfig};
 use node::replica::{ReplicaConfig, STATUS_INTERVAL_MS};
 use node::types::{Height, NodeId, Time};
@@ -62,6 +67,8 @@ pub const READ_ROUND_BYTES: usize = 64 * 1024;
 const READ_CHUNK_BYTES: usize = 16 * 1024;
 /// Minimum interval between `runtime: finalized height=` lines.
 pub const REPORT_INTERVAL_MS: u64 = 2_000;
+/// How often the runtime's own `/metrics` samples (peers, uptime, heap, store) are renewed.
+pub const METRICS_REFRESH_MS: u64 = 500;
 /// How long the loop keeps spinning after the last activity before sleeping on the APIC timer.
 const IDLE_AFTER_NS: u64 = 1_000_000;
 const NS_PER_MS: u64 = 1_000_000;
@@ -72,6 +79,8 @@ const NS_PER_S: u64 = 1_000_000_000;
 pub enum RuntimeError {
     Entropy,
     Stack(node::replica::ReplicaError),
+    /// The store could not start the node (`Stack::with_store`), and neither could genesis.
+    StackFromStore(node::replica::ReplicaError),
     Listen(crate::net::socket::SocketError),
 }
 
@@ -80,6 +89,7 @@ impl core::fmt::Display for RuntimeError {
         match self {
             RuntimeError::Entropy => f.write_str("no entropy for the channel keys"),
             RuntimeError::Stack(e) => write!(f, "node start: {e:?}"),
+            RuntimeError::StackFromStore(e) => write!(f, "node start from the store: {e:?}"),
             RuntimeError::Listen(e) => write!(f, "listen: {e}"),
         }
     }
@@ -172,10 +182,19 @@ pub struct Runtime {
     first_finalized: bool,
     last_report_ns: u64,
     last_reported: u64,
+    last_metrics_ns: u64,
+    /// HTTP connections accepted (all cards).
+    http_accepted: u64,
+    /// Size of the store's disk, when the node runs with one.
+    disk_bytes: Option<u64>,
 }
 
 impl Runtime {
-    pub fn new(network: &mut Network, config: NodeConfig) -> Result<Runtime, RuntimeError> {
+    pub fn new(
+        network: &mut Network,
+        config: NodeConfig,
+        disk: Option<store::Opened>,
+    ) -> Result<Runtime, RuntimeError> {
         let clock = WallClock::new(config.record.genesis_time_ns);
         let mut seed = [0u8; 32];
         entropy::fill(&mut seed).map_err(|_| RuntimeError::Entropy)?;
@@ -192,9 +211,13 @@ impl Runtime {
                 status_interval_ms: STATUS_INTERVAL_MS,
                 resume_from: None,
             },
-            api: ApiConfig::default(),
+            api: ApiConfig {
+                tee: Some(crate::tee::current().name()),
+                ..ApiConfig::default()
+            },
         };
-        let stack = Stack::new(stack_config, clock.now()).map_err(RuntimeError::Stack)?;
+        let disk_bytes = disk.as_ref().map(|d| d.device_bytes);
+        let stack = start_stack(stack_config, disk, clock.now())?;
         let ids = stack.replica().members().to_vec();
         let peers = ids
             .iter()
@@ -235,6 +258,9 @@ impl Runtime {
             first_finalized: false,
             last_report_ns: 0,
             last_reported: 0,
+            last_metrics_ns: 0,
+            http_accepted: 0,
+            disk_bytes,
         })
     }
 
@@ -260,6 +286,7 @@ impl Runtime {
             active |= self.round(&mut network);
             active |= network.poll();
             self.report();
+            self.refresh_metrics();
             if active {
                 last_activity = clock::now_ns();
             } else if sleep && clock::now_ns() - last_activity > IDLE_AFTER_NS {
@@ -410,6 +437,7 @@ impl Runtime {
                 net.tcp_abort(tcp);
                 continue;
             }
+            self.http_accepted += 1;
             let conn = self.next_conn;
             self.next_conn += 1;
             self.stack.http_connect(conn, self.clock.now());
@@ -573,6 +601,176 @@ impl Runtime {
             self.last_reported = height;
             self.last_report_ns = now_ns;
         }
+    }
+}
+
+/// Starts the node: over its store when there is one (falling back to genesis without a
+/// store if the store cannot start it), else from genesis.
+fn start_stack(
+    config: StackConfig,
+    disk: Option<store::Opened>,
+    now: Time,
+) -> Result<Stack, RuntimeError> {
+    let Some(disk) = disk else {
+        return Stack::new(config, now).map_err(RuntimeError::Stack);
+    };
+    let checkpoint = disk.recovery.checkpoint.map(|(h, _)| h);
+    let records = disk.recovery.pool_records.len();
+    let origin = disk.origin;
+    let stack = match Stack::with_store(config.clone(), disk.store, disk.recovery, now) {
+        Ok(stack) => stack,
+        Err(e) => {
+            log::error!("runtime: the store could not start the node ({e:?}); no store");
+            return Stack::new(config, now).map_err(RuntimeError::StackFromStore);
+        }
+    };
+    let mib = disk.device_bytes / (1024 * 1024);
+    match origin {
+        store::Origin::Recovered => serial::write_fmt(format_args!(
+            "runtime: recovered checkpoint height={} cup={} pool records={records} \
+             (open {} ms, {mib} MiB disk)\n",
+            checkpoint.map_or(alloc::string::String::from("none"), |h| alloc::format!(
+                "{h}"
+            )),
+            stack.replica().cup_height().0,
+            disk.open_ms,
+        )),
+        store::Origin::Formatted => serial::write_fmt(format_args!(
+            "runtime: no store on the {mib} MiB disk; formatted ({} ms)\n",
+            disk.open_ms
+        )),
+        store::Origin::Replaced(why) => serial::write_fmt(format_args!(
+            "runtime: store replaced (the old one {why}); formatted {mib} MiB fresh, the node \
+             catches up by state sync\n"
+        )),
+    }
+    Ok(stack)
+}
+
+impl Runtime {
+    /// The store's samples for `/metrics` (none without a store).
+    fn store_metrics(&mut self) -> Vec<Metric> {
+        let Some(disk_bytes) = self.disk_bytes else {
+            return Vec::new();
+        };
+        let syncing = self.stack.syncing();
+        let failed = self.stack.store_error().is_some();
+        let stats = self.stack.store_stats();
+        let Some(store) = self.stack.store_mut() else {
+            return Vec::new();
+        };
+        let free = store.free_blocks() * node::store::BLOCK_BYTES as u64;
+        let mut samples = vec![
+            Metric::gauge("cairn_store_bytes", "size of the store's disk", disk_bytes),
+            Metric::gauge(
+                "cairn_store_free_bytes",
+                "free space in the store's data area",
+                free,
+            ),
+            Metric::gauge(
+                "cairn_store_used_bytes",
+                "disk bytes not free (data, metadata, superblocks)",
+                disk_bytes.saturating_sub(free),
+            ),
+            Metric::gauge(
+                "cairn_store_checkpoint_height",
+                "height of the stored checkpoint (0: none)",
+                store.checkpoint_height().unwrap_or(0),
+            ),
+            Metric::gauge(
+                "cairn_store_failed",
+                "1 when the store failed and the node stopped sending",
+                u64::from(failed),
+            ),
+            Metric::gauge(
+                "cairn_state_sync_target_height",
+                "height of the state being synced from peers (0: none)",
+                syncing.unwrap_or(0),
+            ),
+        ];
+        if let Some(s) = stats {
+            samples.extend([
+                Metric::counter(
+                    "cairn_store_checkpoints_total",
+                    "checkpoints written",
+                    s.checkpoints,
+                ),
+                Metric::counter(
+                    "cairn_store_blocks_logged_total",
+                    "finalized blocks appended to the pool log",
+                    s.blocks_logged,
+                ),
+                Metric::counter(
+                    "cairn_store_blocks_replayed_total",
+                    "logged blocks executed again at start",
+                    s.blocks_replayed,
+                ),
+                Metric::counter(
+                    "cairn_store_bad_chunks_total",
+                    "checkpoint chunks found bad",
+                    s.bad_chunks_detected,
+                ),
+                Metric::counter(
+                    "cairn_state_syncs_completed_total",
+                    "state syncs completed",
+                    s.syncs_completed,
+                ),
+            ]);
+        }
+        samples
+    }
+
+    /// Renews the driver's `/metrics` samples every [`METRICS_REFRESH_MS`].
+    fn refresh_metrics(&mut self) {
+        let now_ns = clock::now_ns();
+        if now_ns - self.last_metrics_ns < METRICS_REFRESH_MS * NS_PER_MS {
+            return;
+        }
+        self.last_metrics_ns = now_ns;
+        let peers_up = self.peers.iter().filter(|p| p.established).count() as u64;
+        let reconnects: u64 = self.peers.iter().map(|p| p.connects).sum();
+        let queued: usize = self.peers.iter().map(|p| p.out.len()).sum();
+        let samples = vec![
+            Metric::gauge("cairn_peers_connected", "P2P streams established", peers_up),
+            Metric::gauge(
+                "cairn_peers",
+                "other nodes of the subnet",
+                self.n as u64 - 1,
+            ),
+            Metric::counter(
+                "cairn_p2p_streams_started_total",
+                "P2P streams (re)started",
+                reconnects,
+            ),
+            Metric::gauge(
+                "cairn_p2p_queued_bytes",
+                "bytes waiting to be written to peers",
+                queued as u64,
+            ),
+            Metric::gauge(
+                "cairn_http_clients",
+                "HTTP API connections open in the runtime",
+                self.clients.len() as u64,
+            ),
+            Metric::counter(
+                "cairn_http_accepted_total",
+                "HTTP API connections accepted",
+                self.http_accepted,
+            ),
+            Metric::gauge(
+                "cairn_uptime_seconds",
+                "seconds since the runtime started",
+                (now_ns - self.started_ns) / NS_PER_S,
+            ),
+            Metric::gauge(
+                "cairn_heap_free_bytes",
+                "free kernel heap",
+                crate::heap::free_bytes() as u64,
+            ),
+        ];
+        let mut samples = samples;
+        samples.extend(self.store_metrics());
+        self.stack.set_driver_metrics(samples);
     }
 }
 

@@ -21,7 +21,9 @@
 //! on their own when a peer restarts. The replica never blocks and never allocates without
 //! a bound (see the limits in `p2p` and `consensus`).
 
+pub mod persist;
 pub mod stack;
+pub mod state_sync;
 
 use crate::consensus::{
     Artifact, CatchUpPackage, Consensus, ConsensusParams, ConsensusStats, FinalizedBlock, Outgoing,
@@ -71,6 +73,8 @@ pub enum ReplicaError {
     Record(RecordError),
     NotAMember,
     IngressQueueFull,
+    /// The store failed while the node recovered from it (`Stack::with_store`).
+    Store(crate::store::StoreError),
 }
 
 impl fmt::Display for ReplicaError {
@@ -79,6 +83,7 @@ impl fmt::Display for ReplicaError {
             ReplicaError::Record(e) => write!(f, "bad configuration: {e}"),
             ReplicaError::NotAMember => f.write_str("node secrets do not match the subnet record"),
             ReplicaError::IngressQueueFull => f.write_str("ingress queue full"),
+            ReplicaError::Store(e) => write!(f, "store: {e}"),
         }
     }
 }

@@ -30,9 +30,26 @@
 //! API serves. Queries run on the newest executed state; they get a data certificate when that
 //! state is the certified one.
 //!
-//! **Gaps.** A node that adopts a catch-up package jumps over blocks it never executed; without
-//! state sync (issue 7) it cannot continue, so it stops executing and reports
-//! `certified_state_behind` ([`Stack::stalled`]).
+//! **Gaps.** A node that adopts a catch-up package jumps over blocks it never executed. A node
+//! without a store ([`Stack::new`]) cannot continue: it stops executing and reports
+//! `certified_state_behind` ([`Stack::stalled`]). A node with a store ([`Stack::with_store`])
+//! fetches the state the CUP certifies from its peers (state sync) and continues.
+//!
+//! **Persistence** ([`Stack::with_store`]; the store's record layout and what the CUP
+//! certifies are in [`super::persist`]). The node appends every finalized block and its
+//! signing watermark to the store's pool log and makes them durable in
+//! [`Stack::poll_transmit`] before any byte leaves; it writes a checkpoint of the state at
+//! every CUP height and the CUP itself when it is made, and purges the log below both. On
+//! start it loads the checkpoint (every chunk verified), resumes consensus from the stored CUP
+//! and replays the logged blocks above the checkpoint. A checkpoint with a bad chunk, or a CUP
+//! ahead of the state, is repaired by state sync ([`super::state_sync`]): manifest and chunks
+//! come over p2p as [`UpperMessage`]s, each checked against the CUP and the manifest.
+//! Every node of a subnet must run the same way: [`Stack::new`] and [`Stack::with_store`]
+//! nodes certify different state hashes at CUP heights.
+
+mod durable;
+
+pub use durable::StoreStats;
 
 use super::{Replica, ReplicaConfig, ReplicaError};
 use crate::api::auth;
@@ -80,6 +97,25 @@ pub enum UpperMessage {
     Ingress(Vec<u8>),
     /// A state certification share.
     Share(CertificationShare),
+    /// State sync: "send me the manifest of your checkpoint at `height`".
+    ManifestRequest { height: u64 },
+    /// State sync: the manifest (`store::Manifest::to_bytes`) of the checkpoint at `height`,
+    /// and the execution state hash there (the CUP certifies both, see `persist`).
+    Manifest {
+        height: u64,
+        state_hash: [u8; 32],
+        bytes: Vec<u8>,
+    },
+    /// State sync: "send me chunk `index` of your checkpoint at `height`".
+    ChunkRequest { height: u64, index: u32 },
+    /// State sync: chunk `index` of the checkpoint at `height`.
+    Chunk {
+        height: u64,
+        index: u32,
+        bytes: Vec<u8>,
+    },
+    /// State sync: the sender has no (intact) checkpoint at `height` to serve.
+    Unavailable { height: u64 },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -88,11 +124,17 @@ struct UpperWire {
     message: UpperMessage,
 }
 
+#[derive(Serialize)]
+struct UpperWireRef<'a> {
+    version: u8,
+    message: &'a UpperMessage,
+}
+
 impl UpperMessage {
     pub fn encode(&self) -> Vec<u8> {
-        postcard::to_allocvec(&UpperWire {
+        postcard::to_allocvec(&UpperWireRef {
             version: UPPER_MESSAGE_VERSION,
-            message: self.clone(),
+            message: self,
         })
         .unwrap_or_default()
     }
@@ -243,6 +285,8 @@ struct Core {
     now: Time,
     stalled: bool,
     stats: StackStats,
+    /// The store and everything about persistence and state sync (`with_store` only).
+    persist: Option<alloc::boxed::Box<durable::Persist>>,
 }
 
 /// One node of a subnet with every layer, sans-IO. The driver feeds peer bytes, HTTP bytes and
@@ -299,12 +343,71 @@ impl Stack {
             now,
             stalled: false,
             stats: StackStats::default(),
+            persist: None,
         };
         Ok(Stack {
             core,
             api: HttpApi::new(config.api),
             next_resend: now.plus_millis(CERTIFICATION_RESEND_MS),
         })
+    }
+
+    /// Starts a node over its store, at `now`: what `Store::open_or_format` returned for the
+    /// node's disk (`recovery` from the same call). The store must be formatted with
+    /// `chunk_bytes ==` [`super::persist::CHECKPOINT_CHUNK_BYTES`] (see [`store_config`]).
+    ///
+    /// Recovery: the stored CUP (if newer than `config.replica.resume_from`) is where
+    /// consensus resumes; the signing floor is the higher of `config.replica.signing_floor`
+    /// and the logged watermark; the checkpoint is loaded with every chunk verified, and the
+    /// logged finalized blocks above it are executed again. A bad chunk, or a CUP ahead of the
+    /// state, starts state sync from the peers (the node executes nothing until it is done).
+    ///
+    /// The driver then runs the node exactly as one from [`Stack::new`]; the store is written
+    /// from inside the calls (a flush at most once per [`Stack::poll_transmit`] burst, a
+    /// checkpoint and a CUP commit per CUP interval). If the store fails, the node stops
+    /// sending ([`Stack::store_error`]): reopen the store and start again.
+    pub fn with_store(
+        config: StackConfig,
+        store: crate::store::Store<alloc::boxed::Box<dyn crate::store::BlockDevice>>,
+        recovery: crate::store::Recovery,
+        now: Time,
+    ) -> Result<Stack, ReplicaError> {
+        durable::start(config, store, recovery, now)
+    }
+
+    /// With a store: the height of the state being synced from peers, if any.
+    pub fn syncing(&self) -> Option<u64> {
+        self.core
+            .persist
+            .as_ref()?
+            .sync
+            .as_ref()
+            .map(|s| s.target().height())
+    }
+
+    /// With a store: counters of persistence, recovery and state sync.
+    pub fn store_stats(&self) -> Option<StoreStats> {
+        self.core.persist.as_ref().map(|p| p.stats)
+    }
+
+    /// With a store: the error that stopped it (the node then sends nothing).
+    pub fn store_error(&self) -> Option<crate::store::StoreError> {
+        self.core.persist.as_ref()?.failed
+    }
+
+    /// With a store: the store (e.g. for diagnostics; tests inject faults through it).
+    pub fn store_mut(
+        &mut self,
+    ) -> Option<&mut crate::store::Store<alloc::boxed::Box<dyn crate::store::BlockDevice>>> {
+        self.core.persist.as_mut().map(|p| &mut p.store)
+    }
+
+    /// Closes the node and hands back its store (a clean shutdown: nothing is lost that
+    /// [`Stack::poll_transmit`] made durable).
+    pub fn into_store(
+        self,
+    ) -> Option<crate::store::Store<alloc::boxed::Box<dyn crate::store::BlockDevice>>> {
+        self.core.persist.map(|p| p.store)
     }
 
     pub fn node_id(&self) -> NodeId {
@@ -342,7 +445,9 @@ impl Stack {
         self.core.certified.as_ref()
     }
 
-    /// True when the node skipped blocks (adopted a catch-up package) and stopped executing.
+    /// True when the node skipped blocks (adopted a catch-up package) and cannot execute. A
+    /// node with a store is then syncing the state ([`Stack::syncing`]) and recovers; one
+    /// without stays stalled.
     pub fn stalled(&self) -> bool {
         self.core.stalled
     }
@@ -378,6 +483,7 @@ impl Stack {
     pub fn handle_timeout(&mut self, now: Time) {
         self.core.now = now;
         self.core.replica.handle_timeout(now);
+        self.core.sync_tick(now);
         if now >= self.next_resend {
             if let Some(share) = self.core.certifier.latest_own_share() {
                 let bytes = UpperMessage::Share(share).encode();
@@ -396,11 +502,20 @@ impl Stack {
         if let Some(d) = self.api.next_deadline_ns() {
             t = t.min(Time(d));
         }
+        if let Some(d) = self.core.sync_deadline() {
+            t = t.min(d);
+        }
         t
     }
 
-    /// Next bytes to write to a peer's stream.
+    /// Next bytes to write to a peer's stream. With a store, what the node appended to its
+    /// pool log (finalized blocks, the signing watermark) is made durable first, so nothing
+    /// leaves the node before what it depends on survives a crash; if the store fails, nothing
+    /// leaves at all ([`Stack::store_error`]).
     pub fn poll_transmit(&mut self) -> Option<(NodeId, Vec<u8>)> {
+        if !self.core.make_durable() {
+            return None;
+        }
         self.core.replica.poll_transmit()
     }
 
@@ -466,6 +581,7 @@ impl Stack {
                 break;
             }
         }
+        self.core.after_step(now);
     }
 }
 
@@ -485,6 +601,10 @@ fn request_status(s: &IngressStatus) -> RequestStatus {
 
 impl Core {
     fn execute(&mut self, block: FinalizedBlock) {
+        if self.persist.is_some() {
+            self.execute_durable(block);
+            return;
+        }
         if self.stalled {
             return;
         }
@@ -494,6 +614,11 @@ impl Core {
             self.stalled = true;
             return;
         }
+        self.execute_block(block);
+    }
+
+    /// Executes the next block (`block.height == sm.height() + 1`).
+    fn execute_block(&mut self, block: FinalizedBlock) {
         let time_ns = block.block.time.0;
         let mut ingress = Vec::new();
         for entry in &block.block.payload.ingress {
@@ -519,7 +644,8 @@ impl Core {
         let result = self.sm.execute_batch(batch);
         self.stats.batches_executed += 1;
         self.stats.instructions_executed += result.instructions;
-        self.replica.set_state_hash(block.height, result.state_hash);
+        let state_hash = self.checkpoint_if_due(result.height, result.state_hash);
+        self.replica.set_state_hash(block.height, state_hash);
         let tree = self.build_tree();
         let root = tree.digest();
         self.trees.insert(result.height, tree);
@@ -579,6 +705,11 @@ impl Core {
             return;
         };
         match message {
+            UpperMessage::ManifestRequest { .. }
+            | UpperMessage::Manifest { .. }
+            | UpperMessage::ChunkRequest { .. }
+            | UpperMessage::Chunk { .. }
+            | UpperMessage::Unavailable { .. } => self.on_sync_message(from, message, now),
             UpperMessage::Share(share) => {
                 let Some(index) = self.replica.members().iter().position(|m| *m == from) else {
                     return;
@@ -635,6 +766,9 @@ impl ApiBackend for Core {
 
     fn health(&self) -> ReplicaHealth {
         match &self.certified {
+            _ if self.persist.as_ref().is_some_and(|p| p.failed.is_some()) => {
+                ReplicaHealth::CertifiedStateBehind
+            }
             _ if self.stalled => ReplicaHealth::CertifiedStateBehind,
             None => ReplicaHealth::WaitingForCertifiedState,
             Some(_) => ReplicaHealth::Healthy,
@@ -802,6 +936,16 @@ fn api_reject(r: crate::state::Reject) -> api::Reject {
         code: r.code as u64,
         message: r.message,
         error_code: r.error_code.to_string(),
+    }
+}
+
+/// The store configuration [`Stack::with_store`] expects (`format_nonce` from the driver's
+/// entropy or clock; the segment size is free).
+pub fn store_config(format_nonce: u64) -> crate::store::StoreConfig {
+    crate::store::StoreConfig {
+        chunk_bytes: super::persist::CHECKPOINT_CHUNK_BYTES,
+        format_nonce,
+        ..crate::store::StoreConfig::default()
     }
 }
 

@@ -16,6 +16,8 @@
 //! (prefix: every delivered block's parent is the agreed block below it), and every finalized
 //! block is valid (maker's signature, rank within the block makers, height and time order).
 
+pub mod stack_sim;
+
 use crate::consensus::{ConsensusParams, Fault, FinalizedBlock};
 use crate::crypto::dealer::{deal_subnet, NodeSecrets, SubnetKeys, SubnetRecord};
 use crate::replica::{Replica, ReplicaConfig, STATUS_INTERVAL_MS};

@@ -251,7 +251,14 @@ impl<D: BlockDevice> Store<D> {
         let i = index as usize;
         let entry = *cp.manifest.chunks.get(i).ok_or(StoreError::NotFound)?;
         let location = cp.locations[i];
-        read_chunk_at(&mut self.dev, location, &entry)?.ok_or(StoreError::BadChunk(index))
+        let chunk = read_chunk_at(&mut self.dev, location, &entry)?;
+        if chunk.is_none() {
+            // Never reuse the bad copy for a later checkpoint: that one writes the chunk anew.
+            if let Some(cp) = self.checkpoint.as_mut() {
+                cp.by_hash.remove(&entry.hash);
+            }
+        }
+        chunk.ok_or(StoreError::BadChunk(index))
     }
 
     /// Reads a whole file of the checkpoint, every chunk verified.

@@ -74,6 +74,24 @@ impl<D: BlockDevice + ?Sized> BlockDevice for &mut D {
     }
 }
 
+impl<D: BlockDevice + ?Sized> BlockDevice for alloc::boxed::Box<D> {
+    fn sector_bytes(&self) -> usize {
+        (**self).sector_bytes()
+    }
+    fn sector_count(&self) -> u64 {
+        (**self).sector_count()
+    }
+    fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
+        (**self).read(lba, buf)
+    }
+    fn write(&mut self, lba: u64, buf: &[u8]) -> Result<(), DeviceError> {
+        (**self).write(lba, buf)
+    }
+    fn flush(&mut self) -> Result<(), DeviceError> {
+        (**self).flush()
+    }
+}
+
 /// Checks a request against the device geometry; returns the byte offset and length.
 ///
 /// Shared by the device implementations in this crate so they reject misuse identically.

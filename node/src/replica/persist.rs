@@ -1,0 +1,149 @@
+//! What a node with a store ([`super::stack::Stack::with_store`]) keeps on disk, and how.
+//!
+//! # Records of the pool log (`Store::pool_append`)
+//!
+//! | kind | height | bytes |
+//! |---|---|---|
+//! | [`RECORD_FINALIZED_BLOCK`] | the block's height | postcard [`LoggedBlock`] (version, hash, block, maker's signature) |
+//! | [`RECORD_SIGNING_WATERMARK`] | the watermark | the watermark, u64 little-endian |
+//!
+//! The stack appends a finalized block when consensus delivers it, and the signing watermark
+//! whenever it rose. Before any byte leaves the node (`Stack::poll_transmit`) it calls
+//! `pool_sync`: so nothing this node signed reaches a peer before the watermark that forbids
+//! signing it again is durable, and a restarted node never equivocates.
+//!
+//! # Checkpoints and what the CUP certifies
+//!
+//! At every height `h` that is a multiple of the CUP interval, every replica alike aborts the
+//! paused executions, writes the state as files (`StateMachine::checkpoint_files`) into the
+//! store and hands consensus, as the state hash of `h`, not the execution hash `s` but
+//! `bind(h, s, r) = H("cairn-checkpoint-state" ‖ h (u64 BE) ‖ s ‖ r)` with `r` the manifest root
+//! of the files ([`bind_checkpoint`]). The CUP at `h` so certifies the manifest: a node that
+//! syncs checks a peer's manifest and claimed `s` against the CUP, and each chunk against the
+//! manifest.
+
+use crate::consensus::{Block, FinalizedBlock};
+use crate::execution::ExecutionConfig;
+use crate::routing::StateMachine;
+use crate::store::{StateFile, StoreError, CHUNK_BYTES_DEFAULT};
+use crate::types::{domain_hash, CryptoHash, FixedBytes, Height};
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+use serde::{Deserialize, Serialize};
+
+/// Pool log record: a finalized block ([`LoggedBlock`]).
+pub const RECORD_FINALIZED_BLOCK: u32 = 1;
+/// Pool log record: the signing watermark (u64 LE).
+pub const RECORD_SIGNING_WATERMARK: u32 = 2;
+/// Version of [`LoggedBlock`].
+pub const LOGGED_BLOCK_VERSION: u8 = 1;
+/// Chunk size every store of a subnet must be formatted with: the manifest root, and so the
+/// state hash certified by CUPs, depends on it.
+pub const CHECKPOINT_CHUNK_BYTES: u32 = CHUNK_BYTES_DEFAULT;
+/// Domain of [`bind_checkpoint`].
+pub const DOMAIN_CHECKPOINT_STATE: &str = "cairn-checkpoint-state";
+/// Finalized blocks held in memory while the state they apply to is being synced.
+pub const BUFFERED_BLOCKS_MAX: usize = 1_000;
+/// Bytes of those blocks' payloads.
+pub const BUFFERED_BLOCK_BYTES_MAX: usize = 64 << 20;
+
+/// The state hash consensus certifies at a checkpoint height (see the module docs).
+pub fn bind_checkpoint(
+    height: u64,
+    state_hash: &CryptoHash,
+    manifest_root: &CryptoHash,
+) -> CryptoHash {
+    let mut v = Vec::with_capacity(72);
+    v.extend_from_slice(&height.to_be_bytes());
+    v.extend_from_slice(state_hash);
+    v.extend_from_slice(manifest_root);
+    domain_hash(DOMAIN_CHECKPOINT_STATE, &v)
+}
+
+/// Whether the node checkpoints after executing `height` (every replica alike).
+pub fn is_checkpoint_height(height: u64, cup_interval_heights: u64) -> bool {
+    height > 0 && height.is_multiple_of(cup_interval_heights.max(1))
+}
+
+/// A finalized block as the pool log holds it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoggedBlock {
+    pub version: u8,
+    pub hash: CryptoHash,
+    pub block: Block,
+    pub signature: FixedBytes<64>,
+}
+
+impl LoggedBlock {
+    pub fn encode(b: &FinalizedBlock) -> Vec<u8> {
+        postcard::to_allocvec(&LoggedBlock {
+            version: LOGGED_BLOCK_VERSION,
+            hash: b.hash,
+            block: b.block.clone(),
+            signature: b.signature,
+        })
+        .unwrap_or_default()
+    }
+
+    /// Decodes a record of height `height`; `None` unless it is consistent (hash, height).
+    pub fn decode(height: u64, bytes: &[u8]) -> Option<FinalizedBlock> {
+        let l: LoggedBlock = postcard::from_bytes(bytes).ok()?;
+        if l.version != LOGGED_BLOCK_VERSION
+            || l.block.height != Height(height)
+            || l.block.hash() != l.hash
+        {
+            return None;
+        }
+        Some(FinalizedBlock {
+            height: l.block.height,
+            hash: l.hash,
+            block: l.block,
+            signature: l.signature,
+        })
+    }
+}
+
+/// Why the state could not be written as files or read back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StateFilesError {
+    /// The state codec rejected the state or the files.
+    Codec,
+    /// The files decode to a state of another height or hash than expected.
+    Mismatch,
+    /// The store failed.
+    Store(StoreError),
+}
+
+impl fmt::Display for StateFilesError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StateFilesError::Codec => f.write_str("state codec failed"),
+            StateFilesError::Mismatch => f.write_str("checkpoint is not the state expected"),
+            StateFilesError::Store(e) => write!(f, "store: {e}"),
+        }
+    }
+}
+
+/// The state as named files (the codec of `routing::checkpoint`).
+pub fn state_files(_sm: &StateMachine) -> Result<Vec<(String, Vec<u8>)>, StateFilesError> {
+    // Bridge to `StateMachine::checkpoint_files` (branch statecodec, not merged yet).
+    Err(StateFilesError::Codec)
+}
+
+/// A state machine from a checkpoint's files.
+pub fn state_from_files(
+    _config: ExecutionConfig,
+    _files: &[(String, Vec<u8>)],
+) -> Result<StateMachine, StateFilesError> {
+    // Bridge to `StateMachine::from_checkpoint_files` (branch statecodec, not merged yet).
+    Err(StateFilesError::Codec)
+}
+
+/// Borrowed view of owned files, as the store takes them.
+pub fn as_state_files(files: &[(String, Vec<u8>)]) -> Vec<StateFile<'_>> {
+    files
+        .iter()
+        .map(|(name, bytes)| StateFile { name, bytes })
+        .collect()
+}
