@@ -97,6 +97,14 @@ fn parse_head(response: &[u8]) -> Option<(u16, usize, Option<usize>)> {
     Some((status, end + 4, len))
 }
 
+/// Prometheus text: the value of the first sample named `name` (without labels).
+pub fn metric(text: &str, name: &str) -> Option<u64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (key, value) = l.split_once(' ')?;
+        (key == name).then(|| value.trim().parse().ok())?
+    })
+}
+
 fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -445,10 +453,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn heads_parse() {
+    fn heads_and_metrics_parse() {
         let r = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc";
         assert_eq!(parse_head(r), Some((200, 38, Some(3))));
         assert_eq!(parse_head(b"HTTP/1.1 200 OK\r\n"), None);
+        let text = "# HELP x\ncairn_finalized_height 12\ncairn_peers{a=\"b\"} 3\n";
+        assert_eq!(metric(text, "cairn_finalized_height"), Some(12));
+        assert_eq!(metric(text, "cairn_peers"), None);
     }
 
     #[test]

@@ -91,6 +91,7 @@ pub struct Node {
     pub http_port: u16,
     pub vm: Option<Vm>,
     pub paused: bool,
+    /// Boots so far, counting the logs of earlier runs (names this boot's log).
     pub boots: usize,
     /// Highest finalized height seen on the console during this boot.
     pub height: u64,
@@ -210,6 +211,16 @@ impl Testnet {
                 return Err(format!("missing {}; try --fresh", config.display()));
             }
             let disk = spec.dir.join(format!("node-{i}.disk"));
+            // Number this run's boots after the logs kept from earlier runs.
+            let boots = (0..)
+                .find(|k| {
+                    !spec
+                        .dir
+                        .join("logs")
+                        .join(format!("node-{i}.boot{k}.log"))
+                        .exists()
+                })
+                .unwrap_or(0);
             if created || !disk.exists() {
                 empty_disk(&disk)?;
             }
@@ -228,7 +239,7 @@ impl Testnet {
                 http_port,
                 vm: None,
                 paused: false,
-                boots: 0,
+                boots,
                 height: 0,
                 booted_at: None,
                 first_block: None,

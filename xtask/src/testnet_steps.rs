@@ -179,13 +179,31 @@ pub fn testnet_agent(paths: &Paths) -> Result<String, String> {
     ))
 }
 
-/// The highest height among `which`.
-fn top(net: &Testnet, which: &[usize]) -> u64 {
-    which
+/// The highest height among `which`, after taking in the consoles.
+fn top(net: &mut Testnet, which: &[usize]) -> Result<u64, String> {
+    net.poll_all()?;
+    Ok(which
         .iter()
         .map(|&i| net.nodes[i].height)
         .max()
-        .unwrap_or(0)
+        .unwrap_or(0))
+}
+
+/// Store and state-sync counters from node `i`'s `/metrics`, for the report.
+fn store_metrics(net: &Testnet, i: usize) -> String {
+    let Ok((200, body)) = net.get(i, "/metrics") else {
+        return "no /metrics".into();
+    };
+    let text = String::from_utf8_lossy(&body);
+    let m = |name: &str| {
+        crate::testnet_client::metric(&text, name).map_or("?".into(), |v| v.to_string())
+    };
+    format!(
+        "blocks replayed from disk {}, state syncs {}, checkpoint height {}",
+        m("cairn_store_blocks_replayed_total"),
+        m("cairn_state_syncs_completed_total"),
+        m("cairn_store_checkpoint_height")
+    )
 }
 
 /// Whether node `i`'s console says how it came back (store recovery or state sync).
@@ -200,7 +218,7 @@ fn recovery_note(net: &mut Testnet, i: usize) -> String {
             let t = l.text.to_ascii_lowercase();
             t.contains("recovered")
                 || t.contains("state sync")
-                || t.contains("store formatted")
+                || t.contains("formatted")
                 || t.contains("store replaced")
         })
         .map(|l| l.text.clone())
@@ -286,7 +304,7 @@ pub fn testnet_faults(paths: &Paths) -> Result<String, String> {
 
     // 2. Restart on its disk: it catches up and serves again.
     net.start(victim)?;
-    let target = top(&net, &others);
+    let target = top(&mut net, &others)?;
     let t = net.wait_height(&[victim], target, Duration::from_secs(CATCH_UP_TIMEOUT_S))?;
     net.wait_api(victim, Duration::from_secs(BOOT_TIMEOUT_S))?;
     counter_update(&net, victim, &id, "inc")?;
@@ -299,9 +317,10 @@ pub fn testnet_faults(paths: &Paths) -> Result<String, String> {
     }
     agree.sample(&net, &id, 2);
     report.push(format!(
-        "restarted: at height {target} after {:.0} s, serves get = {got} ({})",
+        "restarted: at height {target} after {:.0} s, serves get = {got} ({}; {})",
         t.as_secs_f64(),
-        recovery_note(&mut net, victim)
+        recovery_note(&mut net, victim),
+        store_metrics(&net, victim)
     ));
 
     // 3. Wipe its disk and restart: it rejoins (state sync) and serves the canister.
@@ -309,7 +328,7 @@ pub fn testnet_faults(paths: &Paths) -> Result<String, String> {
     counter_update(&net, 0, &id, "inc")?;
     expected += 1;
     net.start(victim)?;
-    let target = top(&net, &others);
+    let target = top(&mut net, &others)?;
     let t = net.wait_height(&[victim], target, Duration::from_secs(CATCH_UP_TIMEOUT_S))?;
     net.wait_api(victim, Duration::from_secs(BOOT_TIMEOUT_S))?;
     let got = counter_get(&net, victim, &id)?;
@@ -320,9 +339,10 @@ pub fn testnet_faults(paths: &Paths) -> Result<String, String> {
     }
     agree.sample(&net, &id, 2);
     report.push(format!(
-        "wiped: at height {target} after {:.0} s, serves get = {got} ({})",
+        "wiped: at height {target} after {:.0} s, serves get = {got} ({}; {})",
         t.as_secs_f64(),
-        recovery_note(&mut net, victim)
+        recovery_note(&mut net, victim),
+        store_metrics(&net, victim)
     ));
 
     // 4. Two of four paused: no n − f, so no progress on the other two; then resume.
@@ -332,15 +352,14 @@ pub fn testnet_faults(paths: &Paths) -> Result<String, String> {
         net.pause(i)?;
     }
     std::thread::sleep(Duration::from_secs(PAUSE_SETTLE_S));
-    net.poll_all()?;
-    let before = top(&net, &running);
+    let before = top(&mut net, &running)?;
     let watch = Instant::now();
     while watch.elapsed() < Duration::from_secs(PAUSE_WATCH_S) {
         agree.sample(&net, &id, 1);
         std::thread::sleep(Duration::from_millis(500));
         net.poll_all()?;
     }
-    let during = top(&net, &running);
+    let during = top(&mut net, &running)?;
     if during != before {
         return Err(format!(
             "with nodes {paused:?} paused the others still finalized: {before} → {during}"
@@ -407,7 +426,7 @@ pub fn testnet_restart(paths: &Paths) -> Result<String, String> {
         return Err(format!("set(42); inc: get = {before}, expected 43"));
     }
     net.poll_all()?;
-    let height = top(&net, &(0..NODES).collect::<Vec<_>>());
+    let height = top(&mut net, &(0..NODES).collect::<Vec<_>>())?;
     net.kill_all();
     drop(net);
 
