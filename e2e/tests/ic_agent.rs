@@ -161,8 +161,8 @@ async fn flow(subnet: &e2e::Subnet) {
     assert_eq!(reply, want);
 }
 
-/// A query through `agent`'s node, asked again (for at most [`CATCH_UP_SECS`]) while its reply
-/// differs from `expected`: an update certified by the other n − f nodes may not have been
+/// A query through `agent`'s node, asked again (for at most [`CATCH_UP_SECS`]) while it fails
+/// or its reply differs from `expected`: an update certified by the other n − f nodes may not have been
 /// executed on this node yet (queries read the node's own latest state, as on the IC). The
 /// caller still compares the final reply with `expected`.
 async fn query_caught_up(
@@ -174,16 +174,18 @@ async fn query_caught_up(
 ) -> Vec<u8> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(CATCH_UP_SECS);
     loop {
-        let reply = agent
+        let answer = agent
             .query(canister, method)
             .with_arg(arg.to_vec())
             .call()
-            .await
-            .unwrap_or_else(|e| panic!("query {method}: {e}"));
-        if expected.as_ref() == Some(&reply) || tokio::time::Instant::now() >= deadline {
-            return reply;
+            .await;
+        let late = tokio::time::Instant::now() >= deadline;
+        match answer {
+            Ok(reply) if late || expected.as_ref() == Some(&reply) => return reply,
+            Err(e) if late => panic!("query {method}: {e}"),
+            // Not executed here yet (e.g. "no Wasm module" right after an install elsewhere).
+            Ok(_) | Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
