@@ -528,5 +528,7 @@ mod tests {
         assert_eq!(names(&["fmt"]), ["fmt"]);
         assert_eq!(names(&[]).len(), STEPS.len());
         assert!(names(&["nothing-like-this"]).is_empty());
+        assert_eq!(names(&["testnet-restart"]), ["build", "testnet-restart"]);
+        assert!(!names(&[]).contains(&"testnet-restart"));
     }
 }
