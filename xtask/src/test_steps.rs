@@ -160,7 +160,7 @@ const STEPS: &[Step] = &[
     Step {
         name: "testnet-faults",
         what: "4-VM testnet: one VM killed (calls go on), restarted from its disk (catches up), \
-               wiped (rejoins by state sync); two paused: no progress, no fork, then progress",
+               wiped (rejoins from its peers); two paused: no progress, no fork, then progress",
         needs: &["build"],
         run: crate::testnet_steps::testnet_faults,
     },

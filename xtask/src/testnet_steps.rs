@@ -6,7 +6,7 @@
 //!   certificates and query signatures;
 //! - `testnet-faults`: SIGKILL one VM (f = 1) and keep calling through the others; restart it
 //!   on its disk and require it to catch up and serve; wipe its disk and require it to rejoin
-//!   (state sync); SIGSTOP two VMs (fewer than n − f running) and require no progress and no
+//!   (from its peers); SIGSTOP two VMs (fewer than n − f running) and require no progress and no
 //!   fork, then progress after SIGCONT;
 //! - `testnet-restart`: a canister's state survives stopping and restarting every VM from
 //!   its disk.
@@ -323,7 +323,8 @@ pub fn testnet_faults(paths: &Paths) -> Result<String, String> {
         store_metrics(&net, victim)
     ));
 
-    // 3. Wipe its disk and restart: it rejoins (state sync) and serves the canister.
+    // 3. Wipe its disk and restart: it rejoins from its peers (block catch-up, or state sync
+    //    once they hold a checkpoint; the report shows the counter) and serves the canister.
     net.wipe(victim)?;
     counter_update(&net, 0, &id, "inc")?;
     expected += 1;
