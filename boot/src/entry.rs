@@ -21,6 +21,9 @@ pub const BOOT_STACK_BYTES: usize = 4 * 1024 * 1024;
 pub const PROTOCOL_PVH: u64 = 1;
 /// The protocol number the trampoline passes for a multiboot2 entry.
 pub const PROTOCOL_MULTIBOOT2: u64 = 2;
+/// The protocol number `cairn_efi_enter_long` passes: the kernel's own UEFI entry, which
+/// hands over a multiboot2-form information structure it built from the firmware's tables.
+pub const PROTOCOL_UEFI: u64 = 3;
 
 core::arch::global_asm!(
     r#"
@@ -176,6 +179,76 @@ start64:
     hlt
     jmp 2b
 
+    /* UEFI application entry (the PE32+ AddressOfEntryPoint): the firmware calls it with
+       the Microsoft x64 convention, RCX = image handle, RDX = system table. The kernel's
+       `cairn_efi_main` (efiapi) does the boot-services work. */
+    .global cairn_efi_entry
+cairn_efi_entry:
+    jmp cairn_efi_main
+
+    /* Called by `cairn_efi_main` after ExitBootServices, in long mode on the firmware's page
+       tables and GDT, with RDI = the multiboot2-form information it built. The firmware
+       zeroed .bss when it loaded the image, and the information lives in .bss, so .bss is
+       not cleared here. Builds the same identity map as the 32-bit path, loads the boot GDT
+       and reloads every segment register, switches to the boot stack and calls
+       `cairn_boot64(info, 3)`. */
+    .global cairn_efi_enter_long
+cairn_efi_enter_long:
+    cli
+    cld
+    mov %rdi, %rbp
+    mov $cairn_boot_pdpt, %eax
+    or $0x3, %eax
+    mov %rax, cairn_boot_pml4
+    mov $cairn_boot_pd, %eax
+    or $0x3, %eax
+    mov %rax, cairn_boot_pdpt
+    add $0x1000, %eax
+    mov %rax, cairn_boot_pdpt + 8
+    add $0x1000, %eax
+    mov %rax, cairn_boot_pdpt + 16
+    add $0x1000, %eax
+    mov %rax, cairn_boot_pdpt + 24
+    xor %ecx, %ecx
+3:
+    mov %rcx, %rax
+    shl $21, %rax
+    or $0x83, %rax
+    mov %rax, cairn_boot_pd(,%rcx,8)
+    inc %ecx
+    cmp $2048, %ecx
+    jne 3b
+    mov $cairn_boot_pml4, %eax
+    mov %rax, %cr3
+    lgdt boot_gdt_ptr64
+    mov $cairn_boot_stack_top, %esp
+    pushq $0x08
+    lea 4f(%rip), %rax
+    pushq %rax
+    lretq
+4:
+    mov $0x10, %ax
+    mov %ax, %ds
+    mov %ax, %es
+    mov %ax, %ss
+    mov %ax, %fs
+    mov %ax, %gs
+    mov %cr0, %rax
+    and $~(1 << 2), %rax
+    or $(1 << 1), %rax
+    mov %rax, %cr0
+    mov %cr4, %rax
+    or $(3 << 9), %rax
+    mov %rax, %cr4
+    mov %rbp, %rdi
+    mov $3, %esi
+    xor %ebp, %ebp
+    call cairn_boot64
+5:
+    cli
+    hlt
+    jmp 5b
+
     .section .rodata.boot_gdt, "a"
     .balign 16
 boot_gdt:
@@ -188,6 +261,12 @@ boot_gdt_end:
 boot_gdt_ptr:
     .short boot_gdt_end - boot_gdt - 1
     .long boot_gdt
+    /* The same GDT as `lgdt` reads it in long mode: a 64-bit base. */
+    .balign 8
+    .short 0, 0, 0
+boot_gdt_ptr64:
+    .short boot_gdt_end - boot_gdt - 1
+    .quad boot_gdt
 
     .section .bss.boot_page_tables, "aw", @nobits
     .balign 4096

@@ -16,6 +16,8 @@ pub enum BootProtocol {
     Pvh,
     /// Multiboot2 (GRUB, BIOS or UEFI).
     Multiboot2,
+    /// The kernel's own UEFI application entry (PE32+, `qemu -kernel kernel.efi` under OVMF).
+    Uefi,
 }
 
 /// What a physical memory region holds.

@@ -1,8 +1,10 @@
 //! cairn boot: how the machine hands control to the kernel, and what it tells it.
 //!
-//! Two boot protocols reach the same kernel ELF (DESIGN.md "Boot paths"):
-//! - PVH direct boot (`qemu -kernel`, Xen `hvm_start_info`), and
-//! - multiboot2 (GRUB on BIOS and UEFI).
+//! Three entries reach the same kernel (DESIGN.md "Boot paths"):
+//! - PVH direct boot (`qemu -kernel`, Xen `hvm_start_info`),
+//! - multiboot2 (GRUB on BIOS and UEFI),
+//! - the kernel's own UEFI application entry (`kernel.efi`, PE32+), which builds a
+//!   multiboot2-form structure from the firmware's tables and enters as protocol 3.
 //!
 //! [`entry`] holds the entry code (assembled only for the kernel binary, feature `entry`);
 //! [`BootInfo`] is the protocol-independent description the kernel receives: the memory map,
@@ -54,11 +56,17 @@ impl core::fmt::Display for BootError {
 }
 
 /// Parses the boot information the entry code found, for protocol `protocol` (1 = PVH,
-/// 2 = multiboot2) at physical address `info_paddr`.
+/// 2 = multiboot2, 3 = the kernel's UEFI entry, which hands over a multiboot2-form structure
+/// it built from the firmware's memory map, load options and configuration table) at
+/// physical address `info_paddr`.
 pub fn parse(protocol: u64, info_paddr: u64, mem: &dyn PhysMemory) -> Result<BootInfo, BootError> {
     match protocol {
         1 => pvh::parse(info_paddr, mem),
         2 => multiboot2::parse(info_paddr, mem),
+        3 => multiboot2::parse(info_paddr, mem).map(|mut info| {
+            info.protocol = BootProtocol::Uefi;
+            info
+        }),
         other => Err(BootError::UnknownProtocol(other)),
     }
 }

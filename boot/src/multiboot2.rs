@@ -261,4 +261,18 @@ mod tests {
         m.put(0x8000, &bytes);
         assert!(matches!(parse(0x8000, &m), Err(BootError::Truncated)));
     }
+
+    #[test]
+    fn the_uefi_entry_hands_over_multiboot2_form_as_protocol_3() {
+        let bytes = info_bytes(&[(TAG_CMDLINE, b"cairn.exit=1\0".to_vec())]);
+        let mut mem = FakeMemory::new(0x9000, 0x1000);
+        mem.put(0x9000, &bytes);
+        let info = crate::parse(3, 0x9000, &mem).unwrap();
+        assert_eq!(info.protocol, BootProtocol::Uefi);
+        assert_eq!(info.cmdline(), "cairn.exit=1");
+        assert_eq!(
+            crate::parse(2, 0x9000, &mem).unwrap().protocol,
+            BootProtocol::Multiboot2
+        );
+    }
 }

@@ -25,6 +25,10 @@
 //! - `cairn.crash=panic` / `cairn.crash=fault` (aliases `cairn.test=panic|pagefault`): just
 //!   before `cairn: ready`, panic or read an unmapped page, to test that failures are
 //!   reported (status 35; `KERNEL PANIC at …` or `FATAL EXCEPTION: vector 14 …`; no ready).
+//! - `cairn.net-bench=source|sink:<ip>` (and `cairn.net-bench-bytes=N`): TCP throughput
+//!   services on port 5001 for `cargo xtask bench net` (see `net_bench`).
+//! - `cairn.blk-bench=<MiB>`: timed sequential write and read of the virtio-blk disk before
+//!   `cairn: ready`, for `cargo xtask bench blk` (see `blk_bench`).
 //! - `cairn.store-demo=1`: run the state store on the virtio-blk disk until killed, instead of
 //!   reaching `cairn: ready` (see `store_demo`; the host's kill -9 test).
 #![no_std]
@@ -43,11 +47,14 @@ extern crate alloc;
     )
 )]
 mod arch;
+mod blk_bench;
 mod disk_check;
 mod drivers;
+mod efi;
 mod heap;
 mod logger;
 mod net;
+mod net_bench;
 #[cfg(not(feature = "host-std-check"))]
 mod panic;
 mod runtime;
@@ -195,6 +202,9 @@ fn report_devices(
         if let Some(mode) = info.option("cairn.disk-check") {
             disk_check::run(&mut disk, mode);
         }
+        if let Some(mib) = info.option("cairn.blk-bench") {
+            blk_bench::run(&mut disk, mib);
+        }
         if info.option("cairn.store-demo") == Some("1") {
             store_demo::run(disk);
         }
@@ -244,11 +254,14 @@ fn after_ready(
             log::error!("runtime: a node configuration but no network card");
             cpu::halt_forever()
         }
-        (Some(network), None) => {
+        (Some(mut network), None) => {
             let check = info.option("cairn.net-check").and_then(|targets| {
                 net::check::NetCheck::new(targets, info.option("cairn.net-check-bytes"))
             });
-            serve(network, check)
+            let bench = info.option("cairn.net-bench").and_then(|mode| {
+                net_bench::NetBench::new(&mut network, mode, info.option("cairn.net-bench-bytes"))
+            });
+            serve(network, check, bench)
         }
         (None, None) => cpu::halt_forever(),
     }
@@ -258,7 +271,11 @@ fn after_ready(
 /// the next APIC tick (1 ms): busy streams never sleep, an idle VM costs the host little.
 const IDLE_AFTER_NS: u64 = 2_000_000;
 
-fn serve(mut network: net::Network, mut check: Option<net::check::NetCheck>) -> ! {
+fn serve(
+    mut network: net::Network,
+    mut check: Option<net::check::NetCheck>,
+    mut bench: Option<net_bench::NetBench>,
+) -> ! {
     let sleep = match apic::init() {
         Ok(hz) => {
             log::info!(
@@ -278,6 +295,9 @@ fn serve(mut network: net::Network, mut check: Option<net::check::NetCheck>) -> 
         let mut active = network.poll();
         if let Some(check) = check.as_mut() {
             active |= check.poll(&mut network);
+        }
+        if let Some(bench) = bench.as_mut() {
+            active |= bench.poll(&mut network);
         }
         if active {
             last_activity = clock::now_ns();

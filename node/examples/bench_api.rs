@@ -17,12 +17,14 @@ use node::api::{
     ApiBackend, ApiConfig, CertifiedState, HttpApi, IngressMessage, Reject, ReplicaHealth,
     RequestStatus, StateTreeBuilder, SubnetEntry,
 };
-use node::crypto::bls;
+use node::crypto::{bls, threshold};
 use node::types::Principal;
 use std::time::Instant;
 
 const SEC: u64 = 1_000_000_000;
 const NOW: u64 = 1_795_478_400 * SEC;
+/// Nodes of the simulated subnet (f = 1).
+const SUBNET_NODES: usize = 4;
 
 struct Backend {
     root_der: Vec<u8>,
@@ -118,9 +120,16 @@ impl Key {
     }
 }
 
-/// A complete HTTP request carrying a signed envelope.
-fn request(kind: &str, key: &Key, nonce: u64) -> Vec<u8> {
-    let cid = Principal::from_canister_index(1);
+/// A signed (or anonymous) CBOR envelope, and its request id.
+fn envelope(
+    kind: &str,
+    key: &Key,
+    cid: Principal,
+    method: &str,
+    arg: &[u8],
+    nonce: u64,
+    expiry_ns: u64,
+) -> (Vec<u8>, [u8; 32]) {
     let sender = key
         .der()
         .map(|d| Principal::self_authenticating(&d))
@@ -128,11 +137,11 @@ fn request(kind: &str, key: &Key, nonce: u64) -> Vec<u8> {
     let mut c = Writer::new();
     c.map(7).text("request_type").text(kind);
     c.text("nonce").bytes(&nonce.to_be_bytes());
-    c.text("ingress_expiry").u64(NOW + 120 * SEC);
+    c.text("ingress_expiry").u64(expiry_ns);
     c.text("sender").bytes(sender.as_slice());
     c.text("canister_id").bytes(cid.as_slice());
-    c.text("method_name").text("m");
-    c.text("arg").bytes(b"DIDL\x00\x01\x71\x05hello");
+    c.text("method_name").text(method);
+    c.text("arg").bytes(arg);
     let content = c.into_bytes();
     let rid = request_id::request_id(&node::api::cbor::decode(&content).unwrap()).unwrap();
     let mut w = Writer::self_describing();
@@ -147,15 +156,36 @@ fn request(kind: &str, key: &Key, nonce: u64) -> Vec<u8> {
             w.text("sender_sig").bytes(&sig);
         }
     }
-    let body = w.into_bytes();
-    let endpoint = if kind == "call" { "call" } else { "query" };
-    let version = if kind == "call" { 2 } else { 3 };
+    (w.into_bytes(), rid)
+}
+
+/// An HTTP/1.1 POST of `body` to `path`.
+fn http_post(path: &str, body: &[u8]) -> Vec<u8> {
     let head = format!(
-        "POST /api/v{version}/canister/{}/{endpoint} HTTP/1.1\r\nContent-Type: application/cbor\r\nContent-Length: {}\r\n\r\n",
-        cid.to_text(),
+        "POST {path} HTTP/1.1\r\nContent-Type: application/cbor\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
-    [head.into_bytes(), body].concat()
+    [head.into_bytes(), body.to_vec()].concat()
+}
+
+/// A complete HTTP request carrying a signed envelope.
+fn request(kind: &str, key: &Key, nonce: u64) -> Vec<u8> {
+    let cid = Principal::from_canister_index(1);
+    let (body, _) = envelope(
+        kind,
+        key,
+        cid,
+        "m",
+        b"DIDL\x00\x01\x71\x05hello",
+        nonce,
+        NOW + 120 * SEC,
+    );
+    let endpoint = if kind == "call" { "call" } else { "query" };
+    let version = if kind == "call" { 2 } else { 3 };
+    http_post(
+        &format!("/api/v{version}/canister/{}/{endpoint}", cid.to_text()),
+        &body,
+    )
 }
 
 fn backend() -> Backend {
@@ -201,6 +231,10 @@ fn through_api(requests: &[Vec<u8>]) -> f64 {
     start.elapsed().as_secs_f64() * 1e6 / requests.len() as f64
 }
 
+const REQUEST: &str = "request path (HTTP, CBOR, auth; 1 node, no execution)";
+const SIGS: &str = "signature verification / signing (per request)";
+const CERT: &str = "certification (state tree, BLS; per height per node unless noted)";
+
 fn time_per_op(n: usize, mut f: impl FnMut(usize)) -> f64 {
     let start = Instant::now();
     for i in 0..n {
@@ -210,6 +244,7 @@ fn time_per_op(n: usize, mut f: impl FnMut(usize)) -> f64 {
 }
 
 struct Row {
+    section: &'static str,
     name: String,
     us: f64,
 }
@@ -245,6 +280,7 @@ fn main() {
                 "update call v2 (202)"
             };
             rows.push(Row {
+                section: REQUEST,
                 name: format!("{what}, {name} sender"),
                 us,
             });
@@ -262,6 +298,7 @@ fn main() {
             auth::verify_signature(&der, &msg, &sig, &root_der).unwrap();
         });
         rows.push(Row {
+            section: SIGS,
             name: format!("verify {name} signature"),
             us,
         });
@@ -272,6 +309,7 @@ fn main() {
         std::hint::black_box(node_sk.sign(&i.to_le_bytes()));
     });
     rows.push(Row {
+        section: SIGS,
         name: "node Ed25519 sign (query response)".into(),
         us,
     });
@@ -297,6 +335,7 @@ fn main() {
         let tree = b.build();
         let us = start.elapsed().as_secs_f64() * 1e6;
         rows.push(Row {
+            section: CERT,
             name: format!("hash state tree, {k} request statuses (once per height)"),
             us,
         });
@@ -306,6 +345,7 @@ fn main() {
             std::hint::black_box(root_sk.sign(&message));
         });
         rows.push(Row {
+            section: CERT,
             name: "BLS sign state root (single key)".into(),
             us,
         });
@@ -317,6 +357,7 @@ fn main() {
             cert = state.certificate_for(&[&path[..]]);
         });
         rows.push(Row {
+            section: CERT,
             name: format!("witness + certificate for 1 request of {k}"),
             us,
         });
@@ -325,24 +366,537 @@ fn main() {
             certificate::verify(&cert, &root, Effective::Canister(cid)).unwrap();
         });
         rows.push(Row {
+            section: CERT,
             name: "verify certificate (BLS pairing, client side)".into(),
             us,
         });
     }
 
+    // The subnet key as the simulated subnet uses it: n = 4, threshold n − f = 3.
+    let mut rng = threshold::dealer_rng(&[9; 32], "bench-api");
+    let dealt = threshold::deal(&mut rng, SUBNET_NODES, SUBNET_NODES - 1).expect("deal");
+    let message = certificate::state_root_message(&[0x5a; 32]);
+    let reps = 50;
+    let us = time_per_op(reps, |i| {
+        std::hint::black_box(dealt.secret_shares[i % SUBNET_NODES].sign(&message));
+    });
+    rows.push(Row {
+        section: CERT,
+        name: "BLS threshold share: sign state root (1 per height)".into(),
+        us,
+    });
+    let shares: Vec<(usize, bls::Signature)> = (0..SUBNET_NODES)
+        .map(|i| (i, dealt.secret_shares[i].sign(&message)))
+        .collect();
+    let us = time_per_op(reps, |i| {
+        let (k, sig) = &shares[i % SUBNET_NODES];
+        dealt.public.key_shares[*k].verify(&message, sig).unwrap();
+    });
+    rows.push(Row {
+        section: CERT,
+        name: "BLS threshold share: verify one (only when a combination fails)".into(),
+        us,
+    });
+    let t = dealt.public.threshold;
+    let mut combined = None;
+    let us = time_per_op(reps, |_| {
+        combined = Some(threshold::combine(&shares, t).unwrap());
+    });
+    rows.push(Row {
+        section: CERT,
+        name: format!("BLS threshold: aggregate {t} of {SUBNET_NODES} shares (Lagrange)"),
+        us,
+    });
+    let combined = combined.expect("combined");
+    let us = time_per_op(reps, |_| {
+        dealt.public.group_key.verify(&message, &combined).unwrap();
+    });
+    rows.push(Row {
+        section: CERT,
+        name: "BLS threshold: verify the aggregate (1 per height)".into(),
+        us,
+    });
+
     let base = rows[0].us;
     println!("bench api: n = {n} requests per row; ratio = time per op / anonymous query v3");
-    println!(
-        "{:<68} {:>12} {:>12} {:>8}",
-        "operation", "µs/op", "ops/s", "ratio"
-    );
+    let mut section = "";
     for r in &rows {
+        if r.section != section {
+            section = r.section;
+            println!("\n{section}");
+            println!(
+                "  {:<68} {:>12} {:>12} {:>8}",
+                "operation", "µs/op", "ops/s", "ratio"
+            );
+        }
         println!(
-            "{:<68} {:>12.2} {:>12.0} {:>8.2}",
+            "  {:<68} {:>12.2} {:>12.0} {:>8.2}",
             r.name,
             r.us,
             1e6 / r.us,
             r.us / base
         );
+    }
+    for r in &rows {
+        bench_row(r.section, &r.name, r.us, "µs/op");
+    }
+    println!();
+    subnet::run();
+}
+
+/// One machine-readable row for `cargo xtask bench api` (tab-separated).
+fn bench_row(section: &str, name: &str, value: f64, unit: &str) {
+    println!("bench-row\t{section}\t{name}\t{value:.3}\t{unit}");
+}
+
+/// The whole request path on a simulated 4-node subnet of the full node stack
+/// ([`Stack`](node::replica::stack::Stack)): HTTP bytes in, responses out, with consensus
+/// (the IC's application-subnet delays), gossip, execution of the Motoko counter from
+/// testdata, and threshold certification. One thread drives all four nodes over a simulated
+/// network with a virtual clock, so wall time is the CPU cost of the whole subnet on one core
+/// and latency is in simulated time.
+mod subnet {
+    use super::*;
+    use node::api::cbor;
+    use node::api::hash_tree::Lookup;
+    use node::candid::{self, record, Type, Value};
+    use node::consensus::ConsensusParams;
+    use node::replica::stack::{genesis_configs, management_target, Stack};
+    use node::types::{NodeId, Time};
+    use std::collections::BTreeMap;
+
+    /// One-way delay between two nodes.
+    const LINK_DELAY_MS: u64 = 10;
+    /// Sequential update calls timed for latency.
+    const SEQUENTIAL_UPDATES: usize = 30;
+    /// Update calls submitted at once (spread over the nodes) for throughput.
+    const CONCURRENT_UPDATES: usize = 400;
+    /// Query calls for throughput.
+    const QUERIES: usize = 2_000;
+    /// Simulated time any one phase may take.
+    const PHASE_LIMIT_MS: u64 = 120_000;
+    /// Ingress expiry set on requests, from the current simulated time.
+    const EXPIRY_AHEAD_NS: u64 = 120 * SEC;
+
+    struct Net {
+        stacks: Vec<Stack>,
+        ids: Vec<NodeId>,
+        /// (delivery time, sequence) → (to, from, bytes)
+        queue: BTreeMap<(u64, u64), (usize, NodeId, Vec<u8>)>,
+        seq: u64,
+        now: Time,
+        /// Response bytes per (node, connection) not yet taken.
+        http: BTreeMap<(usize, u64), Vec<u8>>,
+        next_conn: u64,
+    }
+
+    /// A request in flight: where, and when it was sent (simulated ns).
+    struct Pending {
+        node: usize,
+        conn: u64,
+        sent_ns: u64,
+        rid: [u8; 32],
+    }
+
+    impl Net {
+        fn new() -> Net {
+            let now = Time(NOW);
+            let configs = genesis_configs(
+                &[42; 32],
+                SUBNET_NODES,
+                now,
+                ConsensusParams::IC_APPLICATION_SUBNET,
+                node::api::ApiConfig::default(),
+            )
+            .expect("genesis");
+            let stacks: Vec<Stack> = configs
+                .into_iter()
+                .map(|c| Stack::new(c, now).expect("stack"))
+                .collect();
+            let ids = stacks.iter().map(|s| s.node_id()).collect();
+            Net {
+                stacks,
+                ids,
+                queue: BTreeMap::new(),
+                seq: 0,
+                now,
+                http: BTreeMap::new(),
+                next_conn: 1,
+            }
+        }
+
+        fn flush(&mut self) {
+            for i in 0..self.stacks.len() {
+                while let Some((peer, bytes)) = self.stacks[i].poll_transmit() {
+                    let Some(to) = self.ids.iter().position(|id| *id == peer) else {
+                        continue;
+                    };
+                    let at = self.now.plus_millis(LINK_DELAY_MS).0;
+                    self.seq += 1;
+                    self.queue.insert((at, self.seq), (to, self.ids[i], bytes));
+                }
+                for out in self.stacks[i].take_http_outputs() {
+                    self.http
+                        .entry((i, out.conn))
+                        .or_default()
+                        .extend_from_slice(&out.bytes);
+                }
+            }
+        }
+
+        /// Advances simulated time until `done` holds; panics past `PHASE_LIMIT_MS`.
+        fn run_until(&mut self, what: &str, mut done: impl FnMut(&mut Net) -> bool) {
+            let limit = self.now.plus_millis(PHASE_LIMIT_MS).0;
+            loop {
+                self.flush();
+                if done(self) {
+                    return;
+                }
+                let next_msg = self.queue.keys().next().map(|k| k.0);
+                let next_wake = self.stacks.iter().map(|s| s.poll_deadline().0).min();
+                let next = match (next_msg, next_wake) {
+                    (Some(a), Some(b)) => a.min(b),
+                    (a, b) => a.or(b).expect("something to do"),
+                };
+                assert!(next <= limit, "{what}: not done after {PHASE_LIMIT_MS} ms");
+                self.now = Time(next.max(self.now.0));
+                while let Some((&(t, s), _)) = self.queue.iter().next() {
+                    if t > self.now.0 {
+                        break;
+                    }
+                    let (to, from, bytes) = self.queue.remove(&(t, s)).expect("queued");
+                    self.stacks[to].handle_peer_bytes(from, &bytes, self.now);
+                }
+                for s in &mut self.stacks {
+                    if s.poll_deadline() <= self.now {
+                        s.handle_timeout(self.now);
+                    }
+                }
+            }
+        }
+
+        fn send(&mut self, node: usize, path: &str, body: &[u8], rid: [u8; 32]) -> Pending {
+            let conn = self.next_conn;
+            self.next_conn += 1;
+            let now = self.now;
+            self.stacks[node].http_connect(conn, now);
+            self.stacks[node].http_receive(conn, &http_post(path, body), now);
+            Pending {
+                node,
+                conn,
+                sent_ns: now.0,
+                rid,
+            }
+        }
+
+        /// The status and body of the complete response to `p`, taken (the connection is
+        /// closed), if it has arrived.
+        fn take_response(&mut self, p: &Pending) -> Option<(u16, Vec<u8>)> {
+            let bytes = self.http.get(&(p.node, p.conn))?;
+            let head_end = bytes.windows(4).position(|w| w == b"\r\n\r\n")?;
+            let head = std::str::from_utf8(&bytes[..head_end]).ok()?;
+            let status: u16 = head.split(' ').nth(1)?.parse().ok()?;
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            let body = bytes.get(head_end + 4..head_end + 4 + len)?.to_vec();
+            self.http.remove(&(p.node, p.conn));
+            self.stacks[p.node].http_disconnect(p.conn);
+            Some((status, body))
+        }
+
+        fn expiry(&self) -> u64 {
+            self.now.0 + EXPIRY_AHEAD_NS
+        }
+
+        /// Sends a v3 call for `method` on `cid` to `node`.
+        fn call(
+            &mut self,
+            node: usize,
+            key: &Key,
+            cid: Principal,
+            method: &str,
+            arg: &[u8],
+            nonce: u64,
+        ) -> Pending {
+            let (body, rid) = envelope("call", key, cid, method, arg, nonce, self.expiry());
+            let ecid = if cid.is_management() {
+                management_target(method, arg).unwrap_or(cid)
+            } else {
+                cid
+            };
+            self.send(node, &format!("/api/v3/canister/{ecid}/call"), &body, rid)
+        }
+
+        fn query(&mut self, node: usize, key: &Key, cid: Principal, nonce: u64) -> Pending {
+            let (body, rid) = envelope(
+                "query",
+                key,
+                cid,
+                "get",
+                b"DIDL\x00\x00",
+                nonce,
+                self.expiry(),
+            );
+            self.send(node, &format!("/api/v2/canister/{cid}/query"), &body, rid)
+        }
+
+        /// Runs until every call in `pending` is answered with a certified reply; returns
+        /// the replies and each call's simulated latency (ns).
+        fn await_calls(&mut self, what: &str, pending: Vec<Pending>) -> Vec<(Vec<u8>, u64)> {
+            let mut done: Vec<Option<(Vec<u8>, u64)>> = vec![None; pending.len()];
+            self.run_until(what, |net| {
+                for (p, d) in pending.iter().zip(done.iter_mut()) {
+                    if d.is_some() {
+                        continue;
+                    }
+                    if let Some((status, body)) = net.take_response(p) {
+                        assert_eq!(status, 200, "{what}: {}", String::from_utf8_lossy(&body));
+                        *d = Some((certified_reply(&body, &p.rid, what), net.now.0 - p.sent_ns));
+                    }
+                }
+                done.iter().all(Option::is_some)
+            });
+            done.into_iter().map(|d| d.expect("answered")).collect()
+        }
+    }
+
+    /// The reply in the certificate of a v3 call response (which must say "replied").
+    fn certified_reply(body: &[u8], rid: &[u8; 32], what: &str) -> Vec<u8> {
+        let v = cbor::decode(body).expect("cbor");
+        let r = cbor::Record::new(v.untagged()).expect("record");
+        let cert = certificate::Certificate::parse(r.bytes("certificate").expect("certificate"))
+            .expect("certificate parses");
+        let path: [&[u8]; 3] = [b"request_status", rid, b"reply"];
+        match cert.tree.lookup(&path) {
+            Lookup::Found(reply) => reply.to_vec(),
+            _ => panic!("{what}: no reply in the certificate"),
+        }
+    }
+
+    /// The Motoko counter's `get` reply (Candid `nat`, or `int64` in older builds), or None
+    /// if it is something else.
+    fn counter_value(reply: &[u8]) -> Option<u64> {
+        if let Some(v) = reply.strip_prefix(b"DIDL\x00\x01\x74") {
+            return Some(u64::from_le_bytes(v.try_into().ok()?));
+        }
+        let v = reply.strip_prefix(b"DIDL\x00\x01\x7d")?;
+        let (mut n, mut shift) = (0u64, 0u32);
+        for (i, b) in v.iter().enumerate() {
+            n |= u64::from(b & 0x7f).checked_shl(shift)?;
+            shift += 7;
+            if b & 0x80 == 0 {
+                return (i + 1 == v.len()).then_some(n);
+            }
+        }
+        None
+    }
+
+    fn query_counter(net: &mut Net, key: &Key, cid: Principal, nonce: u64) -> u64 {
+        let p = net.query(0, key, cid, nonce);
+        net.flush();
+        let (status, body) = net.take_response(&p).expect("queries are answered at once");
+        assert_eq!(status, 200);
+        let v = cbor::decode(&body).expect("cbor");
+        let r = cbor::Record::new(v.untagged()).expect("record");
+        assert_eq!(r.text("status").expect("status"), "replied");
+        let reply = cbor::Record::new(r.get("reply").expect("reply"))
+            .expect("reply record")
+            .bytes("arg")
+            .expect("arg")
+            .to_vec();
+        counter_value(&reply).expect("int64 counter")
+    }
+
+    fn percentile(sorted: &[u64], p: usize) -> u64 {
+        sorted[(sorted.len() * p / 100).min(sorted.len() - 1)]
+    }
+
+    /// Creates a canister and installs the Motoko counter (anonymous controller).
+    fn install_counter(net: &mut Net) -> Principal {
+        let create_arg = candid::encode_args(&[(
+            record(&[("amount", candid::opt(Type::Nat))]),
+            Value::Record(vec![(
+                candid::field_id("amount"),
+                Value::Opt(Some(Box::new(Value::nat(100_000_000_000_000)))),
+            )]),
+        )])
+        .expect("candid");
+        let p = net.call(
+            0,
+            &Key::Anonymous,
+            Principal::MANAGEMENT,
+            "provisional_create_canister_with_cycles",
+            &create_arg,
+            1,
+        );
+        let reply = net.await_calls("create_canister", vec![p]).remove(0).0;
+        let ty = record(&[("canister_id", Type::Principal)]);
+        let cid = candid::decode_args(&reply, &[ty], &Default::default()).expect("reply")[0]
+            .field("canister_id")
+            .and_then(|v| v.as_principal())
+            .expect("canister id");
+        let wasm = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../shared/testdata/canisters/motoko-counter/module.wasm"
+        ))
+        .expect("motoko counter");
+        let install_ty = record(&[
+            ("mode", candid::variant(&[("install", Type::Null)])),
+            ("canister_id", Type::Principal),
+            ("wasm_module", candid::blob()),
+            ("arg", candid::blob()),
+        ]);
+        let mut fields = vec![
+            (
+                candid::field_id("mode"),
+                Value::Variant(candid::field_id("install"), Box::new(Value::Null)),
+            ),
+            (candid::field_id("canister_id"), Value::Principal(cid)),
+            (candid::field_id("wasm_module"), Value::Blob(wasm)),
+            (
+                candid::field_id("arg"),
+                Value::Blob(b"DIDL\x00\x00".to_vec()),
+            ),
+        ];
+        fields.sort_by_key(|(k, _)| *k);
+        let arg = candid::encode_args(&[(install_ty, Value::Record(fields))]).expect("candid");
+        let p = net.call(
+            0,
+            &Key::Anonymous,
+            Principal::MANAGEMENT,
+            "install_code",
+            &arg,
+            2,
+        );
+        net.await_calls("install_code", vec![p]);
+        cid
+    }
+
+    pub fn run() {
+        let user = Key::Ed25519(ed25519_dalek::SigningKey::from_bytes(&[11; 32]));
+        let start = Instant::now();
+        let mut net = Net::new();
+        net.run_until("genesis", |n| {
+            n.stacks.iter().all(|s| s.certified_height() >= 1)
+        });
+        let cid = install_counter(&mut net);
+        let initial = query_counter(&mut net, &user, cid, 3);
+        let setup_s = start.elapsed().as_secs_f64();
+
+        // 1. Sequential update calls: latency in simulated time.
+        let mut latencies = Vec::with_capacity(SEQUENTIAL_UPDATES);
+        for i in 0..SEQUENTIAL_UPDATES {
+            let p = net.call(
+                i % SUBNET_NODES,
+                &user,
+                cid,
+                "inc",
+                b"DIDL\x00\x00",
+                100 + i as u64,
+            );
+            latencies.push(net.await_calls("sequential inc", vec![p])[0].1);
+        }
+        latencies.sort();
+
+        // 2. Concurrent update calls: throughput (wall = CPU of the 4 nodes on one core).
+        let expiry = net.expiry();
+        let path = format!("/api/v3/canister/{cid}/call");
+        let calls: Vec<(Vec<u8>, [u8; 32])> = (0..CONCURRENT_UPDATES)
+            .map(|i| {
+                let nonce = 10_000 + i as u64;
+                envelope("call", &user, cid, "inc", b"DIDL\x00\x00", nonce, expiry)
+            })
+            .collect();
+        let sim_start = net.now.0;
+        let wall = Instant::now();
+        let pending: Vec<Pending> = calls
+            .iter()
+            .enumerate()
+            .map(|(i, (body, rid))| net.send(i % SUBNET_NODES, &path, body, *rid))
+            .collect();
+        let answered = net.await_calls("concurrent inc", pending);
+        let update_wall_s = wall.elapsed().as_secs_f64();
+        let update_sim_s = (net.now.0 - sim_start) as f64 / 1e9;
+        let mut burst: Vec<u64> = answered.iter().map(|(_, l)| *l).collect();
+        burst.sort();
+
+        // 3. Queries (Ed25519-signed, node-signed responses, executed on one node each).
+        // Signed by the client before the clock starts: only the subnet's work is timed.
+        let expiry = net.expiry();
+        let queries: Vec<(Vec<u8>, [u8; 32])> = (0..QUERIES)
+            .map(|i| {
+                let nonce = 100_000 + i as u64;
+                envelope("query", &user, cid, "get", b"DIDL\x00\x00", nonce, expiry)
+            })
+            .collect();
+        let path = format!("/api/v2/canister/{cid}/query");
+        let wall = Instant::now();
+        for (i, (body, rid)) in queries.iter().enumerate() {
+            let p = net.send(i % SUBNET_NODES, &path, body, *rid);
+            net.flush();
+            let (status, _) = net.take_response(&p).expect("queries are answered at once");
+            assert_eq!(status, 200);
+        }
+        let query_wall_s = wall.elapsed().as_secs_f64();
+        let expected = initial + (SEQUENTIAL_UPDATES + CONCURRENT_UPDATES) as u64;
+        let value = query_counter(&mut net, &user, cid, 999_999);
+        assert_eq!(
+            value, expected,
+            "the counter counts every update exactly once"
+        );
+
+        let ms = |ns: u64| ns as f64 / 1e6;
+        let sec = "simulated subnet: 4 full nodes, IC app-subnet delays, 10 ms links, 1 core";
+        println!("{sec} (setup {setup_s:.1} s wall; counter {initial} -> {value}, as expected)");
+        let rows: Vec<(String, f64, &str)> = vec![
+            (
+                format!("update calls/s, {CONCURRENT_UPDATES} concurrent v3 `inc` (Ed25519), CPU-bound"),
+                CONCURRENT_UPDATES as f64 / update_wall_s,
+                "calls/s",
+            ),
+            (
+                "  same burst, simulated time until the last is certified".into(),
+                update_sim_s * 1e3,
+                "ms",
+            ),
+            (
+                "  same burst, latency median (simulated)".into(),
+                ms(percentile(&burst, 50)),
+                "ms",
+            ),
+            (
+                "  same burst, latency p99 (simulated)".into(),
+                ms(percentile(&burst, 99)),
+                "ms",
+            ),
+            (
+                format!("update latency median, {SEQUENTIAL_UPDATES} sequential (finalized + certified)"),
+                ms(percentile(&latencies, 50)),
+                "ms",
+            ),
+            (
+                "update latency p99 (simulated)".into(),
+                ms(percentile(&latencies, 99)),
+                "ms",
+            ),
+            (
+                format!("query calls/s, {QUERIES} v2 `get` (Ed25519), CPU-bound"),
+                QUERIES as f64 / query_wall_s,
+                "calls/s",
+            ),
+        ];
+        println!("  {:<76} {:>12} {:>8}", "figure", "value", "unit");
+        for (name, v, unit) in &rows {
+            println!("  {name:<76} {v:>12.1} {unit:>8}");
+        }
+        for (name, v, unit) in &rows {
+            bench_row(sec, name.trim_start(), *v, unit);
+        }
     }
 }

@@ -24,6 +24,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 const SAMPLES: usize = 30;
 /// Concurrent query clients in the throughput run.
 const QUERY_CLIENTS: usize = 4;
+/// Concurrent update clients in the throughput run (each sends its next call when the
+/// previous one is answered).
+const UPDATE_CLIENTS: usize = 64;
 /// Length of the throughput run.
 const THROUGHPUT_SECS: u64 = 5;
 /// How long cairn-sim may take to become ready.
@@ -273,6 +276,24 @@ fn main() {
         .collect();
     let queries: u64 = handles.into_iter().map(|h| h.join().unwrap_or(0)).sum();
     let per_s = queries as f64 / start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    let handles: Vec<_> = (0..UPDATE_CLIENTS)
+        .map(|k| {
+            let url = urls[k % urls.len()].clone();
+            std::thread::spawn(move || {
+                let mut c = Client::new(&url);
+                let mut n = 0u64;
+                while start.elapsed() < Duration::from_secs(THROUGHPUT_SECS) {
+                    let nonce = 1_000_000 * (k as u64 + 1) + n;
+                    call(&mut c, &id, "inc", b"DIDL\x00\x00", nonce);
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let updates: u64 = handles.into_iter().map(|h| h.join().unwrap_or(0)).sum();
+    let upd_concurrent_s = updates as f64 / start.elapsed().as_secs_f64();
     println!("cairn-sim, 4 nodes, from the host over 127.0.0.1 HTTP/1.1");
     println!("{:<28} {:>12} {:>12}", "", "median", "p99");
     println!(
@@ -289,9 +310,51 @@ fn main() {
     );
     let upd_s = SAMPLES as f64 / update.iter().map(|d| d.as_secs_f64()).sum::<f64>();
     println!("update throughput (1 client, sequential): {upd_s:.1}/s");
+    println!("update throughput ({UPDATE_CLIENTS} clients): {upd_concurrent_s:.1}/s");
     println!("query throughput ({QUERY_CLIENTS} clients): {per_s:.0}/s");
     println!(
         "ratio query/update median latency: {:.1}x",
         percentile(&update, 50).as_secs_f64() / percentile(&q, 50).as_secs_f64().max(1e-9)
     );
+    let sec = "cairn-sim over 127.0.0.1 TCP: 4 nodes, IC app-subnet delays, wall clock";
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    for (name, v, unit) in [
+        (
+            format!("update calls/s, {UPDATE_CLIENTS} clients (v3, certified)"),
+            upd_concurrent_s,
+            "calls/s",
+        ),
+        (
+            "update calls/s, 1 sequential client".to_string(),
+            upd_s,
+            "calls/s",
+        ),
+        (
+            format!("update latency median, {SAMPLES} sequential"),
+            ms(percentile(&update, 50)),
+            "ms",
+        ),
+        (
+            "update latency p99".to_string(),
+            ms(percentile(&update, 99)),
+            "ms",
+        ),
+        (
+            format!("query calls/s, {QUERY_CLIENTS} clients (v2, node-signed)"),
+            per_s,
+            "calls/s",
+        ),
+        (
+            "query latency median".to_string(),
+            ms(percentile(&q, 50)),
+            "ms",
+        ),
+        (
+            "query latency p99".to_string(),
+            ms(percentile(&q, 99)),
+            "ms",
+        ),
+    ] {
+        println!("bench-row\t{sec}\t{name}\t{v:.3}\t{unit}");
+    }
 }

@@ -140,6 +140,10 @@ pub enum Netdev {
     /// QEMU's user-mode (slirp) network: the guest gets 10.0.2.15 by DHCP and the listed ports
     /// are forwarded from 127.0.0.1.
     User { forwards: Vec<HostForward> },
+    /// A user-mode network with `restrict=on`: the listed forwards (and QEMU's DHCP) work,
+    /// but no packet from the guest's segment is routed to the host or beyond. Use it when a
+    /// test injects arbitrary frames onto the segment (see [`Netdev::Hub`]).
+    IsolatedUser { forwards: Vec<HostForward> },
     /// `-netdev stream`: an Ethernet frame stream over a TCP or unix socket; one side listens.
     Stream {
         endpoint: SocketEndpoint,
@@ -150,6 +154,14 @@ pub enum Netdev {
     Dgram {
         local: SocketEndpoint,
         remote: SocketEndpoint,
+    },
+    /// `netdev`, plus raw Ethernet frames a host test writes to the card: QEMU connects a
+    /// socket chardev to `injector` (a listener on 127.0.0.1) and a `filter-redirector` puts
+    /// every frame read from it (4-byte big-endian length, then the frame) on the netdev's
+    /// path to the guest only; the netdev itself (e.g. a user-mode network) never sees them.
+    Injected {
+        netdev: Box<Netdev>,
+        injector: SocketAddr,
     },
 }
 
@@ -367,7 +379,19 @@ impl QemuCommand {
         }
         for (i, nic) in self.nics.iter().enumerate() {
             a.push("-netdev".into());
-            a.push(netdev_arg(i, &nic.netdev));
+            a.push(netdev_arg(&format!("net{i}"), &nic.netdev));
+            if let Netdev::Injected { injector, .. } = &nic.netdev {
+                a.push("-chardev".into());
+                a.push(format!(
+                    "socket,id=net{i}inj,host={},port={},server=off",
+                    injector.ip(),
+                    injector.port()
+                ));
+                a.push("-object".into());
+                a.push(format!(
+                    "filter-redirector,id=net{i}injf,netdev=net{i},queue=tx,indev=net{i}inj"
+                ));
+            }
             a.push("-device".into());
             a.push(format!("virtio-net-pci,netdev=net{i},mac={}", nic.mac));
         }
@@ -503,11 +527,13 @@ fn endpoint_arg(prefix: &str, endpoint: &SocketEndpoint) -> String {
     }
 }
 
-fn netdev_arg(index: usize, netdev: &Netdev) -> String {
-    let id = format!("net{index}");
+fn netdev_arg(id: &str, netdev: &Netdev) -> String {
     match netdev {
-        Netdev::User { forwards } => {
+        Netdev::User { forwards } | Netdev::IsolatedUser { forwards } => {
             let mut s = format!("user,id={id}");
+            if matches!(netdev, Netdev::IsolatedUser { .. }) {
+                s.push_str(",restrict=on");
+            }
             for fwd in forwards {
                 s.push_str(&format!(
                     ",hostfwd={}:{}:{}-:{}",
@@ -529,6 +555,8 @@ fn netdev_arg(index: usize, netdev: &Netdev) -> String {
             endpoint_arg("local", local),
             endpoint_arg("remote", remote)
         ),
+        // The injector's chardev and filter are rendered after the netdev.
+        Netdev::Injected { netdev, .. } => netdev_arg(id, netdev),
     }
 }
 
@@ -710,6 +738,32 @@ mod tests {
                 "virtio-net-pci,netdev=net0,mac=52:54:00:ca:02:00",
                 "virtio-net-pci,netdev=net1,mac=52:54:00:ca:03:00"
             ]
+        );
+    }
+
+    #[test]
+    fn injected_frames_enter_through_a_redirector_on_the_guest_path() {
+        let a: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let nic = Nic {
+            netdev: Netdev::Injected {
+                netdev: Box::new(Netdev::IsolatedUser { forwards: vec![] }),
+                injector: a,
+            },
+            mac: MacAddr::local(1),
+        };
+        let args = QemuCommand::pvh("/k").nic(nic).args();
+        assert_eq!(pairs(&args, "-netdev"), ["user,id=net0,restrict=on"]);
+        assert_eq!(
+            pairs(&args, "-chardev")[1],
+            "socket,id=net0inj,host=127.0.0.1,port=4000,server=off"
+        );
+        assert_eq!(
+            pairs(&args, "-object"),
+            ["filter-redirector,id=net0injf,netdev=net0,queue=tx,indev=net0inj"]
+        );
+        assert_eq!(
+            pairs(&args, "-device")[0],
+            "virtio-net-pci,netdev=net0,mac=52:54:00:ca:00:01"
         );
     }
 

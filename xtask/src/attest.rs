@@ -455,3 +455,105 @@ fn report_data_command(args: &[String]) -> Result<[u8; 64], String> {
 
 #[cfg(test)]
 mod tests;
+
+// ---------------------------------------------------------------------------------------------
+// The measured direct boot of the real kernel.efi (test step `attest-measure-efi`).
+
+/// Where edk2's AmdSev firmware is looked for: `$CAIRN_OVMF_AMDSEV`, Debian's `ovmf-amdsev`
+/// package (unstable only: bookworm and trixie ship none), or the copy `.ci/run` unpacks from
+/// that package into `target/ci-ovmf-amdsev/`.
+pub fn amdsev_firmware(root: &Path) -> Option<PathBuf> {
+    let mut candidates: Vec<PathBuf> = std::env::var_os("CAIRN_OVMF_AMDSEV")
+        .map(PathBuf::from)
+        .into_iter()
+        .collect();
+    candidates.push(PathBuf::from("/usr/share/ovmf/OVMF.amdsev.fd"));
+    candidates.push(root.join("target/ci-ovmf-amdsev/OVMF.amdsev.fd"));
+    candidates.into_iter().find(|p| p.is_file())
+}
+
+/// The reference tool: `$SEV_SNP_MEASURE`, else `target/ci-venv/bin/sev-snp-measure` (made
+/// by `.ci/run`), else `sev-snp-measure` from PATH.
+fn sev_snp_measure_exe(root: &Path) -> PathBuf {
+    if let Some(exe) = std::env::var_os("SEV_SNP_MEASURE") {
+        return PathBuf::from(exe);
+    }
+    let venv = root.join("target/ci-venv/bin/sev-snp-measure");
+    if venv.is_file() {
+        return venv;
+    }
+    PathBuf::from("sev-snp-measure")
+}
+
+/// vCPU counts the measured-boot comparison covers.
+const EFI_MEASURE_VCPUS: [&str; 3] = ["1", "2", "4"];
+/// vCPU types it covers.
+const EFI_MEASURE_VCPU_TYPES: [&str; 2] = ["EPYC-v4", "EPYC-Milan"];
+/// Command lines it covers (none, and one like a node's).
+const EFI_MEASURE_CMDLINES: [Option<&str>; 2] = [None, Some("cairn.exit=1 console=ttyS0")];
+
+/// Measures `kernel_efi` booted by the AmdSev `firmware` (kernel hashes page: SHA-256 of the
+/// PE image, the empty initrd and the command line) with `cargo xtask attest measure` and with
+/// `sev-snp-measure`, over vCPU counts, types and command lines; both must agree byte for byte.
+pub fn compare_efi_measurement(
+    root: &Path,
+    firmware: &Path,
+    kernel_efi: &Path,
+) -> Result<String, String> {
+    let exe = sev_snp_measure_exe(root);
+    let mut compared = 0;
+    let mut sample = String::new();
+    for vcpu_type in EFI_MEASURE_VCPU_TYPES {
+        for vcpus in EFI_MEASURE_VCPUS {
+            for cmdline in EFI_MEASURE_CMDLINES {
+                let mut args: Vec<String> = [
+                    "--ovmf",
+                    &firmware.to_string_lossy(),
+                    "--kernel",
+                    &kernel_efi.to_string_lossy(),
+                    "--vcpus",
+                    vcpus,
+                    "--vcpu-type",
+                    vcpu_type,
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+                if let Some(c) = cmdline {
+                    args.extend(["--append".to_string(), c.to_string()]);
+                }
+                let ours = hex(&measure_command(&args)?);
+                let output = std::process::Command::new(&exe)
+                    .args(["--mode", "snp"])
+                    .args(&args)
+                    .output()
+                    .map_err(|e| {
+                        format!(
+                            "cannot run {} ({e}); .ci/run installs it (pip install \
+                             sev-snp-measure==0.0.13)",
+                            exe.display()
+                        )
+                    })?;
+                let reference = String::from_utf8_lossy(&output.stdout).trim().to_string();
+                if !output.status.success() || reference != ours {
+                    return Err(format!(
+                        "{vcpu_type} x{vcpus} cmdline {cmdline:?}: sev-snp-measure said {:?} \
+                         {}, cargo xtask attest measure said {ours}",
+                        reference,
+                        String::from_utf8_lossy(&output.stderr).trim()
+                    ));
+                }
+                if sample.is_empty() {
+                    sample = ours;
+                }
+                compared += 1;
+            }
+        }
+    }
+    Ok(format!(
+        "{compared} measurements of {} on {} agree with sev-snp-measure (e.g. {}…)",
+        kernel_efi.display(),
+        firmware.display(),
+        &sample[..16]
+    ))
+}

@@ -1,4 +1,4 @@
-//! The three ways cairn boots under QEMU, and booting one of them to the ready line.
+//! The ways cairn boots under QEMU, and booting one of them to the ready line.
 
 use crate::Paths;
 use qemu::{Accel, Echo, Firmware, LinePattern, QemuCommand, RunConfig, Vm};
@@ -22,9 +22,13 @@ pub enum BootPath {
     Bios,
     /// OVMF → GRUB (x86_64-efi) → multiboot2, from the disk image.
     Uefi,
+    /// OVMF loads `kernel.efi` (the PE32+ form) from `-kernel` and starts it, no GRUB: the
+    /// shape of SEV-SNP measured direct boot (kernel/src/efi.rs, xtask/src/pe.rs).
+    UefiKernel,
 }
 
 impl BootPath {
+    /// The paths `cargo xtask bench boot` times.
     pub const ALL: [BootPath; 3] = [BootPath::Pvh, BootPath::Bios, BootPath::Uefi];
 
     pub fn name(self) -> &'static str {
@@ -32,6 +36,7 @@ impl BootPath {
             BootPath::Pvh => "pvh",
             BootPath::Bios => "bios",
             BootPath::Uefi => "uefi",
+            BootPath::UefiKernel => "uefi-kernel",
         }
     }
 
@@ -39,7 +44,7 @@ impl BootPath {
         Duration::from_secs(match self {
             BootPath::Pvh => PVH_READY_TIMEOUT_S,
             BootPath::Bios => BIOS_READY_TIMEOUT_S,
-            BootPath::Uefi => UEFI_READY_TIMEOUT_S,
+            BootPath::Uefi | BootPath::UefiKernel => UEFI_READY_TIMEOUT_S,
         })
     }
 
@@ -55,6 +60,13 @@ impl BootPath {
                     .pflash(&run_dir.join("OVMF_VARS.fd"))
                     .map_err(|e| format!("copy OVMF variables: {e}"))?;
                 snapshot_disk(QemuCommand::disk(paths.disk_image())).uefi(pflash)
+            }
+            BootPath::UefiKernel => {
+                let firmware = Firmware::find_ovmf().ok_or_else(missing_ovmf)?;
+                let pflash = firmware
+                    .pflash(&run_dir.join("OVMF_VARS.fd"))
+                    .map_err(|e| format!("copy OVMF variables: {e}"))?;
+                QemuCommand::pvh(crate::kernel_build::kernel_efi(paths)).uefi(pflash)
             }
         };
         Ok(cmd.accel(accel()))

@@ -21,12 +21,34 @@ pub fn build_all(paths: &Paths) -> Result<(PathBuf, PathBuf), String> {
     for elf in [&kernel, &test_kernel] {
         guard(elf)?;
     }
+    let efi = write_efi(&kernel, &kernel_efi(paths))?;
     println!(
-        "built {} and {} (build guard passed)",
+        "built {} and {} (build guard passed), {}",
         kernel.display(),
-        test_kernel.display()
+        test_kernel.display(),
+        efi
     );
     Ok((kernel, test_kernel))
+}
+
+/// `target/cairn/kernel.efi`: the kernel as a PE32+ UEFI application (xtask/src/pe.rs).
+pub fn kernel_efi(paths: &Paths) -> PathBuf {
+    paths.out.join("kernel.efi")
+}
+
+/// Wraps the kernel ELF at `elf` into a PE32+ image at `dest`; returns a line for the log.
+pub fn write_efi(elf: &Path, dest: &Path) -> Result<String, String> {
+    let bytes = std::fs::read(elf).map_err(|e| format!("read {}: {e}", elf.display()))?;
+    let pe = crate::pe::wrap(&bytes).map_err(|e| format!("{}: {e}", elf.display()))?;
+    std::fs::write(dest, &pe.bytes).map_err(|e| format!("write {}: {e}", dest.display()))?;
+    Ok(format!(
+        "{} ({} KiB PE32+, image base {:#x}, entry {:#x}, {} sections)",
+        dest.display(),
+        pe.bytes.len() / 1024,
+        pe.image_base,
+        pe.entry,
+        pe.sections.len()
+    ))
 }
 
 fn build_kernel(paths: &Paths, extra: &[&str], dest: &Path) -> Result<(), String> {

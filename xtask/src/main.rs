@@ -12,10 +12,14 @@
 
 mod attest;
 mod bench;
+mod bench_blk;
+mod bench_net;
 mod boot_paths;
 mod disk_tests;
 mod kernel_build;
+mod net_robust;
 mod net_tests;
+mod pe;
 mod run_vm;
 mod store_tests;
 mod test_steps;
@@ -42,7 +46,7 @@ commands:
                         target/cairn/testnet/ (--fresh: new genesis, empty disks); prints
                         each node's http://127.0.0.1:<18080+i>, the root key and agent
                         snippets; Ctrl-C stops every VM (CAIRN_PORT_BASE moves the ports)
-  qemu --console [--bios|--uefi] [--test] [--append CMDLINE] [--timeout SECS]
+  qemu --console [--bios|--uefi|--uefi-kernel] [--test] [--append CMDLINE] [--timeout SECS]
                         boot one node and stream its serial console; Ctrl-C stops it
   test [--keep-going] [STEP…]
                         fmt, clippy, host tests, build, in-kernel tests, boot tests, fault tests

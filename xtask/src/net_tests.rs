@@ -92,8 +92,16 @@ pub fn health(paths: &Paths) -> Result<String, String> {
 }
 
 /// One HTTP/1.1 GET with `Connection: close`; returns the status code and body.
-fn get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
-    let io = Duration::from_secs(IO_TIMEOUT_S);
+pub(crate) fn get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
+    get_within(addr, path, Duration::from_secs(IO_TIMEOUT_S))
+}
+
+/// [`get`] with `io` as the connect, send and receive timeout.
+pub(crate) fn get_within(
+    addr: SocketAddr,
+    path: &str,
+    io: Duration,
+) -> Result<(u16, String), String> {
     let mut stream = TcpStream::connect_timeout(&addr, io).map_err(|e| format!("connect: {e}"))?;
     stream
         .set_read_timeout(Some(io))
@@ -155,7 +163,7 @@ fn health_ready(node: &NetVm, limit: Duration) -> Result<(), String> {
 }
 
 /// Send `data` and read it back concurrently (the guest's buffers are far smaller than data).
-fn round_trip(addr: SocketAddr, data: &[u8], limit: Duration) -> Result<(), String> {
+pub(crate) fn round_trip(addr: SocketAddr, data: &[u8], limit: Duration) -> Result<(), String> {
     let io = Duration::from_secs(IO_TIMEOUT_S);
     let stream = TcpStream::connect_timeout(&addr, io).map_err(|e| format!("connect: {e}"))?;
     stream
@@ -206,7 +214,7 @@ fn round_trip(addr: SocketAddr, data: &[u8], limit: Duration) -> Result<(), Stri
 }
 
 /// Deterministic pseudo-random bytes (xorshift64), so a failure can be reproduced.
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
+pub(crate) fn pattern(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
     let mut out = Vec::with_capacity(len + 8);
     while out.len() < len {

@@ -64,12 +64,14 @@ pub fn build_image(paths: &Paths, cmdline: &str, store_mib: u64) -> Result<(), S
     Ok(())
 }
 
-/// `cargo xtask qemu [--bios|--uefi] [--test] [--append CMDLINE] [--timeout SECS]`.
+/// `cargo xtask qemu [--bios|--uefi|--uefi-kernel] [--test] [--append CMDLINE] [--timeout SECS]`.
 pub fn qemu_command(paths: &Paths, args: &[String]) -> Result<(), String> {
     let path = if has_flag(args, "--bios") {
         BootPath::Bios
     } else if has_flag(args, "--uefi") {
         BootPath::Uefi
+    } else if has_flag(args, "--uefi-kernel") {
+        BootPath::UefiKernel
     } else {
         BootPath::Pvh
     };
@@ -92,7 +94,7 @@ pub fn qemu_command(paths: &Paths, args: &[String]) -> Result<(), String> {
     }
     kernel_build::build_all(paths)?;
     let cmdline = option_value(args, "--append").unwrap_or(DEFAULT_CMDLINE);
-    if path != BootPath::Pvh {
+    if matches!(path, BootPath::Bios | BootPath::Uefi) {
         build_image(paths, cmdline, image::DEFAULT_STORE_MIB)?;
     }
     let run_dir = paths.run_dir("qemu");
@@ -108,6 +110,9 @@ pub fn qemu_command(paths: &Paths, args: &[String]) -> Result<(), String> {
         if !cmdline.is_empty() {
             cmd = cmd.append(cmdline);
         }
+    }
+    if path == BootPath::UefiKernel && !cmdline.is_empty() {
+        cmd = cmd.append(cmdline);
     }
     let http_port = qemu::free_local_port().map_err(|e| format!("no free local port: {e}"))?;
     let forward = HostForward {

@@ -105,6 +105,28 @@ const STEPS: &[Step] = &[
         run: crate::net_tests::echo,
     },
     Step {
+        name: "net-malformed",
+        what: "thousands of seeded bad frames (truncated, bad checksums/lengths/offsets, \
+               fragments, bogus ARP, oversized and 9000/65535-byte jumbo, garbage) injected on \
+               the VM's segment: counted as drops in /health; /health and echo still answer",
+        needs: &["build"],
+        run: crate::net_robust::malformed_step,
+    },
+    Step {
+        name: "net-reset",
+        what: "clients resetting mid-stream (SO_LINGER 0) on echo and HTTP, peers that stop \
+               reading or never close: services answer, every connection is reclaimed",
+        needs: &["build"],
+        run: crate::net_robust::reset_step,
+    },
+    Step {
+        name: "net-halfopen",
+        what: "silent connections and a forged SYN flood on the health port, beyond its slots: \
+               /health serves during and after, every slot is reclaimed",
+        needs: &["build"],
+        run: crate::net_robust::halfopen_step,
+    },
+    Step {
         name: "testnet",
         what: "3 VMs on one virtual L2 segment (the qemu crate's switch) each answer ARP",
         needs: &["build"],
@@ -149,6 +171,20 @@ const STEPS: &[Step] = &[
         what: "a page-faulting kernel fails the boot test at once, with the exception report",
         needs: &["build"],
         run: fault_fails_fast,
+    },
+    Step {
+        name: "boot-efi-kernel",
+        what: "OVMF loads kernel.efi (PE32+) from -kernel, no GRUB; the kernel's UEFI entry \
+               hands over the -append command line and reaches `cairn: ready`",
+        needs: &["build"],
+        run: boot_efi_kernel,
+    },
+    Step {
+        name: "attest-measure-efi",
+        what: "the SNP launch measurement of the real kernel.efi under edk2's AmdSev OVMF (Debian \
+               ovmf-amdsev; kernel hashes) agrees byte for byte with sev-snp-measure",
+        needs: &["build"],
+        run: attest_measure_efi,
     },
     Step {
         name: "testnet-agent",
@@ -348,6 +384,40 @@ fn boot_bios(paths: &Paths) -> Result<String, String> {
 
 fn boot_uefi(paths: &Paths) -> Result<String, String> {
     boot(paths, BootPath::Uefi)
+}
+
+/// The command line the UEFI-kernel boot test passes; the kernel must echo it in its banner
+/// (`boot: Uefi protocol, cmdline "…"`), which proves the load options reached the kernel.
+const EFI_KERNEL_TEST_CMDLINE: &str = "cairn.efi-test=1 cairn.ip=10.0.2.15/24";
+
+fn boot_efi_kernel(paths: &Paths) -> Result<String, String> {
+    let path = BootPath::UefiKernel;
+    let run_dir = paths.run_dir("test-boot-uefi-kernel");
+    let cmd = path
+        .command(paths, &run_dir)?
+        .append(EFI_KERNEL_TEST_CMDLINE);
+    let limit = path.ready_timeout();
+    let mut vm = spawn_quiet("boot-uefi-kernel", &cmd, &run_dir, limit)?;
+    let banner = format!("boot: Uefi protocol, cmdline \"{EFI_KERNEL_TEST_CMDLINE}\"");
+    if let Err(e) = vm.wait_for(&qemu::LinePattern::substring(banner.as_str()), limit) {
+        return Err(failure_report(&mut vm, &format!("no `{banner}` line: {e}")));
+    }
+    match vm.wait_for(&qemu::LinePattern::substring(READY_LINE), limit) {
+        Ok(line) => Ok(format!(
+            "PE32+ kernel.efi ready {:.2} s after QEMU started (UEFI entry, command line passed)",
+            line.at.as_secs_f64()
+        )),
+        Err(e) => Err(failure_report(&mut vm, &e.to_string())),
+    }
+}
+
+fn attest_measure_efi(paths: &Paths) -> Result<String, String> {
+    let firmware = crate::attest::amdsev_firmware(&paths.root).ok_or(
+        "no AmdSev OVMF (OVMF.amdsev.fd); fetch Debian's ovmf-amdsev into target/ci-ovmf-amdsev/ \
+         with `bash .ci/ovmf-amdsev.sh` (as root, from the repository root), or set \
+         CAIRN_OVMF_AMDSEV",
+    )?;
+    crate::attest::compare_efi_measurement(&paths.root, &firmware, &kernel_build::kernel_efi(paths))
 }
 
 fn boot(paths: &Paths, path: BootPath) -> Result<String, String> {

@@ -43,7 +43,14 @@ fn stop_requested() -> bool {
 
 /// Whether `cargo xtask qemu <args>` means the testnet (not the single-VM console boot).
 pub fn wants_testnet(args: &[String]) -> bool {
-    let single = ["--bios", "--uefi", "--test", "--append", "--console"];
+    let single = [
+        "--bios",
+        "--uefi",
+        "--uefi-kernel",
+        "--test",
+        "--append",
+        "--console",
+    ];
     option_value(args, "--nodes").is_some() || !args.iter().any(|a| single.contains(&a.as_str()))
 }
 

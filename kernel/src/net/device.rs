@@ -26,6 +26,8 @@ pub struct FrameCounters {
     pub tx_frames: u64,
     pub rx_errors: u64,
     pub tx_errors: u64,
+    /// Frames the receive filter (`sanity`) dropped, by reason.
+    pub rx_dropped: super::sanity::DropCounters,
 }
 
 type Buffer = Box<[u8]>;
@@ -174,8 +176,15 @@ impl Device for NetDevice {
 
     fn receive(&mut self, _now: Instant) -> Option<(NetRxToken, NetTxToken<'_>)> {
         self.reclaim_tx();
-        let frame = self.take_frame()?;
-        Some((NetRxToken(frame), NetTxToken(self)))
+        // Bounded by the queue: every rejected frame's buffer went straight back to the device.
+        for _ in 0..NET_QUEUE_SIZE {
+            let frame = self.take_frame()?;
+            match super::sanity::check(&frame) {
+                None => return Some((NetRxToken(frame), NetTxToken(self))),
+                Some(why) => self.counters.rx_dropped.count(why),
+            }
+        }
+        None
     }
 
     fn transmit(&mut self, _now: Instant) -> Option<NetTxToken<'_>> {

@@ -15,10 +15,15 @@ const ECHO_BACKLOG: usize = 4;
 const MAX_ECHO_CONNECTIONS: usize = 16;
 /// Bytes moved per connection per poll.
 const ECHO_CHUNK_BYTES: usize = 16 * 1024;
+/// A connection that moves no byte (the peer sends nothing, or stops reading what is echoed)
+/// for this long is aborted, so idle or stuck peers cannot hold every slot.
+pub const ECHO_IDLE_TIMEOUT_MS: u64 = 10_000;
+const NS_PER_MS: u64 = 1_000_000;
 
 pub struct TcpEcho {
     listener: ListenerId,
-    connections: Vec<TcpId>,
+    /// Each connection with the monotonic ms of its last progress.
+    connections: Vec<(TcpId, u64)>,
     scratch: Vec<u8>,
 }
 
@@ -36,7 +41,7 @@ impl TcpEcho {
         while self.connections.len() < MAX_ECHO_CONNECTIONS {
             match net.tcp_accept(self.listener) {
                 Ok(Some(id)) => {
-                    self.connections.push(id);
+                    self.connections.push((id, now_ms()));
                     net.services.counters_mut().echo_connections += 1;
                 }
                 Ok(None) | Err(_) => break,
@@ -44,21 +49,35 @@ impl TcpEcho {
         }
         let mut moved = false;
         let scratch = &mut self.scratch;
+        let now = now_ms();
         self.connections
-            .retain(|&id| match echo_once(net, id, scratch) {
+            .retain_mut(|(id, last)| match echo_once(net, *id, scratch) {
+                Ok(0) if now.saturating_sub(*last) > ECHO_IDLE_TIMEOUT_MS => {
+                    net.tcp_abort(*id);
+                    net.services.counters_mut().echo_idle_aborts += 1;
+                    false
+                }
                 Ok(n) => {
-                    moved |= n > 0;
+                    if n > 0 {
+                        moved = true;
+                        *last = now;
+                    }
                     net.services.counters_mut().echo_bytes += n as u64;
                     true
                 }
                 Err(_) => {
                     // The peer finished (or reset): finish our side; the layer reaps the socket.
-                    net.tcp_close(id);
+                    net.tcp_close(*id);
                     false
                 }
             });
+        net.services.counters_mut().echo_active = self.connections.len() as u64;
         moved
     }
+}
+
+fn now_ms() -> u64 {
+    crate::arch::clock::now_ns() / NS_PER_MS
 }
 
 /// Echoes what fits in the send buffer; returns the bytes echoed.

@@ -12,6 +12,7 @@
 pub mod check;
 mod device;
 mod echo;
+mod sanity;
 mod services;
 pub mod socket;
 
@@ -299,6 +300,7 @@ impl Network {
         for nic in self.nics.iter_mut() {
             changed |= nic.poll();
         }
+        self.services.counters_mut().tcp_sockets = self.table.tcp_count as u64;
         let primary = &mut self.nics[0];
         let ip = primary.ipv4();
         let served = self.services.poll(

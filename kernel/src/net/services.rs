@@ -21,7 +21,7 @@ use smoltcp::wire::{EthernetAddress, Ipv4Cidr};
 pub const ECHO_PORT: u16 = 7;
 pub const HTTP_PORT: u16 = 8080;
 /// Concurrent HTTP connections.
-const HTTP_SOCKETS: usize = 8;
+const HTTP_SOCKETS: usize = 32;
 /// Each HTTP socket's receive and send buffer.
 const HTTP_BUFFER_BYTES: usize = 8 * 1024;
 /// The largest HTTP request head accepted.
@@ -34,15 +34,36 @@ const UDP_ECHO_MAX_BYTES: usize = 1472;
 const UDP_SCRATCH_BYTES: usize = 2048;
 const HANDSHAKE_TIMEOUT_MS: u64 = 3_000;
 const REQUEST_TIMEOUT_MS: u64 = 5_000;
+/// The longest an HTTP connection holds a slot, response and close included: a client that
+/// never reads its response or never closes its side is aborted after this.
+const CONNECTION_LIFETIME_MS: u64 = 10_000;
+/// HTTP slots kept listening under a flood: when fewer listen, the oldest idle connections
+/// are aborted (half-open ones older than [`HALF_OPEN_EVICT_AFTER_MS`], connected ones without
+/// a request byte older than [`IDLE_EVICT_AFTER_MS`]), so that a new client finds a listening
+/// slot during a flood of half-open or silent connections.
+const MIN_LISTENING_SLOTS: usize = HTTP_SOCKETS / 2;
+/// A real client's ACK arrives within one round trip, far sooner than this.
+const HALF_OPEN_EVICT_AFTER_MS: u64 = 20;
+/// A real client sends its request right after connecting, far sooner than this.
+const IDLE_EVICT_AFTER_MS: u64 = 250;
 const NS_PER_MS: u64 = 1_000_000;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ServiceCounters {
     pub echo_connections: u64,
     pub echo_bytes: u64,
+    /// Echo connections being served now.
+    pub echo_active: u64,
+    /// Echo connections aborted for moving no byte for too long.
+    pub echo_idle_aborts: u64,
+    /// TCP sockets of the socket layer (listeners' pools included).
+    pub tcp_sockets: u64,
     http_requests: u64,
     http_errors: u64,
     aborted_stale: u64,
+    evicted_idle: u64,
+    /// HTTP slots with a connection (not listening).
+    http_active: u64,
 }
 
 /// A pooled socket and when its current connection attempt began.
@@ -129,6 +150,13 @@ impl Services {
             &mut self.scratch,
         );
         for i in 0..self.http.len() {
+            if !sockets.get::<tcp::Socket>(self.http[i].handle).is_open() {
+                // A fresh socket for each connection: smoltcp keeps a per-socket egress
+                // back-off (a forged peer whose address never resolves silences the socket for
+                // a second), which must not fall on the next client of the slot.
+                sockets.remove(self.http[i].handle);
+                self.http[i].handle = sockets.add(tcp_socket(HTTP_BUFFER_BYTES));
+            }
             let socket = sockets.get_mut::<tcp::Socket>(self.http[i].handle);
             if !lifecycle(
                 &mut self.http[i],
@@ -142,7 +170,47 @@ impl Services {
             let body = |c: &ServiceCounters| health_json(now, ip, mac, frames, c);
             moved |= http(&mut self.http[i], socket, body, &mut self.counters);
         }
+        // After serving: an evicted socket must stay Closed until the interface has sent its
+        // RST (the next `iface.poll`); `lifecycle` listens on it again after that.
+        self.evict_idle(sockets, now);
         moved
+    }
+
+    /// Keeps [`MIN_LISTENING_SLOTS`] listening by aborting the oldest idle connections (see
+    /// the constant). Also counts active slots.
+    fn evict_idle(&mut self, sockets: &mut SocketSet<'static>, now: u64) {
+        let mut listening = 0;
+        let mut active = 0;
+        // (since, slot) of the connections that may be evicted.
+        let mut idle: Vec<(u64, usize)> = Vec::new();
+        for (i, slot) in self.http.iter().enumerate() {
+            let since = slot.since_ms.unwrap_or(now);
+            let age = now.saturating_sub(since);
+            match sockets.get::<tcp::Socket>(slot.handle).state() {
+                tcp::State::Listen => listening += 1,
+                tcp::State::Closed => {}
+                tcp::State::SynReceived => {
+                    active += 1;
+                    if age > HALF_OPEN_EVICT_AFTER_MS {
+                        idle.push((since, i));
+                    }
+                }
+                tcp::State::Established if slot.request.is_empty() && !slot.responded => {
+                    active += 1;
+                    if age > IDLE_EVICT_AFTER_MS {
+                        idle.push((since, i));
+                    }
+                }
+                _ => active += 1,
+            }
+        }
+        self.counters.http_active = active;
+        idle.sort_unstable();
+        let wanted = MIN_LISTENING_SLOTS.saturating_sub(listening);
+        for &(_, i) in idle.iter().take(wanted) {
+            sockets.get_mut::<tcp::Socket>(self.http[i].handle).abort();
+            self.counters.evicted_idle += 1;
+        }
     }
 }
 
@@ -174,7 +242,8 @@ fn lifecycle(
         HANDSHAKE_TIMEOUT_MS
     };
     let waiting = !established || !slot.responded;
-    if waiting && now.saturating_sub(since) > limit {
+    let age = now.saturating_sub(since);
+    if (waiting && age > limit) || age > CONNECTION_LIFETIME_MS {
         socket.abort();
         counters.aborted_stale += 1;
         return false;
@@ -306,7 +375,7 @@ fn health_json(
         m[0], m[1], m[2], m[3], m[4], m[5]
     );
     format!(
-        "{{\"status\":\"ok\",\"version\":\"{}\",\"uptime_ms\":{now_ms},\"address\":{address},\"mac\":\"{mac}\",\"counters\":{{\"rx_frames\":{},\"tx_frames\":{},\"rx_errors\":{},\"tx_errors\":{},\"http_requests\":{},\"http_errors\":{},\"echo_connections\":{},\"echo_bytes\":{},\"aborted_stale\":{}}}}}",
+        "{{\"status\":\"ok\",\"version\":\"{}\",\"uptime_ms\":{now_ms},\"address\":{address},\"mac\":\"{mac}\",\"counters\":{{\"rx_frames\":{},\"tx_frames\":{},\"rx_errors\":{},\"tx_errors\":{},\"http_requests\":{},\"http_errors\":{},\"echo_connections\":{},\"echo_bytes\":{},\"echo_active\":{},\"echo_idle_aborts\":{},\"tcp_sockets\":{},\"http_active\":{},\"aborted_stale\":{},\"evicted_idle\":{},\"rx_malformed\":{},\"rx_oversized\":{},\"rx_fragments\":{},\"rx_unsupported\":{}}}}}",
         crate::VERSION,
         frames.rx_frames,
         frames.tx_frames,
@@ -316,6 +385,15 @@ fn health_json(
         c.http_errors,
         c.echo_connections,
         c.echo_bytes,
-        c.aborted_stale
+        c.echo_active,
+        c.echo_idle_aborts,
+        c.tcp_sockets,
+        c.http_active,
+        c.aborted_stale,
+        c.evicted_idle,
+        frames.rx_dropped.malformed,
+        frames.rx_dropped.oversized,
+        frames.rx_dropped.fragments,
+        frames.rx_dropped.unsupported
     )
 }

@@ -108,7 +108,7 @@ pub struct SocketTable {
     /// Connections the caller closed, removed once TCP is done with them.
     closing: Vec<TcpId>,
     udp: Vec<(SocketHandle, u16)>,
-    tcp_count: usize,
+    pub(super) tcp_count: usize,
     next_port: u16,
 }
 

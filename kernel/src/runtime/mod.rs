@@ -297,17 +297,31 @@ impl Runtime {
 
     /// One pass over every input and output; true when anything moved.
     fn round(&mut self, net: &mut Network) -> bool {
-        let mut active = self.accept_peers(net);
+        // The API first, its answers sent at once: a status or metrics request costs little
+        // and should not wait behind a round of consensus work (signature checks take
+        // hundreds of milliseconds under TCG).
+        let mut active = self.serve_clients(net);
+        if active {
+            net.poll();
+        }
+        active |= self.accept_peers(net);
         active |= self.dial_peers(net);
         active |= self.read_peers(net);
-        active |= self.accept_clients(net);
-        active |= self.read_clients(net);
         let now = self.clock.now();
         if now >= self.stack.poll_deadline() {
             self.stack.handle_timeout(now);
         }
-        active |= self.queue_outputs(net);
+        active |= self.queue_peer_outputs(net);
         active |= self.write_peers(net);
+        active |= self.serve_clients(net);
+        active
+    }
+
+    /// Accepts and reads HTTP clients, queues and writes the stack's answers.
+    fn serve_clients(&mut self, net: &mut Network) -> bool {
+        let mut active = self.accept_clients(net);
+        active |= self.read_clients(net);
+        active |= self.queue_http_outputs(net);
         active |= self.write_clients(net);
         active
     }
@@ -495,7 +509,7 @@ impl Runtime {
         }
     }
 
-    fn queue_outputs(&mut self, net: &mut Network) -> bool {
+    fn queue_peer_outputs(&mut self, net: &mut Network) -> bool {
         let mut active = false;
         let mut overflow = Vec::new();
         while let Some((to, bytes)) = self.stack.poll_transmit() {
@@ -520,6 +534,11 @@ impl Runtime {
             log::warn!("runtime: p2p queue of node {j} overflowed; resetting the stream");
             self.reset_peer(net, j, true);
         }
+        active
+    }
+
+    fn queue_http_outputs(&mut self, net: &mut Network) -> bool {
+        let mut active = false;
         let mut too_slow = Vec::new();
         for out in self.stack.take_http_outputs() {
             active = true;

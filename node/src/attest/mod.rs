@@ -16,15 +16,19 @@
 //!
 //! The guest side's pure part, the encrypted SNP guest-message channel that carries
 //! MSG_REPORT_REQ/RSP (AES-256-GCM under a VMPCK, sequence numbers, fail-closed on any error),
-//! is [`guest_msg`]; the kernel drives it through the GHCB.
+//! is [`guest_msg`]; the kernel drives it through the GHCB, whose protocol (MSR protocol, page
+//! state changes, the SNP guest request exit, the secrets page) is [`ghcb`].
 //!
 //! Everything here is pure computation over byte slices: no clock (the time is a parameter),
 //! no I/O, no panics on input bytes.
 
 pub mod binding;
 pub mod cert;
+pub mod ghcb;
 pub mod guest_msg;
 pub mod measure;
+#[cfg(test)]
+mod no_fake;
 pub mod report;
 pub mod roots;
 pub mod verify;

@@ -34,6 +34,12 @@ pub struct FinalizedBlock {
     pub block: Block,
     /// The maker's signature on the proposal, so that a consumer can re-check it.
     pub signature: FixedBytes<64>,
+    /// Hash of the random beacon at `height + 1`, the seed of the batch's randomness (the
+    /// IC's random tape plays this role). That beacon is a threshold signature (f+1 shares)
+    /// over the beacon chain alone, and honest nodes release their shares for it only once
+    /// height `height` is notarized: the maker of this block could neither predict nor steer
+    /// it. [`Consensus::poll_finalized`] holds a block back until that beacon is known.
+    pub next_beacon_hash: CryptoHash,
 }
 
 /// What the node wants sent.
@@ -267,8 +273,14 @@ impl Consensus {
         self.outbox.pop_front()
     }
 
+    /// The next finalized block, once the random beacon of the height after it is known
+    /// (it fills [`FinalizedBlock::next_beacon_hash`]).
     pub fn poll_finalized(&mut self) -> Option<FinalizedBlock> {
-        self.finalized_out.pop_front()
+        let next = self.finalized_out.front()?.height.next();
+        let beacon = *self.beacon_hashes.get(&next)?;
+        let mut block = self.finalized_out.pop_front()?;
+        block.next_beacon_hash = beacon;
+        Some(block)
     }
 
     /// Every id in the pool, with whether it is validated (diagnostics).
@@ -1172,6 +1184,8 @@ impl Consensus {
                 hash: cursor.1,
                 block: p.block.clone(),
                 signature: p.signature,
+                // Filled in by `poll_finalized` once the beacon at `height + 1` exists.
+                next_beacon_hash: [0; 32],
             });
             cursor = (cursor.0.prev(), parent);
         }
@@ -1543,4 +1557,73 @@ enum ShareKey {
     Multisig,
     Beacon,
     Subnet,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::dealer::deal_subnet;
+
+    /// Simulated milliseconds the four nodes below run for.
+    const RUN_MS: u64 = 3_000;
+    /// Simulated milliseconds between steps.
+    const TICK_MS: u64 = 10;
+
+    /// Four honest nodes hand each other every artifact directly. Every finalized block
+    /// comes out carrying the hash of the validated random beacon at the next height (the
+    /// seed of the batch's randomness), the same on every node, and never the block's own
+    /// hash, which the maker could grind.
+    #[test]
+    fn finalized_blocks_carry_the_next_beacon() {
+        let genesis = Time::from_millis(1_700_000_000_000);
+        let (record, secrets) = deal_subnet(&[7; 32], 4, genesis).unwrap();
+        let keys = SubnetKeys::from_record(&record).unwrap();
+        let mut nodes: Vec<Consensus> = secrets
+            .iter()
+            .map(|s| {
+                let me = NodeKeys::from_secrets(s).unwrap();
+                Consensus::new(keys.clone(), me, ConsensusParams::FAST, None, Height(0))
+            })
+            .collect();
+        let mut delivered: Vec<Vec<FinalizedBlock>> = vec![Vec::new(); nodes.len()];
+        let mut now = genesis;
+        while now.as_millis() < genesis.as_millis() + RUN_MS {
+            now = now.plus_millis(TICK_MS);
+            for i in 0..nodes.len() {
+                nodes[i].step(now);
+                while let Some(out) = nodes[i].poll_outgoing() {
+                    let (to, artifact) = match out {
+                        Outgoing::Push { to, artifact } => (to, *artifact),
+                        Outgoing::Advert(id) => match nodes[i].pool.validated(&id) {
+                            Some(a) => (None, a.clone()),
+                            None => continue,
+                        },
+                    };
+                    for (j, peer) in nodes.iter_mut().enumerate() {
+                        if j != i && to.is_none_or(|t| t as usize == j) {
+                            peer.on_artifact(i as NodeIndex, artifact.clone());
+                        }
+                    }
+                }
+                while let Some(b) = nodes[i].poll_finalized() {
+                    let beacon = nodes[i]
+                        .beacon(b.height.next())
+                        .expect("the next beacon is validated before delivery");
+                    assert_eq!(b.next_beacon_hash, beacon.hash());
+                    delivered[i].push(b);
+                }
+            }
+        }
+        for (i, blocks) in delivered.iter().enumerate() {
+            assert!(blocks.len() >= 5, "node {i} delivered {}", blocks.len());
+            for b in blocks {
+                assert_ne!(b.next_beacon_hash, b.hash);
+                // A node may skip heights below a CUP it adopted; where both delivered a
+                // height, they agree on the block and on its randomness seed.
+                if let Some(other) = delivered[0].iter().find(|o| o.height == b.height) {
+                    assert!(other == b, "node {i} disagrees at height {:?}", b.height);
+                }
+            }
+        }
+    }
 }

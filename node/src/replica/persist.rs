@@ -37,7 +37,7 @@ pub const RECORD_FINALIZED_BLOCK: u32 = 1;
 /// Pool log record: the signing watermark (u64 LE).
 pub const RECORD_SIGNING_WATERMARK: u32 = 2;
 /// Version of [`LoggedBlock`].
-pub const LOGGED_BLOCK_VERSION: u8 = 1;
+pub const LOGGED_BLOCK_VERSION: u8 = 2;
 /// Chunk size every store of a subnet must be formatted with: the manifest root, and so the
 /// state hash certified by CUPs, depends on it.
 pub const CHECKPOINT_CHUNK_BYTES: u32 = CHUNK_BYTES_DEFAULT;
@@ -73,6 +73,9 @@ pub struct LoggedBlock {
     pub hash: CryptoHash,
     pub block: Block,
     pub signature: FixedBytes<64>,
+    /// The beacon of the next height, the source of the batch's randomness: a replayed block
+    /// must execute with the randomness it had the first time.
+    pub next_beacon_hash: CryptoHash,
 }
 
 impl LoggedBlock {
@@ -82,6 +85,7 @@ impl LoggedBlock {
             hash: b.hash,
             block: b.block.clone(),
             signature: b.signature,
+            next_beacon_hash: b.next_beacon_hash,
         })
         .unwrap_or_default()
     }
@@ -100,6 +104,7 @@ impl LoggedBlock {
             hash: l.hash,
             block: l.block,
             signature: l.signature,
+            next_beacon_hash: l.next_beacon_hash,
         })
     }
 }
@@ -126,18 +131,16 @@ impl fmt::Display for StateFilesError {
 }
 
 /// The state as named files (the codec of `routing::checkpoint`).
-pub fn state_files(_sm: &StateMachine) -> Result<Vec<(String, Vec<u8>)>, StateFilesError> {
-    // Bridge to `StateMachine::checkpoint_files` (branch statecodec, not merged yet).
-    Err(StateFilesError::Codec)
+pub fn state_files(sm: &StateMachine) -> Result<Vec<(String, Vec<u8>)>, StateFilesError> {
+    sm.checkpoint_files().map_err(|_| StateFilesError::Codec)
 }
 
 /// A state machine from a checkpoint's files.
 pub fn state_from_files(
-    _config: ExecutionConfig,
-    _files: &[(String, Vec<u8>)],
+    config: ExecutionConfig,
+    files: &[(String, Vec<u8>)],
 ) -> Result<StateMachine, StateFilesError> {
-    // Bridge to `StateMachine::from_checkpoint_files` (branch statecodec, not merged yet).
-    Err(StateFilesError::Codec)
+    StateMachine::from_checkpoint_files(config, files).map_err(|_| StateFilesError::Codec)
 }
 
 /// Borrowed view of owned files, as the store takes them.

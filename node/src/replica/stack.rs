@@ -20,8 +20,8 @@
 //! the ingress history already holds their request id.
 //!
 //! **Batches.** Finalized block `h` becomes batch `h`: its time is the block's time, its
-//! randomness `H("cairn-random-tape" ‖ block hash)` (deterministic; see the note on
-//! [`randomness_of`]).
+//! randomness is derived from the random beacon of height `h + 1` (threshold BLS, revealed
+//! only after `h` is notarized, so no block maker can grind it; see [`randomness_of`]).
 //!
 //! **Certification.** After each batch the node builds the certified state tree of the spec
 //! (`/time`, `/request_status`, `/canister/<id>/…`, `/subnet/<sid>/…` with node keys and
@@ -240,12 +240,12 @@ pub fn validate_ingress_entry(
     })
 }
 
-/// The randomness of batch `h`: `H("cairn-random-tape" ‖ hash of block h)`. Equal on every
-/// node; unlike the IC's random tape (a threshold signature revealed only after the block is
-/// final) the block maker could predict it, which `raw_rand` users should know. Moving to the
-/// random beacon needs consensus to hand it out with each finalized block.
+/// The randomness of batch `h`: `H("cairn-random-tape" ‖ hash of the random beacon at h+1)`.
+/// Equal on every node; that beacon is a threshold BLS signature revealed only after height
+/// `h` is notarized, so the block maker can neither predict nor grind it (it plays the role
+/// of the IC's random tape; see [`FinalizedBlock::next_beacon_hash`]).
 pub fn randomness_of(block: &FinalizedBlock) -> [u8; 32] {
-    domain_hash(DOMAIN_RANDOM_TAPE, &block.hash)
+    domain_hash(DOMAIN_RANDOM_TAPE, &block.next_beacon_hash)
 }
 
 /// Everything a node of the full stack needs to start.

@@ -16,6 +16,10 @@
 //! they were sent (one FIFO input queue per canister); canisters are visited in id order,
 //! starting from a rotation by height so that no canister is always first.
 
+pub mod checkpoint;
+
+pub use checkpoint::CheckpointError;
+
 use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::String;

@@ -19,7 +19,9 @@ use crate::api::ApiConfig;
 use crate::candid::{self, field_id, record, variant, Type, Value};
 use crate::consensus::ConsensusParams;
 use crate::replica::stack::{genesis_configs, store_config, Stack, StackConfig};
-use crate::store::{BlockDevice, DeviceError, SimDisk, SimFaults, Store, Verify};
+use crate::store::{
+    BlockDevice, DeviceError, Recovery, SimDisk, SimFaults, Store, StoreConfig, Verify,
+};
 use crate::types::{NodeId, Principal, Time};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -36,8 +38,20 @@ pub const SECTOR_BYTES: usize = 4096;
 
 /// A [`SimDisk`] shared between the harness (which cuts its power and flips its bits) and
 /// the store of the node that runs on it.
+/// With a log, every write and flush is also recorded (to replay a run up to any write
+/// point on a copy of the disk: the crash tests).
 #[derive(Clone)]
-pub struct SharedDisk(pub Rc<RefCell<SimDisk>>);
+pub struct SharedDisk {
+    pub disk: Rc<RefCell<SimDisk>>,
+    pub log: Rc<RefCell<Option<Vec<DiskOp>>>>,
+}
+
+/// A recorded device call.
+#[derive(Clone, Debug)]
+pub enum DiskOp {
+    Write(u64, Vec<u8>),
+    Flush,
+}
 
 impl SharedDisk {
     pub fn new(bytes: u64, seed: u64) -> SharedDisk {
@@ -47,34 +61,87 @@ impl SharedDisk {
             seed,
             SimFaults::crash(),
         );
-        SharedDisk(Rc::new(RefCell::new(disk)))
+        SharedDisk::from_disk(disk)
+    }
+
+    pub fn from_disk(disk: SimDisk) -> SharedDisk {
+        SharedDisk {
+            disk: Rc::new(RefCell::new(disk)),
+            log: Rc::new(RefCell::new(None)),
+        }
+    }
+
+    /// Starts recording; returns a copy of the disk as it is now (the base of the log).
+    pub fn start_log(&self) -> SimDisk {
+        *self.log.borrow_mut() = Some(Vec::new());
+        self.disk.borrow().clone()
+    }
+
+    /// Stops recording and returns the log.
+    pub fn take_log(&self) -> Vec<DiskOp> {
+        self.log.borrow_mut().take().unwrap_or_default()
+    }
+
+    /// Length of the log so far.
+    pub fn log_len(&self) -> usize {
+        self.log.borrow().as_ref().map_or(0, |l| l.len())
+    }
+}
+
+/// Applies `ops` to `disk`.
+pub fn replay_ops(disk: &mut SimDisk, ops: &[DiskOp]) {
+    for op in ops {
+        let _ = match op {
+            DiskOp::Write(lba, data) => disk.write(*lba, data),
+            DiskOp::Flush => disk.flush(),
+        };
     }
 }
 
 impl BlockDevice for SharedDisk {
     fn sector_bytes(&self) -> usize {
-        self.0.borrow().sector_bytes()
+        self.disk.borrow().sector_bytes()
     }
     fn sector_count(&self) -> u64 {
-        self.0.borrow().sector_count()
+        self.disk.borrow().sector_count()
     }
     fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
-        self.0.borrow_mut().read(lba, buf)
+        self.disk.borrow_mut().read(lba, buf)
     }
     fn write(&mut self, lba: u64, buf: &[u8]) -> Result<(), DeviceError> {
-        self.0.borrow_mut().write(lba, buf)
+        if let Some(log) = self.log.borrow_mut().as_mut() {
+            log.push(DiskOp::Write(lba, buf.to_vec()));
+        }
+        self.disk.borrow_mut().write(lba, buf)
     }
     fn flush(&mut self) -> Result<(), DeviceError> {
-        self.0.borrow_mut().flush()
+        if let Some(log) = self.log.borrow_mut().as_mut() {
+            log.push(DiskOp::Flush);
+        }
+        self.disk.borrow_mut().flush()
     }
 }
 
-/// Opens (or formats) the store on `disk` and starts a node over it.
-pub fn boot(config: StackConfig, disk: &SharedDisk, now: Time) -> Result<Stack, String> {
+/// Pool segment size of the simulated stores (small, so that small disks suffice).
+pub const POOL_SEGMENT_BYTES: u32 = 256 << 10;
+
+/// Opens (or formats) the store on `disk` and starts a node over it; returns what the store
+/// recovered too.
+pub fn boot(
+    config: StackConfig,
+    disk: &SharedDisk,
+    now: Time,
+) -> Result<(Stack, Recovery), String> {
     let dev: Box<dyn BlockDevice> = Box::new(disk.clone());
-    let (store, recovery) = Store::open_or_format(dev, store_config(7), Verify::Lazy)
+    let store_config = StoreConfig {
+        pool_segment_bytes: POOL_SEGMENT_BYTES,
+        ..store_config(7)
+    };
+    let (store, recovery) = Store::open_or_format(dev, store_config, Verify::Lazy)
         .map_err(|e| format!("store: {e}"))?;
-    Stack::with_store(config, store, recovery, now).map_err(|e| format!("stack: {e}"))
+    let stack = Stack::with_store(config, store, recovery.clone(), now)
+        .map_err(|e| format!("stack: {e}"))?;
+    Ok((stack, recovery))
 }
 
 /// The Motoko counter canister of the test data.
@@ -102,6 +169,15 @@ pub struct StackSim {
     reboot_at: Vec<Option<Time>>,
     /// Boots of each node (the first included).
     pub boots: Vec<u64>,
+    /// What the store of each node recovered at its last boot.
+    pub recoveries: Vec<Option<Recovery>>,
+    /// Boots that found the store unopenable (the disk was then wiped).
+    pub wiped_unopenable: u64,
+    /// For the node being recorded (`record`): after each burst of sends, (disk log length,
+    /// signing watermark, executed height).
+    pub markers: Vec<(usize, u64, u64)>,
+    /// The node whose sends are recorded in `markers`.
+    pub record: Option<usize>,
     /// The first state hash seen for each height.
     pub hashes: BTreeMap<u64, [u8; 32]>,
     checked_up_to: Vec<u64>,
@@ -137,6 +213,10 @@ impl StackSim {
             conn: 0,
             reboot_at: vec![None; n],
             boots: vec![0; n],
+            recoveries: vec![None; n],
+            wiped_unopenable: 0,
+            markers: Vec::new(),
+            record: None,
             hashes: BTreeMap::new(),
             checked_up_to: vec![0; n],
             disagreement: None,
@@ -177,10 +257,20 @@ impl StackSim {
         self.nodes[i].is_some()
     }
 
-    /// Boots node `i` from its disk.
+    /// Boots node `i` from its disk. A store that cannot be opened (its mirrored structures
+    /// both corrupt) is wiped: the node then joins by state sync.
     pub fn start(&mut self, i: usize) -> Result<(), String> {
-        let stack = boot(self.configs[i].clone(), &self.disks[i], self.now)?;
+        let (stack, recovery) = match boot(self.configs[i].clone(), &self.disks[i], self.now) {
+            Ok(booted) => booted,
+            Err(e) if e.starts_with("store:") => {
+                self.wiped_unopenable += 1;
+                self.wipe(i);
+                boot(self.configs[i].clone(), &self.disks[i], self.now)?
+            }
+            Err(e) => return Err(e),
+        };
         self.nodes[i] = Some(stack);
+        self.recoveries[i] = Some(recovery);
         self.boots[i] += 1;
         self.reboot_at[i] = None;
         self.checked_up_to[i] = 0;
@@ -198,7 +288,7 @@ impl StackSim {
     /// reordered unflushed writes resolved per the fault model).
     pub fn power_cut(&mut self, i: usize) {
         self.nodes[i] = None;
-        let mut d = self.disks[i].0.borrow_mut();
+        let mut d = self.disks[i].disk.borrow_mut();
         if !d.is_offline() {
             d.cut_power();
         }
@@ -261,13 +351,20 @@ impl StackSim {
             let Some(s) = self.nodes[i].as_mut() else {
                 continue;
             };
+            let mut sent = false;
             while let Some((peer, bytes)) = s.poll_transmit() {
+                sent = true;
                 let Some(to) = self.ids.iter().position(|id| *id == peer) else {
                     continue;
                 };
                 let at = self.now.plus_millis(LATENCY_MS).0;
                 self.seq += 1;
                 self.queue.insert((at, self.seq), (to, self.ids[i], bytes));
+            }
+            if sent && self.record == Some(i) {
+                let w = s.replica().signing_watermark().0;
+                self.markers
+                    .push((self.disks[i].log_len(), w, s.executed_height()));
             }
             s.take_http_outputs();
         }
@@ -377,7 +474,11 @@ impl StackSim {
         if let Some(n) = self.nodes[i].as_mut() {
             n.http_connect(conn, now);
             n.http_receive(conn, &req, now);
-            n.take_http_outputs();
+            for out in n.take_http_outputs() {
+                if std::env::var("SIM_DEBUG").is_ok() {
+                    eprintln!("http: {}", String::from_utf8_lossy(&out.bytes));
+                }
+            }
             n.http_disconnect(conn);
         }
     }
@@ -385,6 +486,8 @@ impl StackSim {
     /// Creates a canister and installs the Motoko counter in it (through node `i`), and waits
     /// until every node that is up runs it.
     pub fn install_counter(&mut self, i: usize) -> Result<Principal, String> {
+        // Channels and gossip are up after the first round trips.
+        self.run_for(1_000);
         let create_ty = record(&[("amount", candid::opt(Type::Nat))]);
         let create = candid::encode_args(&[(
             create_ty,

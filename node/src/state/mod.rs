@@ -5,6 +5,7 @@
 //! arrival order); [`ReplicatedState::hash`] covers everything that influences future
 //! execution, so two replicas with equal hashes behave identically.
 
+pub mod codec;
 pub mod hash;
 
 use alloc::collections::{BTreeMap, VecDeque};

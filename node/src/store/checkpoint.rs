@@ -244,6 +244,21 @@ impl<D: BlockDevice> Store<D> {
             .unwrap_or_default()
     }
 
+    /// Where each chunk of the checkpoint lies (for tests that damage them).
+    pub fn chunk_extents(&self) -> Vec<super::Extent> {
+        self.checkpoint.as_ref().map_or_else(Vec::new, |cp| {
+            cp.manifest
+                .chunks
+                .iter()
+                .zip(&cp.locations)
+                .map(|(c, &l)| super::Extent {
+                    start: l,
+                    blocks: blocks_for(u64::from(c.size)),
+                })
+                .collect()
+        })
+    }
+
     /// Reads chunk `index` of the checkpoint, verified against the manifest (what a peer
     /// serves in state sync).
     pub fn read_chunk(&mut self, index: u32) -> Result<Vec<u8>, StoreError> {

@@ -254,9 +254,10 @@ fn debian_ovmf() -> PathBuf {
     .expect("Debian's OVMF (apt-get install ovmf)")
 }
 
-/// The kernel to hash: the cairn kernel if built, else a fixed test file.
+/// The kernel to hash: the cairn kernel's UEFI form (what OVMF measures and boots) if built,
+/// else a fixed test file. The `attest-measure-efi` test step always measures the real one.
 fn kernel_file(dir: &Path) -> PathBuf {
-    let built = workspace().join("target/cairn/kernel.elf");
+    let built = workspace().join("target/cairn/kernel.efi");
     if built.exists() {
         return built;
     }

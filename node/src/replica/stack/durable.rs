@@ -113,7 +113,13 @@ pub(super) fn start(
         .filter_map(|r| Some(u64::from_le_bytes(r.bytes.as_slice().try_into().ok()?)))
         .max()
         .unwrap_or(0);
-    config.replica.signing_floor = config.replica.signing_floor.max(Height(watermark));
+    // Consensus resumes above the stored CUP and signs nothing at or below it; watermark
+    // records at or below it may have been purged.
+    config.replica.signing_floor = config
+        .replica
+        .signing_floor
+        .max(Height(watermark))
+        .max(Height(stored_cup_height));
     let cup_interval = config.replica.params.cup_interval_heights;
     let mut stack = Stack::new(config, now)?;
     let logged_up_to = recovery
