@@ -89,6 +89,8 @@ fn bench_vms(paths: &Paths, t0: Instant) -> Result<Figures, String> {
         ports: Ports::Ephemeral,
         limit: Duration::from_secs(VM_LIMIT_S),
         append: String::new(),
+        cup_interval_heights: image::genesis::ConsensusParams::IC_APPLICATION_SUBNET
+            .cup_interval_heights,
     };
     let mut net = Testnet::create(paths, &spec)?;
     let booted = Instant::now();

@@ -81,6 +81,8 @@ pub struct Spec {
     pub limit: Duration,
     /// Extra kernel command line.
     pub append: String,
+    /// Heights between catch-up packages (and checkpoints) of a new genesis.
+    pub cup_interval_heights: u64,
 }
 
 /// One node: its files, its host port and its VM while it runs.
@@ -147,7 +149,7 @@ fn empty_disk(path: &Path) -> Result<(), String> {
 }
 
 /// Writes a new genesis into `dir/genesis` and returns the root key.
-fn write_genesis(dir: &Path, n: usize) -> Result<Vec<u8>, String> {
+fn write_genesis(dir: &Path, n: usize, cup_interval_heights: u64) -> Result<Vec<u8>, String> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_err(|e| e.to_string())?;
@@ -156,7 +158,10 @@ fn write_genesis(dir: &Path, n: usize) -> Result<Vec<u8>, String> {
         &GENESIS_SEED,
         n,
         genesis_ns,
-        ConsensusParams::IC_APPLICATION_SUBNET,
+        ConsensusParams {
+            cup_interval_heights,
+            ..ConsensusParams::IC_APPLICATION_SUBNET
+        },
     )
     .map_err(|e| e.to_string())?;
     let root_key = genesis.root_key_der().map_err(|e| e.to_string())?;
@@ -198,7 +203,7 @@ impl Testnet {
                 std::fs::remove_dir_all(&spec.dir).map_err(|e| io_err(&spec.dir, e))?;
             }
             std::fs::create_dir_all(&spec.dir).map_err(|e| io_err(&spec.dir, e))?;
-            write_genesis(&spec.dir, n)?
+            write_genesis(&spec.dir, n, spec.cup_interval_heights)?
         } else {
             let key = spec.dir.join("genesis").join("root_key.der");
             std::fs::read(&key).map_err(|e| io_err(&key, e))?
@@ -624,6 +629,7 @@ mod tests {
             ports: Ports::Ephemeral,
             limit: Duration::from_secs(1),
             append: String::new(),
+            cup_interval_heights: ConsensusParams::IC_APPLICATION_SUBNET.cup_interval_heights,
         };
         let first = Testnet::create(&paths, &spec).unwrap();
         assert!(first.created);

@@ -102,6 +102,8 @@ pub fn run(paths: &Paths, args: &[String]) -> Result<(), String> {
         ports: Ports::Fixed(base),
         limit: Duration::from_secs(timeout_s),
         append: String::new(),
+        cup_interval_heights: image::genesis::ConsensusParams::IC_APPLICATION_SUBNET
+            .cup_interval_heights,
     };
     let mut net = Testnet::create(paths, &spec)?;
     println!(

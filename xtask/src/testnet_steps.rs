@@ -24,6 +24,9 @@ use std::time::{Duration, Instant};
 
 /// Nodes of every testnet step (f = 1).
 pub const NODES: usize = 4;
+/// CUP interval of the fault test's subnet: short, so that while a wiped node is down its
+/// peers pass two CUPs and purge the blocks below, and it can only rejoin by state sync.
+pub const FAULTS_CUP_INTERVAL_HEIGHTS: u64 = 20;
 /// Overall limit of each QEMU run of a step.
 pub const VM_LIMIT_S: u64 = 900;
 /// Boot until every API answers and the first block is finalized.
@@ -53,6 +56,19 @@ fn counter_wasm(paths: &Paths) -> Result<Vec<u8>, String> {
 
 /// A fresh 4-node testnet in the step's run directory, booted, APIs up, finalizing.
 pub fn boot(paths: &Paths, name: &str) -> Result<Testnet, String> {
+    boot_with_cups(
+        paths,
+        name,
+        image::genesis::ConsensusParams::IC_APPLICATION_SUBNET.cup_interval_heights,
+    )
+}
+
+/// [`boot`] with catch-up packages (and checkpoints) every `cup_interval_heights`.
+pub fn boot_with_cups(
+    paths: &Paths,
+    name: &str,
+    cup_interval_heights: u64,
+) -> Result<Testnet, String> {
     kernel_build::build_all(paths)?;
     let spec = Spec {
         nodes: NODES,
@@ -61,6 +77,7 @@ pub fn boot(paths: &Paths, name: &str) -> Result<Testnet, String> {
         ports: Ports::Ephemeral,
         limit: Duration::from_secs(VM_LIMIT_S),
         append: String::new(),
+        cup_interval_heights,
     };
     let mut net = Testnet::create(paths, &spec)?;
     net.start_all()?;
@@ -275,7 +292,7 @@ impl Agreement {
 
 /// `testnet-faults`.
 pub fn testnet_faults(paths: &Paths) -> Result<String, String> {
-    let mut net = boot(paths, "test-testnet-faults")?;
+    let mut net = boot_with_cups(paths, "test-testnet-faults", FAULTS_CUP_INTERVAL_HEIGHTS)?;
     let mut report = Vec::new();
     let id = install_counter(paths, &net, 1)?;
     let mut agree = Agreement::default();
@@ -328,6 +345,10 @@ pub fn testnet_faults(paths: &Paths) -> Result<String, String> {
     net.wipe(victim)?;
     counter_update(&net, 0, &id, "inc")?;
     expected += 1;
+    // While it is down the others pass two CUPs and purge below them: no peer can hand it
+    // the early blocks any more, so only state sync brings it back.
+    let past_cups = top(&mut net, &others)? + 2 * FAULTS_CUP_INTERVAL_HEIGHTS;
+    net.wait_height(&others, past_cups, Duration::from_secs(CATCH_UP_TIMEOUT_S))?;
     net.start(victim)?;
     let target = top(&mut net, &others)?;
     let t = net.wait_height(&[victim], target, Duration::from_secs(CATCH_UP_TIMEOUT_S))?;
@@ -336,6 +357,22 @@ pub fn testnet_faults(paths: &Paths) -> Result<String, String> {
     if got != expected {
         return Err(format!(
             "wiped node{victim}: get = {got}, expected {expected}"
+        ));
+    }
+    let synced = net
+        .get(victim, "/metrics")
+        .ok()
+        .and_then(|(_, body)| {
+            crate::testnet_client::metric(
+                &String::from_utf8_lossy(&body),
+                "cairn_state_syncs_completed_total",
+            )
+        })
+        .unwrap_or(0);
+    if synced == 0 {
+        return Err(format!(
+            "wiped node{victim} rejoined without a state sync ({})",
+            store_metrics(&net, victim)
         ));
     }
     agree.sample(&net, &id, 2);
@@ -438,6 +475,8 @@ pub fn testnet_restart(paths: &Paths) -> Result<String, String> {
         ports: Ports::Ephemeral,
         limit: Duration::from_secs(VM_LIMIT_S),
         append: String::new(),
+        cup_interval_heights: image::genesis::ConsensusParams::IC_APPLICATION_SUBNET
+            .cup_interval_heights,
     };
     let mut net = Testnet::create(paths, &spec)?;
     if net.created {
