@@ -111,6 +111,10 @@ pub struct Consensus {
     state_hash_placeholder: bool,
     signing_floor: Height,
     signed_up_to: Height,
+    /// What this node signed (and the blocks it notarized), for the driver's persistent log;
+    /// kept only while [`Consensus::set_record_signed`] is on.
+    signed_log: VecDeque<Artifact>,
+    record_signed: bool,
     deadline: Option<Time>,
     stats: ConsensusStats,
     #[cfg(feature = "sim")]
@@ -191,6 +195,8 @@ impl Consensus {
             state_hash_placeholder: true,
             signing_floor,
             signed_up_to: signing_floor,
+            signed_log: VecDeque::new(),
+            record_signed: false,
             deadline: None,
             stats: ConsensusStats::default(),
             #[cfg(feature = "sim")]
@@ -1229,6 +1235,93 @@ impl Consensus {
         FixedBytes(*s.as_bytes())
     }
 
+    fn log_signed(&mut self, artifact: &Artifact) {
+        if self.record_signed {
+            self.signed_log.push_back(artifact.clone());
+        }
+    }
+
+    // ----- the persistent log of what this node signed ----------------------------------
+
+    /// Keep what this node signs for [`Consensus::poll_signed`] (a driver with a store).
+    pub fn set_record_signed(&mut self, on: bool) {
+        self.record_signed = on;
+        if !on {
+            self.signed_log.clear();
+        }
+    }
+
+    /// The next artifact this node signed (or notarized: the block comes before its share),
+    /// to log durably before anything is sent.
+    pub fn poll_signed(&mut self) -> Option<Artifact> {
+        self.signed_log.pop_front()
+    }
+
+    /// After a restart, before the first step: what [`Consensus::poll_signed`] returned
+    /// before (above the CUP). The signing state is restored from it (so the node signs
+    /// nothing it could not have signed had it not restarted: no second block, no share for
+    /// a conflicting block), and the artifacts go back into the pool through validation, to
+    /// be gossiped again. Beacon shares are unique signatures: the node signs them again.
+    pub fn restore_signed(&mut self, artifacts: Vec<Artifact>) {
+        let cup_h = self.cup_height();
+        let ranks: BTreeMap<(Height, CryptoHash), Rank> = artifacts
+            .iter()
+            .filter_map(|a| match a {
+                Artifact::Block(p) => Some(((p.block.height, p.block.hash()), p.block.rank)),
+                _ => None,
+            })
+            .collect();
+        for a in artifacts {
+            let h = Height(a.id().height);
+            if h <= cup_h {
+                continue;
+            }
+            match &a {
+                Artifact::Block(p) if p.block.maker == self.me.index => {
+                    self.proposed.insert(h);
+                    self.note_signed(h);
+                }
+                Artifact::NotarizationShare(s) if s.signer == self.me.index => {
+                    // Unknown rank (block not logged): the best rank, so nothing else at h.
+                    let rank = ranks.get(&(h, s.content.block)).copied().unwrap_or(Rank(0));
+                    self.supported
+                        .entry(h)
+                        .or_default()
+                        .insert(rank, s.content.block);
+                    self.note_signed(h);
+                }
+                Artifact::FinalizationShare(s) if s.signer == self.me.index => {
+                    self.finalization_shared.insert(h);
+                    self.note_signed(h);
+                }
+                // Beacon shares are unique (deterministic) signatures: signed again when
+                // due (the logged one may wait on a beacon the node does not have yet).
+                Artifact::RandomBeaconShare(_) => continue,
+                Artifact::CatchUpShare(s) if s.signer == self.me.index => {
+                    self.cup_shared.insert(h);
+                }
+                _ => {}
+            }
+            let own_share = matches!(
+                &a,
+                Artifact::NotarizationShare(Share { signer, .. })
+                    | Artifact::FinalizationShare(Share { signer, .. })
+                    | Artifact::CatchUpShare(CatchUpShare { signer, .. })
+                    if *signer == self.me.index
+            );
+            if own_share {
+                // This node's own signature from its own log: valid, and gossiped again.
+                let id = a.id();
+                self.pool.insert_validated(a);
+                self.outbox.push_back(Outgoing::Advert(id));
+            } else {
+                // Blocks wait for their beacon and parent like any received block.
+                let me = self.me.index;
+                self.on_artifact(me, a);
+            }
+        }
+    }
+
     fn note_signed(&mut self, h: Height) {
         if h > self.signed_up_to {
             self.signed_up_to = h;
@@ -1255,6 +1348,7 @@ impl Consensus {
     }
 
     fn publish(&mut self, artifact: Artifact) {
+        self.log_signed(&artifact);
         self.pool.insert_validated(artifact.clone());
         self.outbox.push_back(Outgoing::Push {
             to: None,
@@ -1330,6 +1424,7 @@ impl Consensus {
                     artifact: Box::new(Artifact::Block(which.clone())),
                 });
             }
+            self.log_signed(&Artifact::Block(proposal.clone()));
             self.pool.insert_validated(Artifact::Block(proposal));
             return true;
         }
@@ -1412,6 +1507,11 @@ impl Consensus {
 
     fn sign_notarization(&mut self, h: Height, hash: CryptoHash) {
         self.note_signed(h);
+        // The supported block goes into the log first: a restarted node learns its rank again.
+        let id = Self::aggregate_id(ArtifactKind::Block, h, &hash);
+        if let Some(block) = self.pool.validated(&id).cloned() {
+            self.log_signed(&block);
+        }
         let content = BlockRef {
             height: h,
             block: hash,

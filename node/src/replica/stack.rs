@@ -300,9 +300,18 @@ pub struct Stack {
 impl Stack {
     /// Starts a node from genesis at `now`.
     pub fn new(config: StackConfig, now: Time) -> Result<Stack, ReplicaError> {
+        Stack::start(config, now, None)
+    }
+
+    /// [`Stack::new`], or with `signed` a node with a store ([`Replica::restarting`]).
+    fn start(
+        config: StackConfig,
+        now: Time,
+        signed: Option<Vec<crate::consensus::Artifact>>,
+    ) -> Result<Stack, ReplicaError> {
         let keys = SubnetKeys::from_record(&config.replica.record).map_err(ReplicaError::Record)?;
         let me = NodeKeys::from_secrets(&config.replica.secrets).map_err(ReplicaError::Record)?;
-        let mut replica = Replica::new(config.replica, now)?;
+        let mut replica = Replica::restarting(config.replica, now, signed)?;
         replica.require_state_hashes();
         let root_key_der = keys.subnet.group_key.to_der().to_vec();
         let subnet_id = keys.subnet_id.0;
