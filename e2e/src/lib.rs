@@ -1,6 +1,11 @@
-//! Shared pieces of the end-to-end tests: starting a `cairn-sim` subnet and reading the
-//! canister scenarios of `../shared/testdata`. The tests themselves (official agents against
-//! the subnet) are in `tests/`.
+//! Shared pieces of the end-to-end tests: starting a `cairn-sim` subnet (or taking the
+//! endpoints of a running one from the environment) and reading the canister scenarios of
+//! `../shared/testdata`. The tests themselves (official agents against the subnet) are in
+//! `tests/`.
+//!
+//! `CAIRN_URLS=http://127.0.0.1:p0,http://127.0.0.1:p1,…` makes the tests talk to those nodes
+//! (e.g. the VMs of `cargo xtask test testnet-agent` or `cargo xtask qemu`) instead of starting
+//! `cairn-sim`; `CAIRN_ROOT_KEY=<hex DER>` then says which root key the nodes must serve.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -26,18 +31,52 @@ pub fn testdata() -> PathBuf {
     workspace_root().join("../shared/testdata")
 }
 
-/// A running `cairn-sim`; killed when dropped.
+/// The environment variable with the nodes' URLs, comma-separated.
+pub const URLS_ENV: &str = "CAIRN_URLS";
+/// The environment variable with the expected root key (hex DER).
+pub const ROOT_KEY_ENV: &str = "CAIRN_ROOT_KEY";
+
+/// A subnet under test: a `cairn-sim` this process started (killed when dropped), or the
+/// nodes named by [`URLS_ENV`].
 pub struct Subnet {
-    child: Child,
+    child: Option<Child>,
     pub urls: Vec<String>,
     pub root_key: Vec<u8>,
 }
 
 impl Drop for Subnet {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
+}
+
+/// The subnet named by [`URLS_ENV`] (and [`ROOT_KEY_ENV`]), if the variable is set. Without a
+/// root key variable the key is left empty and the tests take the first node's.
+pub fn subnet_from_env() -> Option<Subnet> {
+    let urls = std::env::var(URLS_ENV).ok()?;
+    let urls: Vec<String> = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_string)
+        .collect();
+    assert!(!urls.is_empty(), "{URLS_ENV} names no URL");
+    let root_key = std::env::var(ROOT_KEY_ENV)
+        .map(|k| hex_decode(k.trim()))
+        .unwrap_or_default();
+    println!(
+        "e2e: {} nodes from {URLS_ENV}: {}",
+        urls.len(),
+        urls.join(" ")
+    );
+    Some(Subnet {
+        child: None,
+        urls,
+        root_key,
+    })
 }
 
 fn unhex(s: &str) -> Result<Vec<u8>, String> {
@@ -82,8 +121,12 @@ pub fn build_cairn_sim() -> PathBuf {
     target.join("debug").join("cairn-sim")
 }
 
-/// Starts a subnet of `nodes` nodes and waits for `cairn-sim: ready`.
+/// The subnet of [`URLS_ENV`] if set; otherwise starts a `cairn-sim` subnet of `nodes` nodes
+/// and waits for `cairn-sim: ready`.
 pub fn start_subnet(nodes: usize) -> Subnet {
+    if let Some(subnet) = subnet_from_env() {
+        return subnet;
+    }
     let bin = build_cairn_sim();
     let mut child = Command::new(&bin)
         .args(["--nodes", &nodes.to_string()])
@@ -102,7 +145,7 @@ pub fn start_subnet(nodes: usize) -> Subnet {
         }
     });
     let mut subnet = Subnet {
-        child,
+        child: Some(child),
         urls: Vec::new(),
         root_key: Vec::new(),
     };

@@ -3,7 +3,11 @@
 //! `provisional_create_canister_with_cycles`, install the Motoko counter from testdata, replay
 //! its scenario with update and query calls through different nodes (query-signature
 //! verification on, as by default), and verify `read_state` of a request status and of
-//! `/canister/<id>/module_hash`.
+//! `/canister/<id>/module_hash`. A second test installs the DFINITY ICRC-1 ledger
+//! (`rust-icrc1-ledger`) and replays its scenario, again through different nodes.
+//!
+//! With `CAIRN_URLS` set (see `e2e::subnet_from_env`) both run against those nodes instead,
+//! e.g. the 4-VM testnet of `cargo xtask test testnet-agent`.
 
 use candid::Principal;
 use e2e::{scenario, start_subnet, testdata};
@@ -21,12 +25,24 @@ use std::time::Duration;
 const FLOW_TIMEOUT_SECS: u64 = 300;
 const NODES: usize = 4;
 const CREATE_CYCLES: u128 = 100_000_000_000_000;
+/// How long `call_and_wait` polls for a reply (VMs under TCG on a loaded host install the
+/// 1.2 MB ledger slowly).
+const MAX_POLLING_SECS: u64 = 180;
+/// How long a query through a node may lag behind an update certified through another.
+const CATCH_UP_SECS: u64 = 20;
 
 async fn agent(url: &str, key: [u8; 32]) -> Agent {
+    // A fresh connection per request: a keep-alive connection the node has just closed would
+    // fail a request reused on it (hyper IncompleteMessage), which ic-agent does not retry.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("http client");
     let agent = Agent::builder()
         .with_url(url)
+        .with_http_client(http)
         .with_identity(BasicIdentity::from_raw_key(&key))
-        .with_max_polling_time(Duration::from_secs(60))
+        .with_max_polling_time(Duration::from_secs(MAX_POLLING_SECS))
         .build()
         .expect("agent");
     agent.fetch_root_key().await.expect("fetch_root_key");
@@ -46,17 +62,8 @@ fn ic_agent_runs_the_motoko_counter_scenario_on_four_nodes() {
 
 async fn flow(subnet: &e2e::Subnet) {
     // One identity (the canister's controller), one agent per node.
-    let key = [7u8; 32];
-    let mut agents = Vec::new();
-    for url in &subnet.urls {
-        let a = agent(url, key).await;
-        assert_eq!(
-            a.read_root_key(),
-            subnet.root_key,
-            "status serves the root key"
-        );
-        agents.push(a);
-    }
+    let agents = agents(subnet, [7u8; 32]).await;
+    let nodes = agents.len();
     let wasm = std::fs::read(testdata().join("canisters/motoko-counter/module.wasm"))
         .expect("motoko counter module");
 
@@ -72,7 +79,7 @@ async fn flow(subnet: &e2e::Subnet) {
     let steps = scenario("motoko-counter");
     for (i, step) in steps.iter().enumerate() {
         // Round-robin over the nodes: consecutive steps go through different nodes.
-        let a = &agents[i % NODES];
+        let a = &agents[i % nodes];
         let mgmt = ManagementCanister::create(a);
         match step.op.as_str() {
             "install" => {
@@ -110,12 +117,7 @@ async fn flow(subnet: &e2e::Subnet) {
             }
             "query" => {
                 let method = step.method.as_deref().expect("method");
-                let reply = a
-                    .query(&canister, method)
-                    .with_arg(step.arg.clone())
-                    .call()
-                    .await
-                    .unwrap_or_else(|e| panic!("query {method}: {e}"));
+                let reply = query_caught_up(a, &canister, method, &step.arg, &step.reply).await;
                 assert_eq!(
                     Some(&reply),
                     step.reply.as_ref(),
@@ -124,36 +126,181 @@ async fn flow(subnet: &e2e::Subnet) {
             }
             other => panic!("unknown scenario op {other}"),
         }
-        println!("step {i}: {} ok via node {}", step.op, i % NODES);
+        println!("step {i}: {} ok via node {}", step.op, i % nodes);
     }
 
     // read_state of /canister/<id>/module_hash through another node: SHA-256 of the module.
-    let hash = agents[2]
+    let hash = agents[2 % nodes]
         .read_state_canister_info(canister, "module_hash")
         .await
         .expect("read_state module_hash");
     assert_eq!(hash, Sha256::digest(&wasm).to_vec());
 
     // An update submitted to node 1, its status read (certified) through node 3.
-    let signed = agents[1]
+    let signed = agents[1 % nodes]
         .update(&canister, "inc")
         .with_arg(b"DIDL\x00\x00".to_vec())
         .sign()
         .expect("sign");
-    agents[1]
+    agents[1 % nodes]
         .update_signed(canister, signed.signed_update.clone())
         .await
         .expect("submit signed update");
-    let status = wait_replied(&agents[3], &signed.request_id, canister).await;
+    let status = wait_replied(&agents[3 % nodes], &signed.request_id, canister).await;
     assert_eq!(status, b"DIDL\x00\x00".to_vec());
-    let reply = agents[0]
-        .query(&canister, "get")
-        .with_arg(b"DIDL\x00\x00".to_vec())
-        .call()
-        .await
-        .expect("query after inc");
     // 45 after the scenario, 46 after one more inc (Candid nat 46 = 0x2e).
-    assert_eq!(reply, e2e::hex_decode("4449444c00017d2e"));
+    let want = e2e::hex_decode("4449444c00017d2e");
+    let reply = query_caught_up(
+        &agents[0],
+        &canister,
+        "get",
+        b"DIDL\x00\x00",
+        &Some(want.clone()),
+    )
+    .await;
+    assert_eq!(reply, want);
+}
+
+/// A query through `agent`'s node, asked again (for at most [`CATCH_UP_SECS`]) while it fails
+/// or its reply differs from `expected`: an update certified by the other n − f nodes may not have been
+/// executed on this node yet (queries read the node's own latest state, as on the IC). The
+/// caller still compares the final reply with `expected`.
+async fn query_caught_up(
+    agent: &Agent,
+    canister: &Principal,
+    method: &str,
+    arg: &[u8],
+    expected: &Option<Vec<u8>>,
+) -> Vec<u8> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(CATCH_UP_SECS);
+    loop {
+        let answer = agent
+            .query(canister, method)
+            .with_arg(arg.to_vec())
+            .call()
+            .await;
+        let late = tokio::time::Instant::now() >= deadline;
+        match answer {
+            Ok(reply) if late || expected.as_ref() == Some(&reply) => return reply,
+            Err(e) if late => panic!("query {method}: {e}"),
+            // Not executed here yet (e.g. "no Wasm module" right after an install elsewhere).
+            Ok(_) | Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
+
+/// One agent per node, all with the identity of `key`; every node serves the same root key
+/// (the expected one, when the subnet names it).
+async fn agents(subnet: &e2e::Subnet, key: [u8; 32]) -> Vec<Agent> {
+    let mut agents = Vec::new();
+    for url in &subnet.urls {
+        let a = agent(url, key).await;
+        let expected = if subnet.root_key.is_empty() {
+            agents
+                .first()
+                .map_or_else(|| a.read_root_key(), Agent::read_root_key)
+        } else {
+            subnet.root_key.clone()
+        };
+        assert_eq!(
+            a.read_root_key(),
+            expected,
+            "{url}: status serves the root key"
+        );
+        agents.push(a);
+    }
+    agents
+}
+
+/// The scenario's account owner `A` (the one-byte principal 0x41) replaced by `owner` in a
+/// Candid argument: the scenario mints to A and transfers as A, and an agent can only sign as
+/// its own principal. Candid writes a principal value as `01 <len> <bytes>`; the scenario's
+/// arguments hold A at most once (checked), and the replies do not mention it.
+fn with_owner(arg: &[u8], owner: &Principal) -> Vec<u8> {
+    let a = [0x01, 0x01, 0x41];
+    let at: Vec<usize> = arg
+        .windows(a.len())
+        .enumerate()
+        .filter(|(_, w)| *w == a)
+        .map(|(i, _)| i)
+        .collect();
+    assert!(at.len() <= 1, "principal A appears {} times", at.len());
+    let Some(&i) = at.first() else {
+        return arg.to_vec();
+    };
+    let bytes = owner.as_slice();
+    let mut out = arg[..i].to_vec();
+    out.push(0x01);
+    out.push(u8::try_from(bytes.len()).expect("principal length < 128"));
+    out.extend_from_slice(bytes);
+    out.extend_from_slice(&arg[i + a.len()..]);
+    out
+}
+
+#[test]
+fn ic_agent_runs_the_icrc1_ledger_scenario_on_four_nodes() {
+    let subnet = start_subnet(NODES);
+    let runtime = tokio::runtime::Runtime::new().expect("tokio");
+    runtime.block_on(async {
+        tokio::time::timeout(Duration::from_secs(FLOW_TIMEOUT_SECS), ledger_flow(&subnet))
+            .await
+            .expect("ledger flow finished in time");
+    });
+}
+
+async fn ledger_flow(subnet: &e2e::Subnet) {
+    let agents = agents(subnet, [11u8; 32]).await;
+    let nodes = agents.len();
+    let owner = agents[0].get_principal().expect("principal");
+    let wasm = std::fs::read(testdata().join("canisters/rust-icrc1-ledger/module.wasm"))
+        .expect("ICRC-1 ledger module");
+    let mgmt = ManagementCanister::create(&agents[nodes - 1]);
+    let (canister,) = mgmt
+        .create_canister()
+        .as_provisional_create_with_amount(Some(CREATE_CYCLES))
+        .call_and_wait()
+        .await
+        .expect("provisional_create_canister_with_cycles");
+    println!("ledger: created {canister}; account A is {owner}");
+    for (i, step) in scenario("rust-icrc1-ledger").iter().enumerate() {
+        let a = &agents[i % nodes];
+        let arg = with_owner(&step.arg, &owner);
+        match step.op.as_str() {
+            "install" => {
+                ManagementCanister::create(a)
+                    .install_code(&canister, &wasm)
+                    .with_raw_arg(arg)
+                    .call_and_wait()
+                    .await
+                    .expect("install_code (ledger)");
+            }
+            "update" | "query" => {
+                let method = step.method.as_deref().expect("method");
+                let reply = if step.op == "update" {
+                    a.update(&canister, method)
+                        .with_arg(arg)
+                        .call_and_wait()
+                        .await
+                        .unwrap_or_else(|e| panic!("step {i}: update {method}: {e}"))
+                } else {
+                    query_caught_up(a, &canister, method, &arg, &step.reply).await
+                };
+                assert_eq!(
+                    Some(&reply),
+                    step.reply.as_ref(),
+                    "step {i}: {} {method}",
+                    step.op
+                );
+            }
+            other => panic!("unknown scenario op {other}"),
+        }
+        println!("ledger step {i}: {} ok via node {}", step.op, i % nodes);
+    }
+    let hash = agents[1 % nodes]
+        .read_state_canister_info(canister, "module_hash")
+        .await
+        .expect("read_state module_hash");
+    assert_eq!(hash, Sha256::digest(&wasm).to_vec());
 }
 
 async fn wait_replied(

@@ -310,6 +310,38 @@ impl Vm {
         }
     }
 
+    /// QEMU's process id, while it runs.
+    pub fn pid(&mut self) -> Option<u32> {
+        if self.poll_exit().is_some() {
+            return None;
+        }
+        self.child.lock().ok().map(|c| c.id())
+    }
+
+    /// Freeze the whole VM (SIGSTOP to QEMU): the guest's clock, network and disk stand still
+    /// until [`Vm::resume`]. The run's overall time limit keeps counting.
+    pub fn pause(&mut self) -> io::Result<()> {
+        self.signal(libc::SIGSTOP)
+    }
+
+    /// Let a paused VM run again (SIGCONT).
+    pub fn resume(&mut self) -> io::Result<()> {
+        self.signal(libc::SIGCONT)
+    }
+
+    fn signal(&mut self, signal: libc::c_int) -> io::Result<()> {
+        let pid = self
+            .pid()
+            .ok_or_else(|| io::Error::other(format!("{}: QEMU is not running", self.name)))?;
+        let pid = libc::pid_t::try_from(pid).map_err(io::Error::other)?;
+        // SAFETY: kill(2) with a pid this handle spawned and has not reaped yet (poll_exit above
+        // saw it running and only this handle reaps it), so the pid names our QEMU.
+        if unsafe { libc::kill(pid, signal) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// Whether the run has reached its overall time limit (the VM is then killed, if it was
     /// not already gone).
     pub fn timed_out(&self) -> bool {

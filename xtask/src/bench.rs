@@ -24,6 +24,9 @@ pub fn run(paths: &Paths, args: &[String]) -> Result<(), String> {
         };
         return bench_boot(paths, runs.max(1));
     }
+    if name == "testnet" {
+        return crate::testnet_bench::run(paths);
+    }
     if name == "net" {
         return crate::bench_net::run(paths, args);
     }
@@ -70,6 +73,7 @@ fn list(paths: &Paths) -> Vec<String> {
         .collect();
     node.sort();
     names.extend(node);
+    names.push("testnet".to_string());
     names
 }
 

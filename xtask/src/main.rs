@@ -3,7 +3,8 @@
 //! ```text
 //! cargo xtask build             kernel ELFs in target/cairn/, checked by the build guard
 //! cargo xtask image             target/cairn/disk.img: GPT, GRUB for BIOS and UEFI
-//! cargo xtask qemu              boot one node (PVH) and stream its console; Ctrl-C stops it
+//! cargo xtask qemu              boot a 4-node testnet, print its URLs and agent snippets
+//! cargo xtask qemu --console    boot one node (PVH) and stream its console; Ctrl-C stops it
 //! cargo xtask test              every check, in order, stopping at the first failure
 //! cargo xtask bench [NAME]      benchmarks (`boot`, or node's `bench_NAME` examples)
 //! cargo xtask attest …          attestation (issue 9)
@@ -23,6 +24,11 @@ mod run_vm;
 mod store_tests;
 mod test_steps;
 mod testnet;
+mod testnet_bench;
+mod testnet_client;
+mod testnet_harness;
+mod testnet_qemu;
+mod testnet_steps;
 mod testnet_tests;
 
 use std::path::{Path, PathBuf};
@@ -35,9 +41,13 @@ commands:
   build                 build target/cairn/kernel.elf and kernel-test.elf (+ build guard)
   image [--store-mib N] [--append CMDLINE]
                         write target/cairn/disk.img (GPT; GRUB multiboot2 for BIOS and UEFI)
-  qemu [--bios|--uefi|--uefi-kernel] [--test] [--append CMDLINE] [--timeout SECS]
+  qemu [--nodes N] [--fresh] [--timeout SECS]
+                        boot a testnet of N nodes (default 4) with disks kept in
+                        target/cairn/testnet/ (--fresh: new genesis, empty disks); prints
+                        each node's http://127.0.0.1:<18080+i>, the root key and agent
+                        snippets; Ctrl-C stops every VM (CAIRN_PORT_BASE moves the ports)
+  qemu --console [--bios|--uefi|--uefi-kernel] [--test] [--append CMDLINE] [--timeout SECS]
                         boot one node and stream its serial console; Ctrl-C stops it
-  qemu --nodes N        boot a subnet of N nodes (genesis + one VM each); Ctrl-C stops all
   test [--keep-going] [STEP…]
                         fmt, clippy, host tests, build, in-kernel tests, boot tests, fault tests
   bench [NAME] [--runs N]
@@ -58,6 +68,7 @@ fn main() -> ExitCode {
     let result = match command.as_str() {
         "build" => kernel_build::build_all(&Paths::new()).map(|_| ()),
         "image" => run_vm::image_command(&Paths::new(), rest),
+        "qemu" if testnet_qemu::wants_testnet(rest) => testnet_qemu::run(&Paths::new(), rest),
         "qemu" => run_vm::qemu_command(&Paths::new(), rest),
         "test" => return test_steps::run(&Paths::new(), rest),
         "bench" => bench::run(&Paths::new(), rest),
