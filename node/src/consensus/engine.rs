@@ -1726,4 +1726,112 @@ mod tests {
             }
         }
     }
+
+    /// Four nodes log what they sign; all four restart at once from the genesis CUP with no
+    /// signing floor, restore their logs and go on: the subnet finalizes again, and no node
+    /// ever signs two different blocks, two notarization shares of one rank or two
+    /// finalization shares at one height (before and after the restart together).
+    #[test]
+    fn nodes_restored_from_their_signed_logs_go_on_without_equivocating() {
+        let genesis = Time::from_millis(1_700_000_000_000);
+        let (record, secrets) = deal_subnet(&[9; 32], 4, genesis).unwrap();
+        let keys = SubnetKeys::from_record(&record).unwrap();
+        let start = |logs: &[Vec<Artifact>]| -> Vec<Consensus> {
+            secrets
+                .iter()
+                .zip(logs)
+                .map(|(s, log)| {
+                    let me = NodeKeys::from_secrets(s).unwrap();
+                    let mut c =
+                        Consensus::new(keys.clone(), me, ConsensusParams::FAST, None, Height(0));
+                    c.set_record_signed(true);
+                    c.restore_signed(log.clone());
+                    c
+                })
+                .collect()
+        };
+        let run = |nodes: &mut Vec<Consensus>, logs: &mut Vec<Vec<Artifact>>, from: Time| {
+            let mut now = from;
+            while now.as_millis() < from.as_millis() + RUN_MS / 2 {
+                now = now.plus_millis(TICK_MS);
+                for i in 0..nodes.len() {
+                    nodes[i].step(now);
+                    while let Some(a) = nodes[i].poll_signed() {
+                        logs[i].push(a);
+                    }
+                    while let Some(out) = nodes[i].poll_outgoing() {
+                        let (to, artifact) = match out {
+                            Outgoing::Push { to, artifact } => (to, *artifact),
+                            Outgoing::Advert(id) => match nodes[i].pool.validated(&id) {
+                                Some(a) => (None, a.clone()),
+                                None => continue,
+                            },
+                        };
+                        for (j, peer) in nodes.iter_mut().enumerate() {
+                            if j != i && to.is_none_or(|t| t as usize == j) {
+                                peer.on_artifact(i as NodeIndex, artifact.clone());
+                            }
+                        }
+                    }
+                    while nodes[i].poll_finalized().is_some() {}
+                }
+            }
+            now
+        };
+        let mut logs: Vec<Vec<Artifact>> = vec![Vec::new(); 4];
+        let mut nodes = start(&logs);
+        let now = run(&mut nodes, &mut logs, genesis);
+        let before = nodes.iter().map(|n| n.finalized_height()).max().unwrap();
+        assert!(before.0 >= 3, "finalized {before:?} before the restart");
+        // Every node restarts; what it logged is all it keeps.
+        let mut nodes = start(&logs);
+        assert!(nodes.iter().all(|n| n.finalized_height() == Height(0)));
+        run(&mut nodes, &mut logs, now);
+        for (i, n) in nodes.iter().enumerate() {
+            assert!(
+                n.finalized_height().0 >= before.0 + 3,
+                "node {i} finalized {:?} after the restart (before: {before:?})",
+                n.finalized_height()
+            );
+        }
+        for (i, log) in logs.iter().enumerate() {
+            let mut blocks = BTreeMap::new();
+            let mut notarized = BTreeMap::new();
+            let mut finalized = BTreeMap::new();
+            let rank_of: BTreeMap<CryptoHash, Rank> = log
+                .iter()
+                .filter_map(|a| match a {
+                    Artifact::Block(p) => Some((p.block.hash(), p.block.rank)),
+                    _ => None,
+                })
+                .collect();
+            for a in log {
+                match a {
+                    Artifact::Block(p) if p.block.maker == i as NodeIndex => {
+                        let prev = blocks.insert(p.block.height, p.block.hash());
+                        assert!(
+                            prev.is_none_or(|h| h == p.block.hash()),
+                            "node {i}: two blocks"
+                        );
+                    }
+                    Artifact::NotarizationShare(s) => {
+                        let rank = rank_of[&s.content.block];
+                        let prev = notarized.insert((s.content.height, rank), s.content.block);
+                        assert!(
+                            prev.is_none_or(|h| h == s.content.block),
+                            "node {i}: two notarization shares of one rank"
+                        );
+                    }
+                    Artifact::FinalizationShare(s) => {
+                        let prev = finalized.insert(s.content.height, s.content.block);
+                        assert!(
+                            prev.is_none_or(|h| h == s.content.block),
+                            "node {i}: two finalization shares"
+                        );
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
 }
