@@ -111,6 +111,10 @@ pub struct Consensus {
     state_hash_placeholder: bool,
     signing_floor: Height,
     signed_up_to: Height,
+    /// What this node signed (and the blocks it notarized), for the driver's persistent log;
+    /// kept only while [`Consensus::set_record_signed`] is on.
+    signed_log: VecDeque<Artifact>,
+    record_signed: bool,
     deadline: Option<Time>,
     stats: ConsensusStats,
     #[cfg(feature = "sim")]
@@ -191,6 +195,8 @@ impl Consensus {
             state_hash_placeholder: true,
             signing_floor,
             signed_up_to: signing_floor,
+            signed_log: VecDeque::new(),
+            record_signed: false,
             deadline: None,
             stats: ConsensusStats::default(),
             #[cfg(feature = "sim")]
@@ -1229,6 +1235,93 @@ impl Consensus {
         FixedBytes(*s.as_bytes())
     }
 
+    fn log_signed(&mut self, artifact: &Artifact) {
+        if self.record_signed {
+            self.signed_log.push_back(artifact.clone());
+        }
+    }
+
+    // ----- the persistent log of what this node signed ----------------------------------
+
+    /// Keep what this node signs for [`Consensus::poll_signed`] (a driver with a store).
+    pub fn set_record_signed(&mut self, on: bool) {
+        self.record_signed = on;
+        if !on {
+            self.signed_log.clear();
+        }
+    }
+
+    /// The next artifact this node signed (or notarized: the block comes before its share),
+    /// to log durably before anything is sent.
+    pub fn poll_signed(&mut self) -> Option<Artifact> {
+        self.signed_log.pop_front()
+    }
+
+    /// After a restart, before the first step: what [`Consensus::poll_signed`] returned
+    /// before (above the CUP). The signing state is restored from it (so the node signs
+    /// nothing it could not have signed had it not restarted: no second block, no share for
+    /// a conflicting block), and the artifacts go back into the pool through validation, to
+    /// be gossiped again. Beacon shares are unique signatures: the node signs them again.
+    pub fn restore_signed(&mut self, artifacts: Vec<Artifact>) {
+        let cup_h = self.cup_height();
+        let ranks: BTreeMap<(Height, CryptoHash), Rank> = artifacts
+            .iter()
+            .filter_map(|a| match a {
+                Artifact::Block(p) => Some(((p.block.height, p.block.hash()), p.block.rank)),
+                _ => None,
+            })
+            .collect();
+        for a in artifacts {
+            let h = Height(a.id().height);
+            if h <= cup_h {
+                continue;
+            }
+            match &a {
+                Artifact::Block(p) if p.block.maker == self.me.index => {
+                    self.proposed.insert(h);
+                    self.note_signed(h);
+                }
+                Artifact::NotarizationShare(s) if s.signer == self.me.index => {
+                    // Unknown rank (block not logged): the best rank, so nothing else at h.
+                    let rank = ranks.get(&(h, s.content.block)).copied().unwrap_or(Rank(0));
+                    self.supported
+                        .entry(h)
+                        .or_default()
+                        .insert(rank, s.content.block);
+                    self.note_signed(h);
+                }
+                Artifact::FinalizationShare(s) if s.signer == self.me.index => {
+                    self.finalization_shared.insert(h);
+                    self.note_signed(h);
+                }
+                // Beacon shares are unique (deterministic) signatures: signed again when
+                // due (the logged one may wait on a beacon the node does not have yet).
+                Artifact::RandomBeaconShare(_) => continue,
+                Artifact::CatchUpShare(s) if s.signer == self.me.index => {
+                    self.cup_shared.insert(h);
+                }
+                _ => {}
+            }
+            let own_share = matches!(
+                &a,
+                Artifact::NotarizationShare(Share { signer, .. })
+                    | Artifact::FinalizationShare(Share { signer, .. })
+                    | Artifact::CatchUpShare(CatchUpShare { signer, .. })
+                    if *signer == self.me.index
+            );
+            if own_share {
+                // This node's own signature from its own log: valid, and gossiped again.
+                let id = a.id();
+                self.pool.insert_validated(a);
+                self.outbox.push_back(Outgoing::Advert(id));
+            } else {
+                // Blocks wait for their beacon and parent like any received block.
+                let me = self.me.index;
+                self.on_artifact(me, a);
+            }
+        }
+    }
+
     fn note_signed(&mut self, h: Height) {
         if h > self.signed_up_to {
             self.signed_up_to = h;
@@ -1255,6 +1348,7 @@ impl Consensus {
     }
 
     fn publish(&mut self, artifact: Artifact) {
+        self.log_signed(&artifact);
         self.pool.insert_validated(artifact.clone());
         self.outbox.push_back(Outgoing::Push {
             to: None,
@@ -1330,6 +1424,7 @@ impl Consensus {
                     artifact: Box::new(Artifact::Block(which.clone())),
                 });
             }
+            self.log_signed(&Artifact::Block(proposal.clone()));
             self.pool.insert_validated(Artifact::Block(proposal));
             return true;
         }
@@ -1412,6 +1507,11 @@ impl Consensus {
 
     fn sign_notarization(&mut self, h: Height, hash: CryptoHash) {
         self.note_signed(h);
+        // The supported block goes into the log first: a restarted node learns its rank again.
+        let id = Self::aggregate_id(ArtifactKind::Block, h, &hash);
+        if let Some(block) = self.pool.validated(&id).cloned() {
+            self.log_signed(&block);
+        }
         let content = BlockRef {
             height: h,
             block: hash,
@@ -1622,6 +1722,114 @@ mod tests {
                 // height, they agree on the block and on its randomness seed.
                 if let Some(other) = delivered[0].iter().find(|o| o.height == b.height) {
                     assert!(other == b, "node {i} disagrees at height {:?}", b.height);
+                }
+            }
+        }
+    }
+
+    /// Four nodes log what they sign; all four restart at once from the genesis CUP with no
+    /// signing floor, restore their logs and go on: the subnet finalizes again, and no node
+    /// ever signs two different blocks, two notarization shares of one rank or two
+    /// finalization shares at one height (before and after the restart together).
+    #[test]
+    fn nodes_restored_from_their_signed_logs_go_on_without_equivocating() {
+        let genesis = Time::from_millis(1_700_000_000_000);
+        let (record, secrets) = deal_subnet(&[9; 32], 4, genesis).unwrap();
+        let keys = SubnetKeys::from_record(&record).unwrap();
+        let start = |logs: &[Vec<Artifact>]| -> Vec<Consensus> {
+            secrets
+                .iter()
+                .zip(logs)
+                .map(|(s, log)| {
+                    let me = NodeKeys::from_secrets(s).unwrap();
+                    let mut c =
+                        Consensus::new(keys.clone(), me, ConsensusParams::FAST, None, Height(0));
+                    c.set_record_signed(true);
+                    c.restore_signed(log.clone());
+                    c
+                })
+                .collect()
+        };
+        let run = |nodes: &mut Vec<Consensus>, logs: &mut Vec<Vec<Artifact>>, from: Time| {
+            let mut now = from;
+            while now.as_millis() < from.as_millis() + RUN_MS / 2 {
+                now = now.plus_millis(TICK_MS);
+                for i in 0..nodes.len() {
+                    nodes[i].step(now);
+                    while let Some(a) = nodes[i].poll_signed() {
+                        logs[i].push(a);
+                    }
+                    while let Some(out) = nodes[i].poll_outgoing() {
+                        let (to, artifact) = match out {
+                            Outgoing::Push { to, artifact } => (to, *artifact),
+                            Outgoing::Advert(id) => match nodes[i].pool.validated(&id) {
+                                Some(a) => (None, a.clone()),
+                                None => continue,
+                            },
+                        };
+                        for (j, peer) in nodes.iter_mut().enumerate() {
+                            if j != i && to.is_none_or(|t| t as usize == j) {
+                                peer.on_artifact(i as NodeIndex, artifact.clone());
+                            }
+                        }
+                    }
+                    while nodes[i].poll_finalized().is_some() {}
+                }
+            }
+            now
+        };
+        let mut logs: Vec<Vec<Artifact>> = vec![Vec::new(); 4];
+        let mut nodes = start(&logs);
+        let now = run(&mut nodes, &mut logs, genesis);
+        let before = nodes.iter().map(|n| n.finalized_height()).max().unwrap();
+        assert!(before.0 >= 3, "finalized {before:?} before the restart");
+        // Every node restarts; what it logged is all it keeps.
+        let mut nodes = start(&logs);
+        assert!(nodes.iter().all(|n| n.finalized_height() == Height(0)));
+        run(&mut nodes, &mut logs, now);
+        for (i, n) in nodes.iter().enumerate() {
+            assert!(
+                n.finalized_height().0 >= before.0 + 3,
+                "node {i} finalized {:?} after the restart (before: {before:?})",
+                n.finalized_height()
+            );
+        }
+        for (i, log) in logs.iter().enumerate() {
+            let mut blocks = BTreeMap::new();
+            let mut notarized = BTreeMap::new();
+            let mut finalized = BTreeMap::new();
+            let rank_of: BTreeMap<CryptoHash, Rank> = log
+                .iter()
+                .filter_map(|a| match a {
+                    Artifact::Block(p) => Some((p.block.hash(), p.block.rank)),
+                    _ => None,
+                })
+                .collect();
+            for a in log {
+                match a {
+                    Artifact::Block(p) if p.block.maker == i as NodeIndex => {
+                        let prev = blocks.insert(p.block.height, p.block.hash());
+                        assert!(
+                            prev.is_none_or(|h| h == p.block.hash()),
+                            "node {i}: two blocks"
+                        );
+                    }
+                    Artifact::NotarizationShare(s) => {
+                        let rank = rank_of[&s.content.block];
+                        let prev = notarized.insert((s.content.height, rank), s.content.block);
+                        assert!(
+                            prev.is_none_or(|h| h == s.content.block),
+                            "node {i}: two notarization shares of one rank"
+                        );
+                    }
+                    Artifact::FinalizationShare(s) => {
+                        let prev = finalized.insert(s.content.height, s.content.block);
+                        assert!(
+                            prev.is_none_or(|h| h == s.content.block),
+                            "node {i}: two finalization shares"
+                        );
+                    }
+                    _ => {}
                 }
             }
         }

@@ -118,6 +118,18 @@ pub struct Replica {
 impl Replica {
     /// Starts a node at time `now` from genesis.
     pub fn new(config: ReplicaConfig, now: Time) -> Result<Replica, ReplicaError> {
+        Replica::restarting(config, now, None)
+    }
+
+    /// Starts a node at `now`; with `signed`, a node with a persistent log: what
+    /// [`Replica::poll_signed`] returned before a restart is restored first
+    /// ([`Consensus::restore_signed`]) and what it signs from now on is kept for
+    /// [`Replica::poll_signed`].
+    pub fn restarting(
+        config: ReplicaConfig,
+        now: Time,
+        signed: Option<Vec<Artifact>>,
+    ) -> Result<Replica, ReplicaError> {
         let keys = SubnetKeys::from_record(&config.record).map_err(ReplicaError::Record)?;
         let me = NodeKeys::from_secrets(&config.secrets).map_err(ReplicaError::Record)?;
         let index = me.index;
@@ -141,13 +153,17 @@ impl Replica {
             .collect();
         let node_id = peers[index as usize];
         let subnet_id = keys.subnet_id;
-        let consensus = Consensus::new(
+        let mut consensus = Consensus::new(
             keys,
             me,
             config.params,
             config.resume_from,
             config.signing_floor,
         );
+        if let Some(signed) = signed {
+            consensus.set_record_signed(true);
+            consensus.restore_signed(signed);
+        }
         let mut r = Replica {
             node_id,
             subnet_id,
@@ -292,6 +308,11 @@ impl Replica {
 
     /// The highest height this node signed at; persist it and pass it back as
     /// [`ReplicaConfig::signing_floor`] after a restart.
+    /// The next artifact this node signed, to log (see [`Replica::restarting`]).
+    pub fn poll_signed(&mut self) -> Option<Artifact> {
+        self.consensus.poll_signed()
+    }
+
     pub fn signing_watermark(&self) -> Height {
         self.consensus.signing_watermark()
     }

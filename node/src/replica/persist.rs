@@ -6,11 +6,23 @@
 //! |---|---|---|
 //! | [`RECORD_FINALIZED_BLOCK`] | the block's height | postcard [`LoggedBlock`] (version, hash, block, maker's signature) |
 //! | [`RECORD_SIGNING_WATERMARK`] | the watermark | the watermark, u64 little-endian |
+//! | [`RECORD_OWN_ARTIFACT`] | the artifact's height | `Artifact::encode` of what this node signed, or of a block it notarized |
+//! | [`RECORD_SIGNING_FLOOR`] | a height | that height, u64 LE: an own artifact there was too large to log |
 //!
-//! The stack appends a finalized block when consensus delivers it, and the signing watermark
-//! whenever it rose. Before any byte leaves the node (`Stack::poll_transmit`) it calls
-//! `pool_sync`: so nothing this node signed reaches a peer before the watermark that forbids
-//! signing it again is durable, and a restarted node never equivocates.
+//! The stack appends a finalized block when consensus delivers it, every artifact consensus
+//! signed (`Replica::poll_signed`), and the signing watermark whenever it rose. Before any
+//! byte leaves the node (`Stack::poll_transmit`) it calls `pool_sync`: so nothing this node
+//! signed reaches a peer before it is durable.
+//!
+//! # Restart
+//!
+//! The consensus pool above the CUP is persistent in the part that matters: a restarted node
+//! puts its own artifacts back (`Consensus::restore_signed`), which both restores what it
+//! may still sign (no second block at a height, no share for a conflicting block: it never
+//! equivocates) and lets it gossip them again, so a subnet whose nodes *all* restarted
+//! completes the heights they had signed. The signing floor is then the CUP (and any
+//! [`RECORD_SIGNING_FLOOR`]); a log without own artifacts up to the watermark (an older
+//! format) keeps the watermark as the floor: nothing at or below it is signed again.
 //!
 //! # Checkpoints and what the CUP certifies
 //!
@@ -36,6 +48,11 @@ use serde::{Deserialize, Serialize};
 pub const RECORD_FINALIZED_BLOCK: u32 = 1;
 /// Pool log record: the signing watermark (u64 LE).
 pub const RECORD_SIGNING_WATERMARK: u32 = 2;
+/// Pool log record: an artifact this node signed, or a block it notarized (`Artifact::encode`).
+pub const RECORD_OWN_ARTIFACT: u32 = 3;
+/// Pool log record: a height at and below which the node signs nothing after a restart (u64
+/// LE), written when an own artifact there was too large for a record.
+pub const RECORD_SIGNING_FLOOR: u32 = 4;
 /// Version of [`LoggedBlock`].
 pub const LOGGED_BLOCK_VERSION: u8 = 2;
 /// Chunk size every store of a subnet must be formatted with: the manifest root, and so the

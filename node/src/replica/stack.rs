@@ -36,12 +36,12 @@
 //! fetches the state the CUP certifies from its peers (state sync) and continues.
 //!
 //! **Persistence** ([`Stack::with_store`]; the store's record layout and what the CUP
-//! certifies are in [`super::persist`]). The node appends every finalized block and its
-//! signing watermark to the store's pool log and makes them durable in
+//! certifies are in [`super::persist`]). The node appends every finalized block, every
+//! artifact it signs and its signing watermark to the store's pool log and makes them durable in
 //! [`Stack::poll_transmit`] before any byte leaves; it writes a checkpoint of the state at
 //! every CUP height and the CUP itself when it is made, and purges the log below both. On
 //! start it loads the checkpoint (every chunk verified), resumes consensus from the stored CUP
-//! and replays the logged blocks above the checkpoint. A checkpoint with a bad chunk, or a CUP
+//! with its own artifacts above it restored, and replays the logged blocks above the checkpoint. A checkpoint with a bad chunk, or a CUP
 //! ahead of the state, is repaired by state sync ([`super::state_sync`]): manifest and chunks
 //! come over p2p as [`UpperMessage`]s, each checked against the CUP and the manifest.
 //! Every node of a subnet must run the same way: [`Stack::new`] and [`Stack::with_store`]
@@ -300,9 +300,18 @@ pub struct Stack {
 impl Stack {
     /// Starts a node from genesis at `now`.
     pub fn new(config: StackConfig, now: Time) -> Result<Stack, ReplicaError> {
+        Stack::start(config, now, None)
+    }
+
+    /// [`Stack::new`], or with `signed` a node with a store ([`Replica::restarting`]).
+    fn start(
+        config: StackConfig,
+        now: Time,
+        signed: Option<Vec<crate::consensus::Artifact>>,
+    ) -> Result<Stack, ReplicaError> {
         let keys = SubnetKeys::from_record(&config.replica.record).map_err(ReplicaError::Record)?;
         let me = NodeKeys::from_secrets(&config.replica.secrets).map_err(ReplicaError::Record)?;
-        let mut replica = Replica::new(config.replica, now)?;
+        let mut replica = Replica::restarting(config.replica, now, signed)?;
         replica.require_state_hashes();
         let root_key_der = keys.subnet.group_key.to_der().to_vec();
         let subnet_id = keys.subnet_id.0;
@@ -357,8 +366,10 @@ impl Stack {
     /// `chunk_bytes ==` [`super::persist::CHECKPOINT_CHUNK_BYTES`] (see [`store_config`]).
     ///
     /// Recovery: the stored CUP (if newer than `config.replica.resume_from`) is where
-    /// consensus resumes; the signing floor is the higher of `config.replica.signing_floor`
-    /// and the logged watermark; the checkpoint is loaded with every chunk verified, and the
+    /// consensus resumes; the artifacts the node signed above it are restored from the pool
+    /// log (so it signs nothing conflicting, and gossips them again: see `persist`); the
+    /// signing floor is the higher of `config.replica.signing_floor` and the CUP (and the
+    /// logged watermark if the log has no own artifacts up to it); the checkpoint is loaded with every chunk verified, and the
     /// logged finalized blocks above it are executed again. A bad chunk, or a CUP ahead of the
     /// state, starts state sync from the peers (the node executes nothing until it is done).
     ///

@@ -2,11 +2,12 @@
 //! sync (see the module docs of `stack` and `persist`).
 
 use super::{Core, Stack, StackConfig, UpperMessage};
-use crate::consensus::{CatchUpPackage, FinalizedBlock};
+use crate::consensus::{Artifact, CatchUpPackage, FinalizedBlock};
 use crate::replica::persist::{
     as_state_files, bind_checkpoint, is_checkpoint_height, state_files, state_from_files,
     LoggedBlock, StateFilesError, BUFFERED_BLOCKS_MAX, BUFFERED_BLOCK_BYTES_MAX,
-    CHECKPOINT_CHUNK_BYTES, RECORD_FINALIZED_BLOCK, RECORD_SIGNING_WATERMARK,
+    CHECKPOINT_CHUNK_BYTES, RECORD_FINALIZED_BLOCK, RECORD_OWN_ARTIFACT, RECORD_SIGNING_FLOOR,
+    RECORD_SIGNING_WATERMARK,
 };
 use crate::replica::state_sync::{SyncClient, SyncProgress, SyncTarget};
 use crate::replica::ReplicaError;
@@ -37,6 +38,11 @@ pub struct StoreStats {
     pub blocks_logged: u64,
     /// Finalized blocks too large for a pool record (re-fetched from peers after a restart).
     pub blocks_not_logged: u64,
+    /// Artifacts this node signed (or blocks it notarized) appended to the pool log.
+    pub own_artifacts_logged: u64,
+    /// Own artifacts too large for a pool record (the node signs nothing at their height
+    /// after a restart).
+    pub own_artifacts_not_logged: u64,
     /// Logged blocks executed again on start.
     pub blocks_replayed: u64,
     /// Checkpoint chunks found bad (on start, or when serving a peer).
@@ -106,22 +112,38 @@ pub(super) fn start(
             config.replica.resume_from = Some(cup);
         }
     }
-    let watermark = recovery
+    let purged_below = recovery.pool_purged_below;
+    let u64_records = |kind: u32| {
+        recovery
+            .pool_records
+            .iter()
+            .filter(move |r| r.kind == kind)
+            .filter_map(|r| Some(u64::from_le_bytes(r.bytes.as_slice().try_into().ok()?)))
+    };
+    let watermark = u64_records(RECORD_SIGNING_WATERMARK).max().unwrap_or(0);
+    let hard_floor = u64_records(RECORD_SIGNING_FLOOR).max().unwrap_or(0);
+    let signed: Vec<Artifact> = recovery
         .pool_records
         .iter()
-        .filter(|r| r.kind == RECORD_SIGNING_WATERMARK)
-        .filter_map(|r| Some(u64::from_le_bytes(r.bytes.as_slice().try_into().ok()?)))
-        .max()
-        .unwrap_or(0);
-    // Consensus resumes above the stored CUP and signs nothing at or below it; watermark
-    // records at or below it may have been purged.
+        .filter(|r| r.kind == RECORD_OWN_ARTIFACT && r.height >= purged_below)
+        .filter_map(|r| Artifact::decode(&r.bytes).ok())
+        .collect();
+    let signed_up_to = signed.iter().map(|a| a.id().height).max().unwrap_or(0);
+    // Consensus resumes above the stored CUP and signs nothing at or below it. Above it, the
+    // logged own artifacts say what the node signed; a log that does not cover the
+    // watermark (older format) keeps the watermark as the floor.
+    let logged_floor = if signed_up_to >= watermark {
+        hard_floor
+    } else {
+        watermark.max(hard_floor)
+    };
     config.replica.signing_floor = config
         .replica
         .signing_floor
-        .max(Height(watermark))
+        .max(Height(logged_floor))
         .max(Height(stored_cup_height));
     let cup_interval = config.replica.params.cup_interval_heights;
-    let mut stack = Stack::new(config, now)?;
+    let mut stack = Stack::start(config, now, Some(signed))?;
     let logged_up_to = recovery
         .pool_records
         .iter()
@@ -335,6 +357,23 @@ impl Core {
         };
         if p.failed.is_some() {
             return false;
+        }
+        while let Some(artifact) = self.replica.poll_signed() {
+            let height = artifact.id().height;
+            let bytes = artifact.encode();
+            let r = match p.store.pool_append(height, RECORD_OWN_ARTIFACT, &bytes) {
+                Err(StoreError::RecordTooLarge) => {
+                    p.stats.own_artifacts_not_logged += 1;
+                    p.store
+                        .pool_append(height, RECORD_SIGNING_FLOOR, &height.to_le_bytes())
+                }
+                r => r,
+            };
+            if let Err(e) = r {
+                p.failed = Some(e);
+                return false;
+            }
+            p.stats.own_artifacts_logged += 1;
         }
         if watermark > p.durable_watermark {
             let bytes = watermark.to_le_bytes();
