@@ -29,8 +29,12 @@ const QUERY_CLIENTS: usize = 4;
 const UPDATE_CLIENTS: usize = 64;
 /// Length of the throughput run.
 const THROUGHPUT_SECS: u64 = 5;
-/// How long cairn-sim may take to become ready.
+/// How long cairn-sim may take to become ready (and to finalize its first block).
 const READY_TIMEOUT_SECS: u64 = 120;
+/// Window over which the finalization rate is measured.
+const RATE_WINDOW_SECS: u64 = 5;
+/// Poll interval while waiting for the first finalized block.
+const POLL_MS: u64 = 20;
 
 struct Sim(Child);
 
@@ -45,7 +49,24 @@ fn root() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
 }
 
-fn start_sim() -> (Sim, Vec<String>) {
+/// `cairn_finalized_height` from a node's `/metrics` (one request, `Connection: close`).
+fn finalized_height(addr: &str) -> Option<u64> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: cairn\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.lines().find_map(|l| {
+        l.strip_prefix("cairn_finalized_height ")?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// Starts cairn-sim; returns it, its nodes' addresses and when its process was started.
+fn start_sim() -> (Sim, Vec<String>, Instant) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let ok = Command::new(cargo)
         .current_dir(root())
@@ -58,6 +79,7 @@ fn start_sim() -> (Sim, Vec<String>) {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("target"));
+    let started = Instant::now();
     let mut child = Command::new(target.join("release/cairn-sim"))
         .stdout(Stdio::piped())
         .spawn()
@@ -87,7 +109,7 @@ fn start_sim() -> (Sim, Vec<String>) {
         }
     }
     std::thread::spawn(move || while rx.recv().is_ok() {});
-    (sim, urls)
+    (sim, urls, started)
 }
 
 /// A keep-alive HTTP/1.1 client.
@@ -195,7 +217,17 @@ fn percentile(sorted: &[Duration], p: usize) -> Duration {
 }
 
 fn main() {
-    let (_sim, urls) = start_sim();
+    let (_sim, urls, started) = start_sim();
+    let first_block_s = loop {
+        if finalized_height(&urls[0]).is_some_and(|h| h >= 1) {
+            break started.elapsed().as_secs_f64();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(READY_TIMEOUT_SECS),
+            "cairn-sim finalized nothing"
+        );
+        std::thread::sleep(Duration::from_millis(POLL_MS));
+    };
     let mut c = Client::new(&urls[0]);
     let create_arg = candid::encode_args(&[(
         record(&[("amount", candid::opt(Type::Nat))]),
@@ -294,7 +326,14 @@ fn main() {
         .collect();
     let updates: u64 = handles.into_iter().map(|h| h.join().unwrap_or(0)).sum();
     let upd_concurrent_s = updates as f64 / start.elapsed().as_secs_f64();
+    let rate_start = Instant::now();
+    let h0 = finalized_height(&urls[0]).expect("metrics");
+    std::thread::sleep(Duration::from_secs(RATE_WINDOW_SECS));
+    let h1 = finalized_height(&urls[0]).expect("metrics");
+    let rate = h1.saturating_sub(h0) as f64 / rate_start.elapsed().as_secs_f64();
     println!("cairn-sim, 4 nodes, from the host over 127.0.0.1 HTTP/1.1");
+    println!("first finalized block: {first_block_s:.2} s after cairn-sim start");
+    println!("finalization rate: {rate:.2} blocks/s ({h0} → {h1} in {RATE_WINDOW_SECS} s)");
     println!("{:<28} {:>12} {:>12}", "", "median", "p99");
     println!(
         "{:<28} {:>10.1}ms {:>10.1}ms",
