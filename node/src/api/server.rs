@@ -117,7 +117,10 @@ pub struct ApiConfig {
     pub sync_call_timeout_ns: u64,
     /// The longest a client may take to send one whole request (slow-loris bound).
     pub request_timeout_ns: u64,
-    /// How long an idle keep-alive connection is kept.
+    /// How long an idle keep-alive connection is kept. Longer than the agents' own pool idle
+    /// timeout (reqwest's default is 90 s), so the client retires an idle connection before the
+    /// node closes it: a close racing the client's next request on that connection fails the
+    /// request (hyper's `IncompleteMessage`).
     pub idle_timeout_ns: u64,
     pub impl_version: &'static str,
     /// Largest update call envelope (registry `max_ingress_bytes_per_message`; 2 MiB on
@@ -134,7 +137,7 @@ impl Default for ApiConfig {
         ApiConfig {
             sync_call_timeout_ns: 10_000_000_000,
             request_timeout_ns: 30_000_000_000,
-            idle_timeout_ns: 60_000_000_000,
+            idle_timeout_ns: 120_000_000_000,
             impl_version: concat!("cairn-", env!("CARGO_PKG_VERSION")),
             max_ingress_bytes: 3_584 * 1024,
             tee: None,
