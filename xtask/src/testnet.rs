@@ -14,12 +14,12 @@
 //! the caller of [`boot_subnet`] (free ports from the OS by default).
 use crate::boot_paths::{accel, failure_report, READY_LINE};
 use crate::{kernel_build, Paths};
-use image::genesis::{node_ip, ConsensusParams, Genesis};
+use image::genesis::{node_ip, ConsensusParams};
 use qemu::{Echo, LinePattern, MacAddr, QemuCommand, RunConfig, Switch, Vm};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// Nodes of the `testnet-subnet` step.
 pub const TEST_NODES: usize = 4;
@@ -33,10 +33,6 @@ pub const FIRST_BLOCK_TIMEOUT_S: u64 = 600;
 pub const NODES_MAX: usize = 16;
 /// Guest memory of each node.
 pub const NODE_MEMORY_MIB: u32 = 512;
-/// Genesis time is this far before the host's clock (the VMs' RTCs have 1 s resolution).
-const GENESIS_BEFORE_NOW_S: u64 = 5;
-/// The testnet's genesis seed (testnet keys are not secret).
-const GENESIS_SEED: [u8; 32] = *b"cairn testnet genesis seed 00001";
 const GUEST_HTTP_PORT: u16 = 8080;
 const HTTP_TIMEOUT_S: u64 = 60;
 
@@ -69,17 +65,10 @@ pub fn boot_subnet(
     http: bool,
     limit: Duration,
 ) -> Result<Subnet, String> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_err(|e| e.to_string())?;
-    let genesis_ns = (now.as_secs() - GENESIS_BEFORE_NOW_S) * 1_000_000_000;
-    let genesis = Genesis::new(
-        &GENESIS_SEED,
+    let genesis = crate::testnet_harness::new_genesis(
         n,
-        genesis_ns,
-        ConsensusParams::IC_APPLICATION_SUBNET,
-    )
-    .map_err(|e| e.to_string())?;
+        ConsensusParams::IC_APPLICATION_SUBNET.cup_interval_heights,
+    )?;
     let root_key_der = genesis.root_key_der().map_err(|e| e.to_string())?;
     let dir = paths.run_dir(name);
     let config_paths = genesis

@@ -148,13 +148,14 @@ fn empty_disk(path: &Path) -> Result<(), String> {
     file.set_len(NODE_DISK_BYTES).map_err(|e| io_err(path, e))
 }
 
-/// Writes a new genesis into `dir/genesis` and returns the root key.
-fn write_genesis(dir: &Path, n: usize, cup_interval_heights: u64) -> Result<Vec<u8>, String> {
+/// A new genesis of `n` nodes, dated [`GENESIS_BEFORE_NOW_S`] ago, with catch-up packages
+/// every `cup_interval_heights` (IC application-subnet delays otherwise).
+pub fn new_genesis(n: usize, cup_interval_heights: u64) -> Result<Genesis, String> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_err(|e| e.to_string())?;
     let genesis_ns = (now.as_secs() - GENESIS_BEFORE_NOW_S) * 1_000_000_000;
-    let genesis = Genesis::new(
+    Genesis::new(
         &GENESIS_SEED,
         n,
         genesis_ns,
@@ -163,7 +164,12 @@ fn write_genesis(dir: &Path, n: usize, cup_interval_heights: u64) -> Result<Vec<
             ..ConsensusParams::IC_APPLICATION_SUBNET
         },
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| e.to_string())
+}
+
+/// Writes a new genesis into `dir/genesis` and returns the root key.
+fn write_genesis(dir: &Path, n: usize, cup_interval_heights: u64) -> Result<Vec<u8>, String> {
+    let genesis = new_genesis(n, cup_interval_heights)?;
     let root_key = genesis.root_key_der().map_err(|e| e.to_string())?;
     let gdir = dir.join("genesis");
     genesis.write(&gdir).map_err(|e| e.to_string())?;
