@@ -32,15 +32,11 @@ const MAX_POLLING_SECS: u64 = 180;
 const CATCH_UP_SECS: u64 = 20;
 
 async fn agent(url: &str, key: [u8; 32]) -> Agent {
-    // A fresh connection per request: a keep-alive connection the node has just closed would
-    // fail a request reused on it (hyper IncompleteMessage), which ic-agent does not retry.
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .build()
-        .expect("http client");
+    // The agent's own HTTP client, keep-alive pool included: the node keeps an idle connection
+    // open longer than reqwest's pool keeps it (see node::api::server), so the client never
+    // reuses a connection the node has just closed.
     let agent = Agent::builder()
         .with_url(url)
-        .with_http_client(http)
         .with_identity(BasicIdentity::from_raw_key(&key))
         .with_max_polling_time(Duration::from_secs(MAX_POLLING_SECS))
         .build()
