@@ -45,15 +45,31 @@ async fn agent(url: &str, key: [u8; 32]) -> Agent {
     agent
 }
 
-#[test]
-fn ic_agent_runs_the_motoko_counter_scenario_on_four_nodes() {
+/// Runs `flow` on a fresh subnet of [`NODES`] nodes, bounded by [`FLOW_TIMEOUT_SECS`].
+fn on_subnet<F: std::future::Future<Output = ()>>(flow: impl FnOnce(e2e::Subnet) -> F) {
     let subnet = start_subnet(NODES);
     let runtime = tokio::runtime::Runtime::new().expect("tokio");
     runtime.block_on(async {
-        tokio::time::timeout(Duration::from_secs(FLOW_TIMEOUT_SECS), flow(&subnet))
+        tokio::time::timeout(Duration::from_secs(FLOW_TIMEOUT_SECS), flow(subnet))
             .await
             .expect("flow finished in time");
     });
+}
+
+/// A new canister with [`CREATE_CYCLES`], created through `agent`.
+async fn create_canister(agent: &Agent) -> Principal {
+    let (canister,) = ManagementCanister::create(agent)
+        .create_canister()
+        .as_provisional_create_with_amount(Some(CREATE_CYCLES))
+        .call_and_wait()
+        .await
+        .expect("provisional_create_canister_with_cycles");
+    canister
+}
+
+#[test]
+fn ic_agent_runs_the_motoko_counter_scenario_on_four_nodes() {
+    on_subnet(|subnet| async move { flow(&subnet).await });
 }
 
 async fn flow(subnet: &e2e::Subnet) {
@@ -63,13 +79,7 @@ async fn flow(subnet: &e2e::Subnet) {
     let wasm = std::fs::read(testdata().join("canisters/motoko-counter/module.wasm"))
         .expect("motoko counter module");
 
-    let mgmt = ManagementCanister::create(&agents[0]);
-    let (canister,) = mgmt
-        .create_canister()
-        .as_provisional_create_with_amount(Some(CREATE_CYCLES))
-        .call_and_wait()
-        .await
-        .expect("provisional_create_canister_with_cycles");
+    let canister = create_canister(&agents[0]).await;
     println!("created {canister}");
 
     let steps = scenario("motoko-counter");
@@ -235,13 +245,7 @@ fn with_owner(arg: &[u8], owner: &Principal) -> Vec<u8> {
 
 #[test]
 fn ic_agent_runs_the_icrc1_ledger_scenario_on_four_nodes() {
-    let subnet = start_subnet(NODES);
-    let runtime = tokio::runtime::Runtime::new().expect("tokio");
-    runtime.block_on(async {
-        tokio::time::timeout(Duration::from_secs(FLOW_TIMEOUT_SECS), ledger_flow(&subnet))
-            .await
-            .expect("ledger flow finished in time");
-    });
+    on_subnet(|subnet| async move { ledger_flow(&subnet).await });
 }
 
 async fn ledger_flow(subnet: &e2e::Subnet) {
@@ -250,13 +254,7 @@ async fn ledger_flow(subnet: &e2e::Subnet) {
     let owner = agents[0].get_principal().expect("principal");
     let wasm = std::fs::read(testdata().join("canisters/rust-icrc1-ledger/module.wasm"))
         .expect("ICRC-1 ledger module");
-    let mgmt = ManagementCanister::create(&agents[nodes - 1]);
-    let (canister,) = mgmt
-        .create_canister()
-        .as_provisional_create_with_amount(Some(CREATE_CYCLES))
-        .call_and_wait()
-        .await
-        .expect("provisional_create_canister_with_cycles");
+    let canister = create_canister(&agents[nodes - 1]).await;
     println!("ledger: created {canister}; account A is {owner}");
     for (i, step) in scenario("rust-icrc1-ledger").iter().enumerate() {
         let a = &agents[i % nodes];

@@ -6,30 +6,16 @@
 
 mod execution_support;
 
-use execution_support::{install_arg, read_module, test_canister, user, EMPTY_ARGS};
-use node::candid::{encode_args, field_id, opt, record, Type, Value};
+use execution_support::{
+    install_arg, next_batch, read_module, test_canister, user, Messages, Rng, EMPTY_ARGS,
+    SETUP_TIME_NS,
+};
 use node::execution::ExecutionConfig;
-use node::routing::{Batch, IngressMessage, StateMachine};
+use node::routing::{Batch, StateMachine};
 use node::types::Principal;
-use sha2::{Digest, Sha256};
 
 const HEIGHTS: usize = 80;
 const TEST_CANISTERS: u64 = 3;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 fn config() -> ExecutionConfig {
     ExecutionConfig {
@@ -43,61 +29,25 @@ fn config() -> ExecutionConfig {
     }
 }
 
-fn create_arg() -> Vec<u8> {
-    let ty = record(&[("amount", opt(Type::Nat))]);
-    let v = Value::Record(vec![(field_id("amount"), Value::Opt(None))]);
-    encode_args(&[(ty, v)]).expect("encode")
-}
-
 fn workload(seed: u64) -> Vec<Batch> {
     let mut rng = Rng(seed | 1);
-    let mut n = 0u64;
-    let mut msg = |canister: Principal, method: &str, arg: Vec<u8>| {
-        n += 1;
-        IngressMessage {
-            id: Sha256::digest([seed.to_le_bytes(), n.to_le_bytes()].concat()).into(),
-            sender: user(),
-            canister_id: canister,
-            method: method.into(),
-            arg,
-        }
-    };
+    let mut m = Messages::new(seed);
     let test_wasm = test_canister();
     let motoko = read_module("canisters/motoko/counter.classic.wasm");
     let ids: Vec<Principal> = (0..=TEST_CANISTERS)
         .map(Principal::from_canister_index)
         .collect();
-    let mut setup = Vec::new();
-    for (i, id) in ids.iter().enumerate() {
-        setup.push(msg(
-            Principal::MANAGEMENT,
-            "provisional_create_canister_with_cycles",
-            create_arg(),
-        ));
-        let wasm = if i as u64 == TEST_CANISTERS {
-            &motoko
-        } else {
-            &test_wasm
-        };
-        setup.push(msg(
-            Principal::MANAGEMENT,
-            "install_code",
-            install_arg(*id, wasm, EMPTY_ARGS, "install", false),
-        ));
-    }
-    let mut batches = vec![Batch {
-        time_ns: 1_000,
-        randomness: [7; 32],
-        ingress: setup,
-    }];
-    let mut time = 1_000u64;
+    let mut installs: Vec<(&[u8], &[u8])> = vec![(&test_wasm, EMPTY_ARGS); TEST_CANISTERS as usize];
+    installs.push((&motoko, EMPTY_ARGS));
+    let mut batches = vec![m.setup_batch(&installs)];
+    let mut time = SETUP_TIME_NS;
     for h in 0..HEIGHTS {
-        time += 1_000_000_000 + rng.below(1_000_000_000);
         let mut ingress = Vec::new();
         for _ in 0..rng.below(6) {
             let t = ids[rng.below(TEST_CANISTERS) as usize];
             let other = ids[rng.below(TEST_CANISTERS) as usize];
-            let m = match rng.below(10) {
+            let mut msg = |canister, method: &str, arg| m.msg(user(), canister, method, arg);
+            let message = match rng.below(10) {
                 0..=2 => msg(t, "inc", EMPTY_ARGS.to_vec()),
                 3 => msg(t, "call_inc", other.as_slice().to_vec()),
                 4 => msg(t, "stable_put", rng.next().to_le_bytes().to_vec()),
@@ -115,15 +65,9 @@ fn workload(seed: u64) -> Vec<Batch> {
                 ),
                 _ => msg(t, "no_such_method", EMPTY_ARGS.to_vec()),
             };
-            ingress.push(m);
+            ingress.push(message);
         }
-        let mut randomness = [0u8; 32];
-        randomness[..8].copy_from_slice(&rng.next().to_le_bytes());
-        batches.push(Batch {
-            time_ns: time,
-            randomness,
-            ingress,
-        });
+        batches.push(next_batch(&mut rng, &mut time, ingress));
     }
     batches
 }
@@ -201,37 +145,12 @@ fn replicas_agree_at_every_height() {
 fn queries_on_one_replica_do_not_change_replicated_results() {
     let wasm = read_module("canisters/rust-counter/module.wasm");
     let id = Principal::from_canister_index(0);
-    let mut setup = Vec::new();
-    let mut n = 0u8;
-    let mut msg = |canister: Principal, method: &str, arg: Vec<u8>| {
-        n += 1;
-        IngressMessage {
-            id: [n; 32],
-            sender: user(),
-            canister_id: canister,
-            method: method.into(),
-            arg,
-        }
-    };
-    setup.push(msg(
-        Principal::MANAGEMENT,
-        "provisional_create_canister_with_cycles",
-        create_arg(),
-    ));
-    setup.push(msg(
-        Principal::MANAGEMENT,
-        "install_code",
-        install_arg(id, &wasm, EMPTY_ARGS, "install", false),
-    ));
+    let mut m = Messages::new(0);
+    let first = m.setup_batch(&[(&wasm, EMPTY_ARGS)]);
     let inc = Batch {
         time_ns: 2_000_000_000,
         randomness: [1; 32],
-        ingress: vec![msg(id, "inc", EMPTY_ARGS.to_vec())],
-    };
-    let first = Batch {
-        time_ns: 1_000_000_000,
-        randomness: [0; 32],
-        ingress: setup,
+        ingress: vec![m.msg(user(), id, "inc", EMPTY_ARGS.to_vec())],
     };
     let mut a = StateMachine::new(config());
     let mut b = StateMachine::new(config());

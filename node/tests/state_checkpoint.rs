@@ -16,9 +16,9 @@ mod execution_support;
 use std::collections::BTreeMap;
 
 use execution_support::{
-    hex, install_arg, read_module, test_canister, to_hex, user, EMPTY_ARGS, TESTDATA,
+    hex, install_arg, next_batch, read_module, test_canister, to_hex, user, Messages, Rng,
+    EMPTY_ARGS, SETUP_TIME_NS, TESTDATA,
 };
-use node::candid::{encode_args, field_id, opt, record, Type, Value};
 use node::execution::ExecutionConfig;
 use node::routing::{Batch, CheckpointError, IngressMessage, StateMachine};
 use node::state::IngressStatus;
@@ -37,21 +37,6 @@ const CHECKPOINT_EVERY: usize = 6;
 const MUTATIONS_PER_KIND: usize = 60;
 
 type Files = Vec<(String, Vec<u8>)>;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 fn seed() -> u64 {
     let seed = std::env::var("SEED")
@@ -73,12 +58,6 @@ fn config() -> ExecutionConfig {
         stable_memory_bytes_max: 64 << 20,
         ..ExecutionConfig::default()
     }
-}
-
-fn create_arg() -> Vec<u8> {
-    let ty = record(&[("amount", opt(Type::Nat))]);
-    let v = Value::Record(vec![(field_id("amount"), Value::Opt(None))]);
-    encode_args(&[(ty, v)]).expect("encode")
 }
 
 /// The ledger's install argument and an `icrc1_transfer` of 42 from A to B, as the
@@ -111,103 +90,61 @@ fn ledger_a() -> Principal {
 
 fn workload(seed: u64) -> Vec<Batch> {
     let mut rng = Rng(seed | 1);
-    let mut n = 0u64;
-    let mut msg = |sender: Principal, canister: Principal, method: &str, arg: Vec<u8>| {
-        n += 1;
-        IngressMessage {
-            id: Sha256::digest([seed.to_le_bytes(), n.to_le_bytes()].concat()).into(),
-            sender,
-            canister_id: canister,
-            method: method.into(),
-            arg,
-        }
-    };
+    let mut m = Messages::new(seed);
     let test_wasm = test_canister();
     let motoko = read_module("canisters/motoko/counter.classic.wasm");
     let ledger = read_module("canisters/rust-icrc1-ledger/module.wasm");
     let (ledger_init, transfer) = ledger_args();
     let ids: Vec<Principal> = (0..=LEDGER).map(Principal::from_canister_index).collect();
-    let mut setup = Vec::new();
-    for (i, id) in ids.iter().enumerate() {
-        setup.push(msg(
-            user(),
-            Principal::MANAGEMENT,
-            "provisional_create_canister_with_cycles",
-            create_arg(),
-        ));
-        let (wasm, arg) = match i as u64 {
-            MOTOKO => (&motoko, EMPTY_ARGS),
-            LEDGER => (&ledger, ledger_init.as_slice()),
-            _ => (&test_wasm, EMPTY_ARGS),
-        };
-        setup.push(msg(
-            user(),
-            Principal::MANAGEMENT,
-            "install_code",
-            install_arg(*id, wasm, arg, "install", false),
-        ));
-    }
-    let mut batches = vec![Batch {
-        time_ns: 1_000,
-        randomness: [7; 32],
-        ingress: setup,
-    }];
-    let mut time = 1_000u64;
+    let mut installs: Vec<(&[u8], &[u8])> = vec![(&test_wasm, EMPTY_ARGS); TEST_CANISTERS as usize];
+    installs.push((&motoko, EMPTY_ARGS));
+    installs.push((&ledger, &ledger_init));
+    let mut batches = vec![m.setup_batch(&installs)];
+    let mut time = SETUP_TIME_NS;
     for h in 0..HEIGHTS {
-        time += 1_000_000_000 + rng.below(1_000_000_000);
         let mut ingress = Vec::new();
         for _ in 0..rng.below(7) {
             let t = ids[rng.below(TEST_CANISTERS) as usize];
             let other = ids[rng.below(TEST_CANISTERS) as usize];
-            let m = match rng.below(13) {
-                0 | 1 => msg(user(), t, "inc", EMPTY_ARGS.to_vec()),
-                2 | 3 => msg(user(), t, "call_inc", other.as_slice().to_vec()),
-                4 => msg(user(), t, "send_cycles", other.as_slice().to_vec()),
-                5 => msg(user(), t, "stable_put", rng.next().to_le_bytes().to_vec()),
-                6 => msg(user(), t, "trap_after_write", EMPTY_ARGS.to_vec()),
+            let mut msg = |canister, method: &str, arg| m.msg(user(), canister, method, arg);
+            let message = match rng.below(13) {
+                0 | 1 => msg(t, "inc", EMPTY_ARGS.to_vec()),
+                2 | 3 => msg(t, "call_inc", other.as_slice().to_vec()),
+                4 => msg(t, "send_cycles", other.as_slice().to_vec()),
+                5 => msg(t, "stable_put", rng.next().to_le_bytes().to_vec()),
+                6 => msg(t, "trap_after_write", EMPTY_ARGS.to_vec()),
                 7 => msg(
-                    user(),
                     t,
                     "work",
                     (rng.below(600_000) as u32).to_le_bytes().to_vec(),
                 ),
-                8 => msg(user(), ids[MOTOKO as usize], "inc", EMPTY_ARGS.to_vec()),
+                8 => msg(ids[MOTOKO as usize], "inc", EMPTY_ARGS.to_vec()),
                 9 | 10 => {
                     let mut arg = transfer.clone();
                     if let Some(amount) = arg.last_mut() {
                         *amount = 1 + rng.below(20) as u8;
                     }
-                    msg(ledger_a(), ids[LEDGER as usize], "icrc1_transfer", arg)
+                    m.msg(ledger_a(), ids[LEDGER as usize], "icrc1_transfer", arg)
                 }
                 11 if h % 16 == 15 => msg(
-                    user(),
                     Principal::MANAGEMENT,
                     "install_code",
                     install_arg(t, &test_wasm, EMPTY_ARGS, "upgrade", false),
                 ),
-                _ => msg(user(), t, "no_such_method", EMPTY_ARGS.to_vec()),
+                _ => msg(t, "no_such_method", EMPTY_ARGS.to_vec()),
             };
-            ingress.push(m);
+            ingress.push(message);
         }
         if (h + 2) % CHECKPOINT_EVERY == 0 {
             // Right before a checkpoint: a long, time-sliced message on canister 0 and a
             // call to it from canister 1 that waits behind it, so the checkpoint holds an
             // open call context, a callback and a queued request whatever the seed.
-            ingress.push(msg(
-                user(),
-                ids[0],
-                "work",
-                500_000u32.to_le_bytes().to_vec(),
-            ));
-            ingress.push(msg(user(), ids[1], "call_inc", ids[0].as_slice().to_vec()));
+            let work = 500_000u32.to_le_bytes().to_vec();
+            ingress.push(m.msg(user(), ids[0], "work", work));
+            let call = ids[0].as_slice().to_vec();
+            ingress.push(m.msg(user(), ids[1], "call_inc", call));
         }
-        let mut randomness = [0u8; 32];
-        randomness[..8].copy_from_slice(&rng.next().to_le_bytes());
-        batches.push(Batch {
-            time_ns: time,
-            randomness,
-            ingress,
-        });
+        batches.push(next_batch(&mut rng, &mut time, ingress));
     }
     batches
 }

@@ -1669,6 +1669,24 @@ mod tests {
     /// Simulated milliseconds between steps.
     const TICK_MS: u64 = 10;
 
+    /// Hands node `i`'s outgoing artifacts to its peers at once (adverts as the artifact).
+    fn deliver_outgoing(nodes: &mut [Consensus], i: usize) {
+        while let Some(out) = nodes[i].poll_outgoing() {
+            let (to, artifact) = match out {
+                Outgoing::Push { to, artifact } => (to, *artifact),
+                Outgoing::Advert(id) => match nodes[i].pool.validated(&id) {
+                    Some(a) => (None, a.clone()),
+                    None => continue,
+                },
+            };
+            for (j, peer) in nodes.iter_mut().enumerate() {
+                if j != i && to.is_none_or(|t| t as usize == j) {
+                    peer.on_artifact(i as NodeIndex, artifact.clone());
+                }
+            }
+        }
+    }
+
     /// Four honest nodes hand each other every artifact directly. Every finalized block
     /// comes out carrying the hash of the validated random beacon at the next height (the
     /// seed of the batch's randomness), the same on every node, and never the block's own
@@ -1691,20 +1709,7 @@ mod tests {
             now = now.plus_millis(TICK_MS);
             for i in 0..nodes.len() {
                 nodes[i].step(now);
-                while let Some(out) = nodes[i].poll_outgoing() {
-                    let (to, artifact) = match out {
-                        Outgoing::Push { to, artifact } => (to, *artifact),
-                        Outgoing::Advert(id) => match nodes[i].pool.validated(&id) {
-                            Some(a) => (None, a.clone()),
-                            None => continue,
-                        },
-                    };
-                    for (j, peer) in nodes.iter_mut().enumerate() {
-                        if j != i && to.is_none_or(|t| t as usize == j) {
-                            peer.on_artifact(i as NodeIndex, artifact.clone());
-                        }
-                    }
-                }
+                deliver_outgoing(&mut nodes, i);
                 while let Some(b) = nodes[i].poll_finalized() {
                     let beacon = nodes[i]
                         .beacon(b.height.next())
@@ -1759,20 +1764,7 @@ mod tests {
                     while let Some(a) = nodes[i].poll_signed() {
                         logs[i].push(a);
                     }
-                    while let Some(out) = nodes[i].poll_outgoing() {
-                        let (to, artifact) = match out {
-                            Outgoing::Push { to, artifact } => (to, *artifact),
-                            Outgoing::Advert(id) => match nodes[i].pool.validated(&id) {
-                                Some(a) => (None, a.clone()),
-                                None => continue,
-                            },
-                        };
-                        for (j, peer) in nodes.iter_mut().enumerate() {
-                            if j != i && to.is_none_or(|t| t as usize == j) {
-                                peer.on_artifact(i as NodeIndex, artifact.clone());
-                            }
-                        }
-                    }
+                    deliver_outgoing(nodes, i);
                     while nodes[i].poll_finalized().is_some() {}
                 }
             }

@@ -759,3 +759,94 @@ pub fn test_canister() -> Vec<u8> {
 pub fn u32_le(b: &[u8]) -> u32 {
     u32::from_le_bytes(b[..4].try_into().expect("4 bytes"))
 }
+
+/// The seeded generator of the randomized workloads (xorshift64*).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// `provisional_create_canister_with_cycles` with no amount (the default cycles).
+pub fn create_arg() -> Vec<u8> {
+    let ty = record(&[("amount", opt(Type::Nat))]);
+    let v = Value::Record(vec![(field_id("amount"), Value::Opt(None))]);
+    encode_args(&[(ty, v)]).expect("encode")
+}
+
+/// Ingress messages of a workload: each gets an id from the seed and a counter, so two
+/// workloads of the same seed are equal message for message.
+pub struct Messages {
+    seed: u64,
+    sent: u64,
+}
+
+impl Messages {
+    pub fn new(seed: u64) -> Messages {
+        Messages { seed, sent: 0 }
+    }
+
+    pub fn msg(
+        &mut self,
+        sender: Principal,
+        canister: Principal,
+        method: &str,
+        arg: Vec<u8>,
+    ) -> IngressMessage {
+        self.sent += 1;
+        IngressMessage {
+            id: Sha256::digest([self.seed.to_le_bytes(), self.sent.to_le_bytes()].concat()).into(),
+            sender,
+            canister_id: canister,
+            method: method.into(),
+            arg,
+        }
+    }
+
+    /// The first batch: creates canister `i` and installs `installs[i]` (module, argument)
+    /// in it, for every `i`, all sent by [`user`].
+    pub fn setup_batch(&mut self, installs: &[(&[u8], &[u8])]) -> Batch {
+        let mut ingress = Vec::new();
+        for (i, (wasm, arg)) in installs.iter().enumerate() {
+            let id = Principal::from_canister_index(i as u64);
+            let create = create_arg();
+            ingress.push(self.msg(
+                user(),
+                Principal::MANAGEMENT,
+                "provisional_create_canister_with_cycles",
+                create,
+            ));
+            let install = install_arg(id, wasm, arg, "install", false);
+            ingress.push(self.msg(user(), Principal::MANAGEMENT, "install_code", install));
+        }
+        Batch {
+            time_ns: SETUP_TIME_NS,
+            randomness: [7; 32],
+            ingress,
+        }
+    }
+}
+
+/// The time of a workload's setup batch.
+pub const SETUP_TIME_NS: u64 = 1_000;
+
+/// The batch after one at `*time_ns`: 1 to 2 s later, with fresh randomness.
+pub fn next_batch(rng: &mut Rng, time_ns: &mut u64, ingress: Vec<IngressMessage>) -> Batch {
+    *time_ns += 1_000_000_000 + rng.below(1_000_000_000);
+    let mut randomness = [0u8; 32];
+    randomness[..8].copy_from_slice(&rng.next().to_le_bytes());
+    Batch {
+        time_ns: *time_ns,
+        randomness,
+        ingress,
+    }
+}
