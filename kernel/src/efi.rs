@@ -511,15 +511,17 @@ fn write_fw_cfg_config(st: &SystemTable, out: &mut TagWriter<'_>) -> Option<()> 
         read(dest);
         Ok((addr, size))
     };
-    const NAME: &[u8] = b"opt/cairn/node.cfg\0";
     let result = load().and_then(|(addr, size)| {
+        // The module's name is the fw_cfg file's, NUL-terminated.
+        let name = cfg::FW_CFG_CONFIG_NAME.as_bytes();
         let body = out
-            .tag(TAG_MODULE, 8 + NAME.len())
+            .tag(TAG_MODULE, 8 + name.len() + 1)
             .ok_or(FwCfgError::NoRoom)?;
         // addr + size <= 4 GiB: AllocateMaxAddress kept the pages below MAX_MODULE_ADDRESS.
         body[..4].copy_from_slice(&(addr as u32).to_le_bytes());
         body[4..8].copy_from_slice(&((addr + size as u64) as u32).to_le_bytes());
-        body[8..].copy_from_slice(NAME);
+        body[8..8 + name.len()].copy_from_slice(name);
+        body[8 + name.len()] = 0;
         Ok(size)
     });
     let mut text = [0u8; 160];
