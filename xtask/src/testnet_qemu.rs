@@ -284,3 +284,20 @@ console.log('status', await agent.status());
     println!("{rule}");
     println!("cairn: running; Ctrl-C stops every VM (disks are kept; --fresh starts over)");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::wants_testnet;
+
+    #[test]
+    fn uefi_kernel_boots_the_testnet_unless_a_console_is_asked_for() {
+        let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(wants_testnet(&args(&[])));
+        assert!(wants_testnet(&args(&["--uefi-kernel"])));
+        assert!(wants_testnet(&args(&["--uefi-kernel", "--fresh"])));
+        assert!(!wants_testnet(&args(&["--uefi-kernel", "--console"])));
+        assert!(!wants_testnet(&args(&["--uefi"])));
+        assert!(!wants_testnet(&args(&["--bios"])));
+        assert!(wants_testnet(&args(&["--bios", "--nodes", "2"])));
+    }
+}
