@@ -17,7 +17,8 @@
 //!    loads the initrd if the loader offers one through LoadFile2 under Linux's initrd media
 //!    device path (OVMF does for `-initrd`; but QEMU 7.2 refuses `-initrd` with a kernel that
 //!    has no Linux boot header, "linux kernel too old to load a ram disk", so under QEMU this
-//!    path is not exercised and a node configuration module cannot reach `kernel.efi` yet);
+//!    path is not exercised); and the node configuration from QEMU's fw_cfg file
+//!    `opt/cairn/node.cfg` as a module (`write_fw_cfg_config`);
 //! 4. writes these, in the multiboot2 information format the kernel already parses (tags
 //!    1, 3, 14/15 and 17), into a buffer in `.bss`, which the heap never takes;
 //! 5. gets the memory map into that buffer and calls ExitBootServices with its key,
@@ -452,6 +453,97 @@ fn write_initrd(st: &SystemTable, out: &mut TagWriter<'_>) -> Option<()> {
     Some(())
 }
 
+/// The node configuration from QEMU's fw_cfg file `opt/cairn/node.cfg`
+/// (`crate::runtime::config::FW_CFG_CONFIG_NAME`; QEMU 7.2 refuses `-initrd` for this PE
+/// image): found in the fw_cfg directory, copied byte by byte from the data port into loader
+/// pages below 4 GiB and described by a module tag (3) like the initrd's, which the runtime's
+/// `find_config` takes. Done under boot services on purpose: under SEV-SNP, port I/O traps
+/// (#VC) and OVMF's handler still serves it here. Without the file (or without fw_cfg) the
+/// console says why (`cairn: no config: …`) and the kernel boots without a node. `None` only
+/// when the handoff buffer is full.
+fn write_fw_cfg_config(st: &SystemTable, out: &mut TagWriter<'_>) -> Option<()> {
+    use crate::runtime::config::{self as cfg, FwCfgError};
+    /// fw_cfg's I/O ports on x86: a 16-bit selector and an 8-bit data port.
+    const FW_CFG_PORT_SELECTOR: u16 = 0x510;
+    const FW_CFG_PORT_DATA: u16 = 0x511;
+    let select = |key: u16| {
+        // SAFETY: QEMU's fw_cfg selector port; selecting an item has no memory effect.
+        unsafe {
+            core::arch::asm!("out dx, ax", in("dx") FW_CFG_PORT_SELECTOR, in("ax") key,
+                options(nomem, nostack, preserves_flags))
+        }
+    };
+    let mut read = |buf: &mut [u8]| {
+        for byte in buf.iter_mut() {
+            // SAFETY: fw_cfg's data port; a read returns the next byte of the selected item
+            // (0 past its end, or 0xff without the device) and touches no memory.
+            *byte = unsafe {
+                let v: u8;
+                core::arch::asm!("in al, dx", out("al") v, in("dx") FW_CFG_PORT_DATA,
+                    options(nomem, nostack, preserves_flags));
+                v
+            };
+        }
+    };
+    // SAFETY: boot_services is valid under boot services.
+    let bs = unsafe { &*st.boot_services };
+    let mut load = || -> Result<(u64, usize), FwCfgError> {
+        select(cfg::FW_CFG_SIGNATURE_SELECTOR);
+        let mut signature = [0u8; 4];
+        read(&mut signature);
+        if &signature != cfg::FW_CFG_SIGNATURE {
+            return Err(FwCfgError::NoDevice);
+        }
+        select(cfg::FW_CFG_FILE_DIR_SELECTOR);
+        let file = cfg::fw_cfg_find(&mut read, cfg::FW_CFG_CONFIG_NAME)?;
+        let size = file.size as usize;
+        let mut addr = MAX_MODULE_ADDRESS;
+        let pages = size.div_ceil(EFI_PAGE_BYTES);
+        let status = (bs.allocate_pages)(ALLOCATE_MAX_ADDRESS, EFI_LOADER_DATA, pages, &mut addr);
+        cli();
+        if status != EFI_SUCCESS {
+            return Err(FwCfgError::NoMemory);
+        }
+        // SAFETY: AllocatePages gave us `pages` pages at `addr` (identity-mapped under boot
+        // services), at least `size` bytes, which nothing else uses.
+        let dest = unsafe { core::slice::from_raw_parts_mut(addr as *mut u8, size) };
+        select(file.select);
+        read(dest);
+        Ok((addr, size))
+    };
+    let result = load().and_then(|(addr, size)| {
+        // The module's name is the fw_cfg file's, NUL-terminated.
+        let name = cfg::FW_CFG_CONFIG_NAME.as_bytes();
+        let body = out
+            .tag(TAG_MODULE, 8 + name.len() + 1)
+            .ok_or(FwCfgError::NoRoom)?;
+        // addr + size <= 4 GiB: AllocateMaxAddress kept the pages below MAX_MODULE_ADDRESS.
+        body[..4].copy_from_slice(&(addr as u32).to_le_bytes());
+        body[4..8].copy_from_slice(&((addr + size as u64) as u32).to_le_bytes());
+        body[8..8 + name.len()].copy_from_slice(name);
+        body[8 + name.len()] = 0;
+        Ok(size)
+    });
+    let mut text = [0u8; 160];
+    let mut w = ByteWriter {
+        buf: &mut text,
+        len: 0,
+    };
+    let _ = match result {
+        Ok(size) => write!(w, "cairn: node config from fw_cfg ({size} bytes)\r\n"),
+        Err(e) => write!(w, "cairn: no config: {e}\r\n"),
+    };
+    let len = w.len;
+    say(
+        st,
+        core::str::from_utf8(&text[..len]).unwrap_or("cairn: no config\r\n"),
+    );
+    match result {
+        Err(FwCfgError::NoRoom) => None,
+        _ => Some(()),
+    }
+}
+
 /// Gets the memory map into a tag-17 body at the writer's position and exits boot services.
 /// Returns the finished writer length, or the failing status.
 fn exit_boot_services(
@@ -524,6 +616,7 @@ extern "efiapi" fn cairn_efi_main(image: *mut c_void, st: *const SystemTable) ->
     if write_cmdline(st, image, &mut out).is_none()
         || write_rsdp(st, &mut out).is_none()
         || write_initrd(st, &mut out).is_none()
+        || write_fw_cfg_config(st, &mut out).is_none()
     {
         say(st, "cairn: boot information does not fit\r\n");
         return EFI_LOAD_ERROR;

@@ -6,7 +6,16 @@
 //! cargo xtask attest measure --ovmf FILE [--kernel FILE] [--initrd FILE] [--append CMDLINE]
 //!                            --vcpus N (--vcpu-type NAME | --vcpu-sig N) [--guest-features N]
 //! cargo xtask attest report-data --node-key HEX [--key LABEL=HEX]...
+//! cargo xtask attest admit --registry FILE --node I REPORT --vcek FILE [--roots DIR|FILE]...
+//!                          [--policy KEY=VALUE]... [--at DATE|now]
 //! ```
+//!
+//! `admit` is governance's decision on one node: it takes the node's entry in a genesis
+//! registry (`registry.json`, image::genesis), recomputes the report_data of the keys listed
+//! there (and refuses a registry whose report_data disagrees with its keys), and runs the full
+//! verification with that report_data and the registry's expected measurement. It admits
+//! (exit 0) only when every check passed and none that admission needs was skipped
+//! (`Verdict::admits`); a registry entry without a measurement is refused with its reason.
 //!
 //! `verify` prints every check of `node::attest::verify` with its reason and exits 0 only when
 //! no check failed (1 when one did, 2 on a usage error). Roots default to the AMD ARKs/ASKs
@@ -44,6 +53,13 @@ usage: cargo xtask attest <command> [options]
 
   report-data --node-key HEX [--key LABEL=HEX]...
       Print the report_data (hex) binding a node's Ed25519 key and other public keys.
+
+  admit --registry FILE --node I REPORT --vcek FILE [--roots DIR|FILE]... [--policy KEY=VALUE]...
+        [--at YYYY-MM-DD|now]
+      Admit node I of a genesis registry (registry.json) on its attestation report: verify
+      the report against the registry's expected measurement and the report_data of the
+      node's registered keys; print every check and the decision.
+      Exit status: 0 admitted, 1 refused, 2 usage error.
 ";
 
 /// Entry point for `cargo xtask attest ARGS…`.
@@ -64,6 +80,14 @@ pub fn run(args: &[String]) -> ExitCode {
         "measure" => measure_command(rest).map(|digest| {
             println!("{}", hex(&digest));
             ExitCode::SUCCESS
+        }),
+        "admit" => admit_command(rest).map(|admission| {
+            print!("{}", admission.text);
+            if admission.admitted {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
         }),
         "report-data" => report_data_command(rest).map(|rd| {
             println!("{}", hex(&rd));
@@ -453,6 +477,180 @@ fn report_data_command(args: &[String]) -> Result<[u8; 64], String> {
     report_data_for_keys(&node_key, &refs).map_err(|e| e.to_string())
 }
 
+/// A node's entry in a genesis registry, as admission reads it.
+struct RegistryEntry {
+    node_id: String,
+    /// The report_data of the listed keys (recomputed here).
+    report_data: [u8; 64],
+    /// Whether the registry's own report_data field equals the recomputed one.
+    report_data_consistent: bool,
+    key_labels: Vec<String>,
+    /// The expected measurement, or the registry's reason for having none.
+    measurement: Result<[u8; 48], String>,
+}
+
+fn registry_entry(path: &str, index: u64) -> Result<RegistryEntry, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{path}: not JSON: {e}"))?;
+    let nodes = json["nodes"]
+        .as_array()
+        .ok_or_else(|| format!("{path}: no `nodes` list"))?;
+    let node = nodes
+        .iter()
+        .find(|n| n["index"].as_u64() == Some(index))
+        .ok_or_else(|| format!("{path}: no node with index {index}"))?;
+    let keys = node["keys"]
+        .as_object()
+        .ok_or_else(|| format!("{path}: node {index} has no `keys`"))?;
+    let mut node_key = None;
+    let mut others = Vec::new();
+    for (label, value) in keys {
+        let value = value
+            .as_str()
+            .ok_or_else(|| format!("{path}: node {index}: key {label} is not a hex string"))?;
+        let bytes = parse_hex(value).map_err(|e| format!("{path}: node {index}: {label}: {e}"))?;
+        if label == node::attest::binding::NODE_SIGNING_KEY_LABEL {
+            node_key = Some(parse_hex_array::<32>(label, value)?);
+        } else {
+            others.push((label.clone(), bytes));
+        }
+    }
+    let node_key = node_key.ok_or_else(|| {
+        format!(
+            "{path}: node {index} lists no {} key",
+            node::attest::binding::NODE_SIGNING_KEY_LABEL
+        )
+    })?;
+    let refs: Vec<(&str, &[u8])> = others
+        .iter()
+        .map(|(l, k)| (l.as_str(), k.as_slice()))
+        .collect();
+    let report_data =
+        report_data_for_keys(&node_key, &refs).map_err(|e| format!("{path}: node {index}: {e}"))?;
+    let listed = node["report_data"]
+        .as_str()
+        .map(|h| parse_hex_array::<64>("report_data", h))
+        .transpose()?;
+    let measurement = match (node["measurement"].as_str(), &node["measurement_missing"]) {
+        (Some(m), _) => Ok(parse_hex_array::<48>("measurement", m)?),
+        (None, serde_json::Value::String(why)) => Err(why.clone()),
+        (None, _) => Err("the registry lists no measurement for this node".to_string()),
+    };
+    Ok(RegistryEntry {
+        node_id: node["node_id"].as_str().unwrap_or("?").to_string(),
+        report_data,
+        report_data_consistent: listed == Some(report_data),
+        key_labels: keys.keys().cloned().collect(),
+        measurement,
+    })
+}
+
+/// The outcome of `attest admit`.
+struct Admission {
+    admitted: bool,
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "the tests look at single checks")
+    )]
+    verdict: Verdict,
+    /// What is printed: the inputs, the registry's checks, the verdict, the decision.
+    text: String,
+}
+
+fn admit_command(args: &[String]) -> Result<Admission, String> {
+    let args = Args::parse(args, &["registry", "node", "vcek", "roots", "policy", "at"])?;
+    let [report_path] = args.positional.as_slice() else {
+        return Err(format!("admit takes exactly one REPORT file\n\n{USAGE}"));
+    };
+    let registry_path = args.one("registry").ok_or("admit needs --registry FILE")?;
+    let index = parse_int(args.one("node").ok_or("admit needs --node I")?)?;
+    let vcek_path = args.one("vcek").ok_or("admit needs --vcek FILE")?;
+    let entry = registry_entry(registry_path, index)?;
+    let report = load_report(report_path)?;
+    let vcek = load_leaf(vcek_path)?;
+    let roots: Vec<&str> = args.all("roots").collect();
+    let anchors = load_anchors(&roots)?;
+    let mut options = VerifyOptions {
+        now_unix_s: Some(now_unix_s()),
+        report_data: Some(entry.report_data),
+        measurement: entry.measurement.as_ref().ok().copied(),
+        ..VerifyOptions::default()
+    };
+    if let Some(at) = args.one("at") {
+        options.now_unix_s = parse_at(at)?;
+    }
+    for spec in args.all("policy") {
+        apply_policy(&mut options, spec)?;
+    }
+    let verdict = verify(&report, &vcek, &anchors, &options);
+    let mut refusals = Vec::new();
+    let mut text = String::new();
+    let _ = writeln!(text, "registry: {registry_path}");
+    let _ = writeln!(text, "node:     {index} ({})", entry.node_id);
+    let _ = writeln!(text, "report:   {report_path}");
+    let _ = writeln!(text, "vcek:     {vcek_path}");
+    let row = |text: &mut String, ok: bool, name: &str, reason: &str| {
+        let outcome = if ok { "PASS" } else { "FAIL" };
+        let _ = writeln!(text, "{outcome:<12} {name:<18} {reason}");
+    };
+    if entry.report_data_consistent {
+        row(
+            &mut text,
+            true,
+            "registry_keys",
+            &format!(
+                "the registry's report_data is the binding of its keys ({})",
+                entry.key_labels.join(", ")
+            ),
+        );
+    } else {
+        let why = "the registry's report_data is not the binding of the keys it lists";
+        row(&mut text, false, "registry_keys", why);
+        refusals.push(why.to_string());
+    }
+    match &entry.measurement {
+        Ok(m) => row(
+            &mut text,
+            true,
+            "registry_measure",
+            &format!("expected measurement {}", hex(m)),
+        ),
+        Err(why) => {
+            let why = format!("the registry has no expected measurement for the node: {why}");
+            row(&mut text, false, "registry_measure", &why);
+            refusals.push(why);
+        }
+    }
+    let _ = writeln!(text, "{verdict}");
+    if !verdict.admits() {
+        let failed: Vec<&str> = verdict.failures().map(|c| c.id.name()).collect();
+        refusals.push(if failed.is_empty() {
+            "a check admission needs was not made".to_string()
+        } else {
+            format!("failed: {}", failed.join(", "))
+        });
+    }
+    let admitted = refusals.is_empty();
+    if admitted {
+        let _ = writeln!(text, "admission: ADMIT node {index} ({})", entry.node_id);
+    } else {
+        let _ = writeln!(
+            text,
+            "admission: REFUSE node {index} ({}): {}",
+            entry.node_id,
+            refusals.join("; ")
+        );
+    }
+    Ok(Admission {
+        admitted,
+        verdict,
+        text,
+    })
+}
+
+#[cfg(test)]
+mod admit_tests;
 #[cfg(test)]
 mod tests;
 

@@ -30,6 +30,7 @@ mod testnet_harness;
 mod testnet_qemu;
 mod testnet_steps;
 mod testnet_tests;
+mod testnet_uefi;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -41,8 +42,9 @@ commands:
   build                 build target/cairn/kernel.elf and kernel-test.elf (+ build guard)
   image [--store-mib N] [--append CMDLINE]
                         write target/cairn/disk.img (GPT; GRUB multiboot2 for BIOS and UEFI)
-  qemu [--nodes N] [--fresh] [--timeout SECS]
-                        boot a testnet of N nodes (default 4) with disks kept in
+  qemu [--nodes N] [--fresh] [--uefi-kernel] [--timeout SECS]
+                        boot a testnet of N nodes (default 4; --uefi-kernel: kernel.efi under
+                        OVMF, configs through fw_cfg) with disks kept in
                         target/cairn/testnet/ (--fresh: new genesis, empty disks); prints
                         each node's http://127.0.0.1:<18080+i>, the root key and agent
                         snippets; Ctrl-C stops every VM (CAIRN_PORT_BASE moves the ports)

@@ -206,6 +206,14 @@ const STEPS: &[Step] = &[
         needs: &["build"],
         run: crate::testnet_steps::testnet_restart,
     },
+    Step {
+        name: "testnet-uefi",
+        what: "4-VM testnet from kernel.efi under OVMF, configs through fw_cfg: finalizes, a \
+               counter updated and queried through different nodes, report_data as in \
+               registry.json, tee none and /_/attestation 404 on every node",
+        needs: &["build"],
+        run: crate::testnet_uefi::testnet_uefi,
+    },
 ];
 
 /// Run the steps; print the summary; exit code 0 only if all selected steps passed.
@@ -597,5 +605,6 @@ mod tests {
         assert!(names(&["nothing-like-this"]).is_empty());
         assert_eq!(names(&["testnet-restart"]), ["build", "testnet-restart"]);
         assert!(names(&[]).contains(&"testnet-restart"));
+        assert_eq!(names(&["testnet-uefi"]), ["build", "testnet-uefi"]);
     }
 }

@@ -74,6 +74,12 @@ pub fn boot_subnet(
     let config_paths = genesis
         .write(&dir.join("genesis"))
         .map_err(|e| e.to_string())?;
+    genesis
+        .write_registry(
+            &dir.join("genesis"),
+            &crate::testnet_harness::testnet_launch(paths, ""),
+        )
+        .map_err(|e| e.to_string())?;
     let switch = Switch::start(n).map_err(|e| format!("switch: {e}"))?;
     let started = Instant::now();
     let mut vms = Vec::new();

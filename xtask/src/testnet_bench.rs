@@ -83,6 +83,7 @@ pub fn run(paths: &Paths) -> Result<(), String> {
 
 fn bench_vms(paths: &Paths, t0: Instant) -> Result<Figures, String> {
     let spec = Spec {
+        boot: crate::testnet_harness::NodeBoot::Pvh,
         nodes: NODES,
         dir: paths.run_dir("bench-testnet"),
         fresh: true,

@@ -6,11 +6,19 @@
 //!
 //! ```text
 //! genesis/node-<i>.cfg     node i's configuration and secrets (image::genesis)
+//! genesis/registry.json    every node's public keys, report_data and expected SNP launch
+//!                          measurement (image::genesis::Registry; `cargo xtask attest admit`)
 //! genesis/root_key.der     the subnet's (root) public key
 //! genesis/nodes            the node count, as text
 //! node-<i>.disk            node i's state store: a sparse raw disk on virtio-blk
 //! logs/node-<i>.log        node i's serial console (this boot)
 //! ```
+//!
+//! A node boots the kernel one of two ways ([`NodeBoot`]): PVH (`-kernel kernel.elf` with its
+//! configuration as `-initrd`), or as the UEFI application `kernel.efi` under OVMF, the shape
+//! of SEV-SNP measured direct boot, with its configuration in the fw_cfg file
+//! `opt/cairn/node.cfg` (QEMU refuses `-initrd` for a non-Linux PE image) and its own copy of
+//! OVMF's variable store (`ovmf/node-<i>.vars.fd`).
 //!
 //! Each VM has two network cards, in this order: (0) the testnet segment, a `dgram` port of the
 //! qemu crate's [`Switch`] (P2P between the nodes), and (1) QEMU user-mode networking with one
@@ -28,10 +36,10 @@
 
 use crate::boot_paths::{accel, failure_report};
 use crate::Paths;
-use image::genesis::{ConsensusParams, Genesis};
+use image::genesis::{ConsensusParams, Genesis, Launch};
 use qemu::{
-    Drive, Echo, HostForward, Line, MacAddr, Netdev, Nic, Protocol, QemuCommand, RunConfig, Switch,
-    Vm,
+    Drive, Echo, Firmware, HostForward, Line, MacAddr, Netdev, Nic, Protocol, QemuCommand,
+    RunConfig, Switch, Vm,
 };
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -68,9 +76,20 @@ pub enum Ports {
     Ephemeral,
 }
 
+/// How each node's kernel is booted (module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeBoot {
+    /// PVH direct boot of `kernel.elf`, configuration as `-initrd`.
+    Pvh,
+    /// OVMF boots `kernel.efi` from `-kernel`, configuration through fw_cfg.
+    UefiKernel,
+}
+
 /// What to boot.
 #[derive(Clone, Debug)]
 pub struct Spec {
+    /// PVH or the UEFI kernel under OVMF.
+    pub boot: NodeBoot,
     pub nodes: usize,
     /// The testnet's directory (genesis, disks, logs).
     pub dir: PathBuf,
@@ -116,6 +135,7 @@ pub struct Testnet {
     /// Block hash at each height, as each node reported it (height → node → hash).
     pub hashes: BTreeMap<u64, BTreeMap<usize, String>>,
     kernel: PathBuf,
+    boot: NodeBoot,
     limit: Duration,
     append: String,
 }
@@ -167,12 +187,37 @@ pub fn new_genesis(n: usize, cup_interval_heights: u64) -> Result<Genesis, Strin
     .map_err(|e| e.to_string())
 }
 
-/// Writes a new genesis into `dir/genesis` and returns the root key.
-fn write_genesis(dir: &Path, n: usize, cup_interval_heights: u64) -> Result<Vec<u8>, String> {
+/// The launch every testnet node has, as registry.json records it: one vCPU (QEMU's default
+/// `-smp 1`), an empty command line, the built `kernel.efi`, and edk2's AmdSev firmware when
+/// this host has it (else the registry says why the measurement is missing).
+pub fn testnet_launch(paths: &Paths, append: &str) -> Launch {
+    Launch {
+        firmware: crate::attest::amdsev_firmware(&paths.root),
+        kernel_efi: crate::kernel_build::kernel_efi(paths),
+        vcpus: 1,
+        vcpu_type: REGISTRY_VCPU_TYPE.to_string(),
+        cmdline: (!append.is_empty()).then(|| append.to_string()),
+    }
+}
+
+/// The vCPU type the registry's measurements assume (an SNP host runs the node as an EPYC).
+pub const REGISTRY_VCPU_TYPE: &str = "EPYC-v4";
+
+/// Writes a new genesis (configs and registry) into `dir/genesis` and returns the root key.
+fn write_genesis(
+    paths: &Paths,
+    dir: &Path,
+    n: usize,
+    cup_interval_heights: u64,
+    append: &str,
+) -> Result<Vec<u8>, String> {
     let genesis = new_genesis(n, cup_interval_heights)?;
     let root_key = genesis.root_key_der().map_err(|e| e.to_string())?;
     let gdir = dir.join("genesis");
     genesis.write(&gdir).map_err(|e| e.to_string())?;
+    genesis
+        .write_registry(&gdir, &testnet_launch(paths, append))
+        .map_err(|e| e.to_string())?;
     let key_path = gdir.join("root_key.der");
     std::fs::write(&key_path, &root_key).map_err(|e| io_err(&key_path, e))?;
     // Written last: its presence marks a complete genesis.
@@ -209,7 +254,7 @@ impl Testnet {
                 std::fs::remove_dir_all(&spec.dir).map_err(|e| io_err(&spec.dir, e))?;
             }
             std::fs::create_dir_all(&spec.dir).map_err(|e| io_err(&spec.dir, e))?;
-            write_genesis(&spec.dir, n, spec.cup_interval_heights)?
+            write_genesis(paths, &spec.dir, n, spec.cup_interval_heights, &spec.append)?
         } else {
             let key = spec.dir.join("genesis").join("root_key.der");
             std::fs::read(&key).map_err(|e| io_err(&key, e))?
@@ -264,7 +309,11 @@ impl Testnet {
             dir: spec.dir.clone(),
             created,
             hashes: BTreeMap::new(),
-            kernel: paths.kernel(),
+            kernel: match spec.boot {
+                NodeBoot::Pvh => paths.kernel(),
+                NodeBoot::UefiKernel => crate::kernel_build::kernel_efi(paths),
+            },
+            boot: spec.boot,
             limit: spec.limit,
             append: spec.append.clone(),
         })
@@ -283,13 +332,26 @@ impl Testnet {
         hex(&self.root_key_der)
     }
 
-    /// The QEMU command of node `i` (see the module doc for the two cards).
-    pub fn command(&self, i: usize) -> QemuCommand {
+    /// The QEMU command of node `i` (see the module doc for the boot and the two cards).
+    pub fn command(&self, i: usize) -> Result<QemuCommand, String> {
         let node = &self.nodes[i];
         let mut cmd = QemuCommand::pvh(&self.kernel)
             .accel(accel())
-            .memory_mib(NODE_MEMORY_MIB)
-            .initrd(&node.config)
+            .memory_mib(NODE_MEMORY_MIB);
+        match self.boot {
+            NodeBoot::Pvh => cmd = cmd.initrd(&node.config),
+            NodeBoot::UefiKernel => {
+                let firmware = Firmware::find_ovmf()
+                    .ok_or("no OVMF on this host (apt-get install ovmf) for the UEFI kernel")?;
+                let vars = self.dir.join("ovmf").join(format!("node-{i}.vars.fd"));
+                let pflash = firmware
+                    .pflash(&vars)
+                    .map_err(|e| format!("copy OVMF variables to {}: {e}", vars.display()))?;
+                cmd = cmd.uefi(pflash);
+                cmd.extra.extend(fw_cfg_config_args(&node.config));
+            }
+        }
+        let mut cmd = cmd
             .drive(Drive::raw(&node.disk))
             .nic(Nic {
                 netdev: self.switch.netdev(i),
@@ -308,13 +370,13 @@ impl Testnet {
         if !self.append.is_empty() {
             cmd = cmd.append(self.append.clone());
         }
-        cmd
+        Ok(cmd)
     }
 
     /// Boot node `i` (on its disk as it is). A VM still running is killed first.
     pub fn start(&mut self, i: usize) -> Result<(), String> {
         self.kill(i);
-        let cmd = self.command(i);
+        let cmd = self.command(i)?;
         let node = &mut self.nodes[i];
         let log_path = self
             .dir
@@ -578,6 +640,20 @@ impl Testnet {
     }
 }
 
+/// QEMU arguments that put `config` into the guest's fw_cfg as the node configuration file
+/// the UEFI kernel reads (`image::genesis::config::FW_CFG_CONFIG_NAME`). Commas in the path
+/// are doubled, as QEMU's option syntax wants.
+pub fn fw_cfg_config_args(config: &Path) -> [String; 2] {
+    let file = config.display().to_string().replace(',', ",,");
+    [
+        "-fw_cfg".to_string(),
+        format!(
+            "name={},file={file}",
+            image::genesis::config::FW_CFG_CONFIG_NAME
+        ),
+    ]
+}
+
 /// The CBOR text `"healthy"` (major type 3, length 7), the `replica_health_status` of a node
 /// that serves calls.
 const CBOR_HEALTHY: &[u8] = b"\x67healthy";
@@ -629,6 +705,7 @@ mod tests {
             out: dir.clone(),
         };
         let spec = Spec {
+            boot: NodeBoot::Pvh,
             nodes: 2,
             dir: dir.join("net"),
             fresh: false,
@@ -647,6 +724,30 @@ mod tests {
         assert_eq!(again.root_key_der, key);
         let disk = std::fs::metadata(&again.nodes[1].disk).unwrap();
         assert_eq!(disk.len(), NODE_DISK_BYTES);
+        assert!(spec.dir.join("genesis/registry.json").is_file());
+        // The UEFI kernel gets its configuration through fw_cfg, never -initrd.
+        let pvh = again.command(0).unwrap().args();
+        assert!(pvh.contains(&"-initrd".to_string()));
+        assert!(!pvh.contains(&"-fw_cfg".to_string()));
+        drop(again);
+        let uefi_spec = Spec {
+            boot: NodeBoot::UefiKernel,
+            ..spec.clone()
+        };
+        let uefi = Testnet::create(&paths, &uefi_spec).unwrap();
+        if Firmware::find_ovmf().is_some() {
+            let args = uefi.command(1).unwrap().args();
+            assert!(!args.contains(&"-initrd".to_string()), "{args:?}");
+            let at = args.iter().position(|a| a == "-fw_cfg").unwrap();
+            let want = format!(
+                "name=opt/cairn/node.cfg,file={}",
+                uefi.nodes[1].config.display()
+            );
+            assert_eq!(args[at + 1], want);
+            assert!(args.iter().any(|a| a.ends_with("kernel.efi")), "{args:?}");
+            assert!(args.iter().any(|a| a.contains("if=pflash")), "{args:?}");
+        }
+        let again = uefi;
         drop(again);
         let wrong = Spec { nodes: 3, ..spec };
         assert!(Testnet::create(&paths, &wrong).is_err());

@@ -1,5 +1,7 @@
-//! `cargo xtask qemu [--nodes N] [--fresh] [--timeout SECS]`: a local cairn subnet of N VMs
-//! (default [`DEFAULT_NODES`]) that a real IC agent can talk to.
+//! `cargo xtask qemu [--nodes N] [--fresh] [--uefi-kernel] [--timeout SECS]`: a local cairn
+//! subnet of N VMs (default [`DEFAULT_NODES`]) that a real IC agent can talk to. With
+//! `--uefi-kernel` every node boots `kernel.efi` under OVMF (the SEV-SNP measured-boot shape)
+//! with its configuration in the fw_cfg file `opt/cairn/node.cfg`, instead of PVH + `-initrd`.
 //!
 //! 1. builds the kernel if anything changed (cargo shows its progress);
 //! 2. genesis and one store disk per node in `target/cairn/testnet/` (kept between runs, so a
@@ -12,7 +14,7 @@
 //! Host ports: node i's HTTP API is forwarded from 127.0.0.1:[`PORT_BASE`]+i (18080, 18081, …),
 //! or from `CAIRN_PORT_BASE`+i when that is set. Tests use ports the OS picks instead.
 
-use crate::testnet_harness::{Ports, Spec, Testnet};
+use crate::testnet_harness::{NodeBoot, Ports, Spec, Testnet};
 use crate::{has_flag, kernel_build, option_value, Paths};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -43,14 +45,7 @@ fn stop_requested() -> bool {
 
 /// Whether `cargo xtask qemu <args>` means the testnet (not the single-VM console boot).
 pub fn wants_testnet(args: &[String]) -> bool {
-    let single = [
-        "--bios",
-        "--uefi",
-        "--uefi-kernel",
-        "--test",
-        "--append",
-        "--console",
-    ];
+    let single = ["--bios", "--uefi", "--test", "--append", "--console"];
     option_value(args, "--nodes").is_some() || !args.iter().any(|a| single.contains(&a.as_str()))
 }
 
@@ -95,7 +90,13 @@ pub fn run(paths: &Paths, args: &[String]) -> Result<(), String> {
             ));
         }
     }
+    let boot = if has_flag(args, "--uefi-kernel") {
+        NodeBoot::UefiKernel
+    } else {
+        NodeBoot::Pvh
+    };
     let spec = Spec {
+        boot,
         nodes: n,
         dir: paths.out.join("testnet"),
         fresh: has_flag(args, "--fresh"),
@@ -121,8 +122,12 @@ pub fn run(paths: &Paths, args: &[String]) -> Result<(), String> {
         }
     );
     println!(
-        "cairn: [3/3] booting {n} VMs ({:?}); consoles in {}",
+        "cairn: [3/3] booting {n} VMs ({:?}, {}); consoles in {}",
         crate::boot_paths::accel(),
+        match boot {
+            NodeBoot::Pvh => "PVH kernel.elf, config as -initrd",
+            NodeBoot::UefiKernel => "OVMF + kernel.efi, config through fw_cfg",
+        },
         net.dir.join("logs").display()
     );
     let booted = Instant::now();
@@ -278,4 +283,21 @@ console.log('status', await agent.status());
     );
     println!("{rule}");
     println!("cairn: running; Ctrl-C stops every VM (disks are kept; --fresh starts over)");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wants_testnet;
+
+    #[test]
+    fn uefi_kernel_boots_the_testnet_unless_a_console_is_asked_for() {
+        let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(wants_testnet(&args(&[])));
+        assert!(wants_testnet(&args(&["--uefi-kernel"])));
+        assert!(wants_testnet(&args(&["--uefi-kernel", "--fresh"])));
+        assert!(!wants_testnet(&args(&["--uefi-kernel", "--console"])));
+        assert!(!wants_testnet(&args(&["--uefi"])));
+        assert!(!wants_testnet(&args(&["--bios"])));
+        assert!(wants_testnet(&args(&["--bios", "--nodes", "2"])));
+    }
 }

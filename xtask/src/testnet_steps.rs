@@ -71,6 +71,7 @@ pub fn boot_with_cups(
 ) -> Result<Testnet, String> {
     kernel_build::build_all(paths)?;
     let spec = Spec {
+        boot: crate::testnet_harness::NodeBoot::Pvh,
         nodes: NODES,
         dir: paths.run_dir(name),
         fresh: true,
@@ -86,7 +87,7 @@ pub fn boot_with_cups(
 }
 
 /// Wait until the listed nodes' APIs answer and they have finalized a block.
-fn wait_serving(net: &mut Testnet, which: &[usize]) -> Result<(), String> {
+pub fn wait_serving(net: &mut Testnet, which: &[usize]) -> Result<(), String> {
     let limit = Duration::from_secs(BOOT_TIMEOUT_S);
     let start = Instant::now();
     for &i in which {
@@ -96,7 +97,7 @@ fn wait_serving(net: &mut Testnet, which: &[usize]) -> Result<(), String> {
     Ok(())
 }
 
-fn client(net: &Testnet, i: usize) -> Result<Client, String> {
+pub fn client(net: &Testnet, i: usize) -> Result<Client, String> {
     Client::new(
         net.nodes[i].http_port,
         &net.root_key_der,
@@ -105,7 +106,7 @@ fn client(net: &Testnet, i: usize) -> Result<Client, String> {
 }
 
 /// Create a canister through node `via` and install the Motoko counter.
-fn install_counter(paths: &Paths, net: &Testnet, via: usize) -> Result<Principal, String> {
+pub fn install_counter(paths: &Paths, net: &Testnet, via: usize) -> Result<Principal, String> {
     let wasm = counter_wasm(paths)?;
     let mut c = client(net, via)?;
     let id = c
@@ -116,14 +117,14 @@ fn install_counter(paths: &Paths, net: &Testnet, via: usize) -> Result<Principal
     Ok(id)
 }
 
-fn counter_get(net: &Testnet, i: usize, id: &Principal) -> Result<u128, String> {
+pub fn counter_get(net: &Testnet, i: usize, id: &Principal) -> Result<u128, String> {
     let reply = client(net, i)?
         .query(id, "get", EMPTY_ARGS)
         .map_err(|e| format!("get via node{i}: {e}"))?;
     decode_nat(&reply).ok_or_else(|| format!("get via node{i}: not a nat: {reply:02x?}"))
 }
 
-fn counter_update(net: &Testnet, i: usize, id: &Principal, method: &str) -> Result<(), String> {
+pub fn counter_update(net: &Testnet, i: usize, id: &Principal, method: &str) -> Result<(), String> {
     let arg = if method == "set" { SET_42 } else { EMPTY_ARGS };
     client(net, i)?
         .update(id, method, arg)
@@ -469,6 +470,7 @@ pub fn testnet_restart(paths: &Paths) -> Result<String, String> {
     drop(net);
 
     let spec = Spec {
+        boot: crate::testnet_harness::NodeBoot::Pvh,
         nodes: NODES,
         dir: paths.run_dir(name),
         fresh: false,

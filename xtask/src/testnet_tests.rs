@@ -154,15 +154,15 @@ pub const SUBNET_PROGRESS_TIMEOUT_S: u64 = 120;
 const PROGRESS_POLL_MS: u64 = 500;
 
 /// What `/api/v2/status` of one node said.
-struct Status {
-    certified_height: Option<u64>,
-    health: String,
-    tee: Option<String>,
+pub struct Status {
+    pub certified_height: Option<u64>,
+    pub health: String,
+    pub tee: Option<String>,
 }
 
 /// `GET /api/v2/status` through `port`: 200, CBOR with the self-describe tag, the genesis
 /// root key; returns the fields the test follows and the request's latency.
-fn get_status(port: u16, root_key: &[u8]) -> Result<(Status, Duration), String> {
+pub fn get_status(port: u16, root_key: &[u8]) -> Result<(Status, Duration), String> {
     let started = Instant::now();
     let (code, head, body) = crate::testnet::http_get(port, "/api/v2/status")?;
     let latency = started.elapsed();
@@ -182,6 +182,37 @@ fn get_status(port: u16, root_key: &[u8]) -> Result<(Status, Duration), String> 
         tee: map.text("tee").ok().map(str::to_string),
     };
     Ok((status, latency))
+}
+
+/// The reason a node without SEV-SNP gives at `GET /_/attestation`
+/// (kernel/src/runtime `NO_TEE_REASON`).
+pub const NO_TEE_REASON: &str = "no TEE: this node does not run under SEV-SNP";
+
+/// `GET /_/attestation` through `port` of a node whose status says `tee`: with `none`, 404,
+/// plain text, exactly [`NO_TEE_REASON`] (no report of any kind); with `sev-snp`, 200 and a
+/// whole raw report.
+pub fn check_attestation(i: usize, port: u16, tee: &str) -> Result<(), String> {
+    let (code, head, body) = crate::testnet::http_get(port, "/_/attestation")?;
+    let head_lower = head.to_ascii_lowercase();
+    if tee == "sev-snp" {
+        let raw = head_lower.contains("content-type: application/octet-stream");
+        if code != 200 || !raw || body.len() != node::attest::report::REPORT_SIZE_BYTES {
+            return Err(format!(
+                "node{i} (sev-snp): GET /_/attestation: {code}, {} bytes\n{head}",
+                body.len()
+            ));
+        }
+        return Ok(());
+    }
+    let text = String::from_utf8_lossy(&body);
+    let plain = head_lower.contains("content-type: text/plain");
+    if code != 404 || !plain || text != NO_TEE_REASON {
+        return Err(format!(
+            "node{i}: GET /_/attestation: expected 404 {NO_TEE_REASON:?}, got {code} \
+             {text:?}\n{head}"
+        ));
+    }
+    Ok(())
 }
 
 /// `GET /metrics` through `port`: 200 Prometheus text; returns the body and the latency.
@@ -327,6 +358,10 @@ pub fn testnet_subnet(paths: &Paths) -> Result<String, String> {
             Ok(tee) => tees.push(tee),
             Err(e) => return Err(failure_report(&mut subnet.vms[i], &e)),
         }
+        let tee = tees.last().cloned().unwrap_or_default();
+        if let Err(e) = check_attestation(i, port, &tee) {
+            return Err(failure_report(&mut subnet.vms[i], &e));
+        }
     }
     let frames = subnet.switch.stats().frames_out;
     for vm in subnet.vms.iter_mut() {
@@ -337,7 +372,8 @@ pub fn testnet_subnet(paths: &Paths) -> Result<String, String> {
         "{TEST_NODES} nodes: first block finalized on all {:.1} s after QEMU start, height \
          ≥{TEST_HEIGHT} on all at {:.1} s (switch relayed {frames} frames); on every node \
          through its forwarded port (127.0.0.1:{:?}): /api/v2/status 200 CBOR with tee {} \
-         ({}), certified height growing; /metrics 200 ({}), finalized height growing",
+         ({}), certified height growing; /metrics 200 ({}), finalized height growing; \
+         /_/attestation 404 \"{NO_TEE_REASON}\"",
         first.as_secs_f64(),
         reached.as_secs_f64(),
         subnet.http_ports,

@@ -10,6 +10,11 @@
 //!   ‖ SHA-256 of "cairn-node-config" ‖ everything before (32, see node::types::domain_hash)
 //! ```
 //!
+//! Under the UEFI kernel (`kernel.efi` booted by OVMF's `-kernel`), QEMU cannot pass an
+//! initrd, so the file comes through QEMU's fw_cfg device as `opt/cairn/node.cfg`
+//! (`-fw_cfg name=opt/cairn/node.cfg,file=node-<i>.cfg`): `kernel/src/efi.rs` reads it before
+//! ExitBootServices, finding it with [`fw_cfg_find`], and hands it on as a boot module.
+//!
 //! Parsing checks every field's bounds and returns a typed [`ConfigError`]; it never panics on
 //! bad bytes. Only the node's own secrets are in its file.
 
@@ -17,8 +22,9 @@ extern crate alloc;
 
 use alloc::vec::Vec;
 use core::fmt;
+use node::attest::binding::{report_data_for_keys, BindingError};
 use node::consensus::ConsensusParams;
-use node::crypto::dealer::{NodeSecrets, SubnetRecord};
+use node::crypto::dealer::{NodeRecord, NodeSecrets, SubnetRecord};
 use serde::{Deserialize, Serialize};
 
 /// The first bytes of every configuration file.
@@ -35,6 +41,30 @@ pub const P2P_PORT: u16 = 4100;
 pub const HTTP_PORT: u16 = 8080;
 const HEADER_BYTES: usize = 8 + 2 + 4;
 const CHECKSUM_BYTES: usize = 32;
+
+/// Labels under which a node's committee keys (BLS12-381, G2, compressed) are bound into
+/// its attestation report's report_data, beside its Ed25519 node signing key
+/// (`node::attest::binding`).
+pub const REPORT_KEY_MULTISIG: &str = "committee_multisig_bls12381";
+pub const REPORT_KEY_BEACON_SHARE: &str = "committee_beacon_share_bls12381";
+pub const REPORT_KEY_SUBNET_SHARE: &str = "committee_subnet_share_bls12381";
+
+/// The report_data a node with these registered public keys puts into its SEV-SNP report:
+/// its Ed25519 signing key and its three committee keys, labelled. The kernel (from its own
+/// record entry, which the replica checked against its secrets) and genesis (for the
+/// registry that admission checks against) both compute it here.
+pub fn report_data_for_node(node: &NodeRecord) -> Result<[u8; 64], BindingError> {
+    report_data_for_keys(&node.node_key.0, &report_keys(node))
+}
+
+/// The labelled committee keys of [`report_data_for_node`], in a fixed order.
+pub fn report_keys(node: &NodeRecord) -> [(&'static str, &[u8]); 3] {
+    [
+        (REPORT_KEY_MULTISIG, &node.multisig_key.0[..]),
+        (REPORT_KEY_BEACON_SHARE, &node.beacon_key_share.0[..]),
+        (REPORT_KEY_SUBNET_SHARE, &node.subnet_key_share.0[..]),
+    ]
+}
 
 /// One node's configuration.
 #[derive(Clone, Serialize, Deserialize)]
@@ -84,6 +114,103 @@ impl fmt::Display for ConfigError {
     }
 }
 
+/// The fw_cfg file name of a node's configuration (QEMU reserves the `opt/` prefix for
+/// user files; `-fw_cfg name=…,file=…`).
+pub const FW_CFG_CONFIG_NAME: &str = "opt/cairn/node.cfg";
+/// fw_cfg selector of the 4-byte signature, `QEMU` on every QEMU machine
+/// (QEMU docs/specs/fw_cfg.rst).
+pub const FW_CFG_SIGNATURE_SELECTOR: u16 = 0x0000;
+pub const FW_CFG_SIGNATURE: &[u8; 4] = b"QEMU";
+/// fw_cfg selector of the file directory:
+///
+/// ```text
+/// count u32 BE ‖ count × { size u32 BE ‖ select u16 BE ‖ reserved u16 ‖ name [56] (NUL-padded) }
+/// ```
+pub const FW_CFG_FILE_DIR_SELECTOR: u16 = 0x0019;
+/// Bytes of one directory entry and of its name field.
+pub const FW_CFG_FILE_ENTRY_BYTES: usize = 64;
+pub const FW_CFG_FILE_NAME_BYTES: usize = 56;
+/// Most directory entries looked at (QEMU's machines have a few dozen).
+pub const FW_CFG_FILES_MAX: u32 = 4096;
+
+/// A file in the fw_cfg directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FwCfgFile {
+    /// The selector to read it through.
+    pub select: u16,
+    /// Its size in bytes, 1..=[`CONFIG_MAX_BYTES`].
+    pub size: u32,
+}
+
+/// Why no configuration came through fw_cfg.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FwCfgError {
+    /// The fw_cfg signature is not `QEMU` (no fw_cfg device: not QEMU).
+    NoDevice,
+    /// The directory claims more entries than [`FW_CFG_FILES_MAX`].
+    TooManyFiles(u32),
+    /// No file named [`FW_CFG_CONFIG_NAME`] (the VM was started without one).
+    NoFile,
+    /// The file is empty.
+    Empty,
+    /// The file is larger than [`CONFIG_MAX_BYTES`].
+    TooLarge(u32),
+    /// The firmware had no pages below 4 GiB for it.
+    NoMemory,
+    /// The boot information buffer has no room for its module tag.
+    NoRoom,
+}
+
+impl fmt::Display for FwCfgError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FwCfgError::NoDevice => f.write_str("no QEMU fw_cfg device (signature)"),
+            FwCfgError::TooManyFiles(n) => {
+                write!(f, "fw_cfg lists {n} files, more than {FW_CFG_FILES_MAX}")
+            }
+            FwCfgError::NoFile => write!(f, "fw_cfg has no file {FW_CFG_CONFIG_NAME}"),
+            FwCfgError::Empty => write!(f, "fw_cfg file {FW_CFG_CONFIG_NAME} is empty"),
+            FwCfgError::TooLarge(n) => write!(
+                f,
+                "fw_cfg file {FW_CFG_CONFIG_NAME} has {n} bytes, more than {CONFIG_MAX_BYTES}"
+            ),
+            FwCfgError::NoMemory => f.write_str("no memory below 4 GiB for the fw_cfg file"),
+            FwCfgError::NoRoom => f.write_str("no room for its boot module tag"),
+        }
+    }
+}
+
+/// Finds `name` in the fw_cfg file directory, read through `read` (which fills its buffer
+/// with the next bytes of the selected item, the directory; past its end fw_cfg yields
+/// zeros). Reads at most the count and [`FW_CFG_FILES_MAX`] entries; the file found must
+/// hold 1..=[`CONFIG_MAX_BYTES`] bytes. Never panics on what the host put there.
+pub fn fw_cfg_find(read: &mut dyn FnMut(&mut [u8]), name: &str) -> Result<FwCfgFile, FwCfgError> {
+    let mut count = [0u8; 4];
+    read(&mut count);
+    let count = u32::from_be_bytes(count);
+    if count > FW_CFG_FILES_MAX {
+        return Err(FwCfgError::TooManyFiles(count));
+    }
+    let want = name.as_bytes();
+    for _ in 0..count {
+        let mut entry = [0u8; FW_CFG_FILE_ENTRY_BYTES];
+        read(&mut entry);
+        let (head, field) = entry.split_at(FW_CFG_FILE_ENTRY_BYTES - FW_CFG_FILE_NAME_BYTES);
+        let len = field.iter().position(|&b| b == 0).unwrap_or(field.len());
+        if &field[..len] != want {
+            continue;
+        }
+        let size = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+        let select = u16::from_be_bytes([head[4], head[5]]);
+        return match size {
+            0 => Err(FwCfgError::Empty),
+            n if n as usize > CONFIG_MAX_BYTES => Err(FwCfgError::TooLarge(n)),
+            _ => Ok(FwCfgFile { select, size }),
+        };
+    }
+    Err(FwCfgError::NoFile)
+}
+
 impl NodeConfig {
     /// The file bytes (written by the host's `image::genesis`; the kernel only reads).
     #[allow(dead_code, reason = "only the host (image::genesis) writes configs")]
@@ -98,6 +225,13 @@ impl NodeConfig {
         let sum = node::types::domain_hash(CONFIG_CHECKSUM_DOMAIN, &out);
         out.extend_from_slice(&sum);
         out
+    }
+
+    /// This node's report_data ([`report_data_for_node`] of its record entry); `None` when
+    /// the index is outside the record (a decoded configuration never is).
+    pub fn report_data(&self) -> Option<Result<[u8; 64], BindingError>> {
+        let node = self.record.nodes.get(self.index as usize)?;
+        Some(report_data_for_node(node))
     }
 
     /// Parses and checks a file.

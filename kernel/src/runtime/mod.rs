@@ -1,8 +1,11 @@
 //! The node runtime: drives the sans-IO node (`node::replica::stack::Stack`) with the
 //! kernel's sockets, clock and entropy.
 //!
-//! Started when a boot module holds a node configuration (`config`, e.g. QEMU
-//! `-initrd node-0.cfg` under PVH). The loop, which never blocks on one connection:
+//! Started when a boot module holds a node configuration (`config`: QEMU
+//! `-initrd node-0.cfg` under PVH, or the fw_cfg file `opt/cairn/node.cfg` that the UEFI
+//! entry turns into a module under `kernel.efi`). At start the node asks for its attestation
+//! report once ([`attestation`]): under SEV-SNP `GET /_/attestation` serves it, otherwise
+//! that endpoint answers 404 with [`NO_TEE_REASON`]. The loop, which never blocks on one connection:
 //! 1. poll the interface;
 //! 2. P2P on TCP [`P2P_PORT`]: node `i` dials every peer `j < i` and accepts from peers
 //!    `j > i`, recognised by their source address (anything else is refused). A dial that
@@ -201,6 +204,7 @@ impl Runtime {
         let index = config.index as usize;
         let n = config.ips.len();
         let ips = config.ips.clone();
+        let report_data = config.report_data();
         let stack_config = StackConfig {
             replica: ReplicaConfig {
                 record: config.record,
@@ -217,7 +221,9 @@ impl Runtime {
             },
         };
         let disk_bytes = disk.as_ref().map(|d| d.device_bytes);
-        let stack = start_stack(stack_config, disk, clock.now())?;
+        let mut stack = start_stack(stack_config, disk, clock.now())?;
+        let (report, reason) = attestation(report_data);
+        stack.set_attestation_report(report, &reason);
         let ids = stack.replica().members().to_vec();
         let peers = ids
             .iter()
@@ -621,6 +627,54 @@ impl Runtime {
             self.last_report_ns = now_ns;
         }
     }
+}
+
+/// What `GET /_/attestation` says when the kernel does not run under SEV-SNP.
+pub const NO_TEE_REASON: &str = "no TEE: this node does not run under SEV-SNP";
+
+/// The node's attestation report (issue 9), asked for once at boot: under SEV-SNP, from the
+/// AMD secure processor with `report_data` binding the node's public keys (its record entry,
+/// `config::report_data_for_node`); otherwise none, and the reason. Logs the report_data
+/// (governance's registry lists the same value) and the outcome.
+fn attestation(
+    report_data: Option<Result<[u8; 64], node::attest::binding::BindingError>>,
+) -> (Option<Vec<u8>>, alloc::string::String) {
+    use alloc::string::{String, ToString};
+    let report_data = match report_data {
+        Some(Ok(rd)) => rd,
+        Some(Err(e)) => {
+            return (
+                None,
+                alloc::format!("no report_data for the node's keys: {e}"),
+            )
+        }
+        None => {
+            return (
+                None,
+                String::from("no report_data: the node is not in its record"),
+            )
+        }
+    };
+    let hex: String = report_data
+        .iter()
+        .map(|b| alloc::format!("{b:02x}"))
+        .collect();
+    serial::write_fmt(format_args!("runtime: report_data {hex}\n"));
+    let outcome = match crate::tee::current() {
+        crate::tee::Tee::None => (None, NO_TEE_REASON.to_string()),
+        crate::tee::Tee::SevSnp { .. } => match crate::tee::snp::attestation_report(&report_data) {
+            Ok(report) => (Some(report.to_vec()), String::new()),
+            Err(e) => (None, alloc::format!("SEV-SNP: no attestation report: {e}")),
+        },
+    };
+    match &outcome {
+        (Some(r), _) => serial::write_fmt(format_args!(
+            "runtime: attestation report {} bytes (SEV-SNP), served at /_/attestation\n",
+            r.len()
+        )),
+        (None, why) => serial::write_fmt(format_args!("runtime: attestation: none ({why})\n")),
+    }
+    outcome
 }
 
 /// Starts the node: over its store when there is one (falling back to genesis without a

@@ -249,6 +249,8 @@ pub enum ContentType {
     Text,
     /// Prometheus text exposition (`GET /metrics`).
     Metrics,
+    /// Raw bytes (`GET /_/attestation`: the SEV-SNP report).
+    OctetStream,
     None,
 }
 
@@ -262,6 +264,7 @@ pub fn response(status: u16, content_type: ContentType, body: &[u8], close: bool
         ContentType::Metrics => {
             let _ = write!(head, "Content-Type: {}\r\n", super::metrics::CONTENT_TYPE);
         }
+        ContentType::OctetStream => head.push_str("Content-Type: application/octet-stream\r\n"),
         ContentType::None => {}
     }
     let _ = write!(head, "Content-Length: {}\r\n", body.len());
@@ -283,6 +286,9 @@ pub enum Route {
     Status,
     /// `GET /metrics` (not part of the IC's interface: node operations).
     Metrics,
+    /// `GET /_/attestation`: the node's SEV-SNP attestation report (cairn's, beside the IC's
+    /// interface, as the IC's `/_/dashboard` is).
+    Attestation,
     /// `/api/v{2,3,4}/canister/<ecid>/call`.
     Call {
         version: u8,
@@ -350,6 +356,10 @@ pub fn route(method: Method, path: &str) -> Result<Route, RouteError> {
         },
         ["", "metrics"] => match method {
             Method::Get => Ok(Route::Metrics),
+            _ => Err(RouteError::MethodNotAllowed),
+        },
+        ["", "_", "attestation"] => match method {
+            Method::Get => Ok(Route::Attestation),
             _ => Err(RouteError::MethodNotAllowed),
         },
         ["", "api", v, kind, id, endpoint] => {
@@ -434,6 +444,11 @@ mod tests {
         let r = |m, s: &str| route(m, s);
         assert_eq!(r(Method::Get, "/api/v2/status"), Ok(Route::Status));
         assert_eq!(r(Method::Get, "/metrics"), Ok(Route::Metrics));
+        assert_eq!(r(Method::Get, "/_/attestation"), Ok(Route::Attestation));
+        assert_eq!(
+            r(Method::Post, "/_/attestation"),
+            Err(RouteError::MethodNotAllowed)
+        );
         assert_eq!(
             r(Method::Post, "/metrics"),
             Err(RouteError::MethodNotAllowed)

@@ -34,6 +34,11 @@ pub const DS_RESPONSE: &[u8] = b"\x0Bic-response";
 pub const CONNECTIONS_MAX: usize = 1024;
 /// Most ingress messages remembered for replay detection.
 pub const TRACKED_INGRESS_MAX: usize = 100_000;
+/// Size of the one attestation report `GET /_/attestation` serves (an SEV-SNP
+/// ATTESTATION_REPORT, `node::attest::report`).
+pub const ATTESTATION_REPORT_BYTES: usize = crate::attest::report::REPORT_SIZE_BYTES;
+/// What `GET /_/attestation` says before the driver said anything.
+pub const NO_ATTESTATION_YET: &str = "no attestation report: the driver has not provided one";
 /// Reject codes (spec §Reject codes).
 pub const REJECT_DESTINATION_INVALID: u64 = 3;
 pub const REJECT_CANISTER_REJECT: u64 = 4;
@@ -211,6 +216,8 @@ pub struct HttpApi {
     expiries: BTreeSet<(u64, RequestId)>,
     /// Samples the driver reported for `/metrics` (peers, uptime, store), newest set.
     driver_metrics: Vec<Metric>,
+    /// `GET /_/attestation`: the report (200), or why there is none (404).
+    attestation: Result<Vec<u8>, String>,
 }
 
 impl HttpApi {
@@ -222,7 +229,24 @@ impl HttpApi {
             submitted: BTreeMap::new(),
             expiries: BTreeSet::new(),
             driver_metrics: Vec::new(),
+            attestation: Err(String::from(NO_ATTESTATION_YET)),
         }
+    }
+
+    /// What `GET /_/attestation` serves: the node's attestation report, raw
+    /// ([`ATTESTATION_REPORT_BYTES`], `application/octet-stream`, 200), or when `report` is
+    /// `None` a 404 whose plain-text body is `reason` (e.g. "no TEE: this node does not run
+    /// under SEV-SNP"). A report of any other size is not served (404, saying so). The driver
+    /// obtains the report; the node never produces one itself.
+    pub fn set_attestation_report(&mut self, report: Option<Vec<u8>>, reason: &str) {
+        self.attestation = match report {
+            Some(r) if r.len() == ATTESTATION_REPORT_BYTES => Ok(r),
+            Some(r) => Err(format!(
+                "attestation report of {} bytes not served (expected {ATTESTATION_REPORT_BYTES})",
+                r.len()
+            )),
+            None => Err(String::from(reason)),
+        };
     }
 
     /// Replaces the driver's samples served by `GET /metrics` (at most
@@ -491,7 +515,11 @@ impl HttpApi {
             backend.health(),
             ReplicaHealth::Starting | ReplicaHealth::WaitingForCertifiedState
         );
-        if !serving && !matches!(route, Ok(Route::Status | Route::Metrics) | Err(_)) {
+        let always = matches!(
+            route,
+            Ok(Route::Status | Route::Metrics | Route::Attestation) | Err(_)
+        );
+        if !serving && !always {
             let body = b"replica is not healthy yet".to_vec();
             return respond(503, ContentType::Text, body);
         }
@@ -507,6 +535,10 @@ impl HttpApi {
                 ContentType::Metrics,
                 self.metrics_body(backend).into_bytes(),
             )),
+            Ok(Route::Attestation) => Ok(match &self.attestation {
+                Ok(report) => respond(200, ContentType::OctetStream, report.clone()),
+                Err(reason) => respond(404, ContentType::Text, reason.clone().into_bytes()),
+            }),
             Ok(Route::Call { version, ecid }) => {
                 self.call(backend, version, ecid, &req.body, now_ns)
             }
@@ -989,6 +1021,48 @@ mod tests {
         let query = b"POST /api/v2/canister/aaaaa-aa/query HTTP/1.1\r\nContent-Length: 0\r\n\r\n";
         let (head, _) = exchange(&mut api, query);
         assert!(head.starts_with("HTTP/1.1 503 "), "{head}");
+    }
+
+    #[test]
+    fn attestation_report_is_served_raw_or_refused_with_the_reason() {
+        let mut api = HttpApi::new(ApiConfig::default());
+        let (head, body) = get(&mut api, "/_/attestation");
+        assert!(head.starts_with("HTTP/1.1 404 "), "{head}");
+        assert_eq!(body, NO_ATTESTATION_YET.as_bytes());
+        let reason = "no TEE: this node does not run under SEV-SNP";
+        api.set_attestation_report(None, reason);
+        let (head, body) = get(&mut api, "/_/attestation");
+        assert!(head.starts_with("HTTP/1.1 404 "), "{head}");
+        assert!(
+            head.contains("Content-Type: text/plain; charset=utf-8"),
+            "{head}"
+        );
+        assert_eq!(body, reason.as_bytes());
+        // A real report (the shared test data's Milan v3 report), served byte for byte while
+        // the replica is still waiting for a certified state.
+        let report = include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../shared/testdata/sev-snp/milan-v3-oak-oc-release/report.bin"
+        ));
+        assert_eq!(report.len(), ATTESTATION_REPORT_BYTES);
+        api.set_attestation_report(Some(report.to_vec()), "unused");
+        let (head, body) = get(&mut api, "/_/attestation");
+        assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+        assert!(
+            head.contains("Content-Type: application/octet-stream"),
+            "{head}"
+        );
+        assert!(head.contains(&format!("Content-Length: {ATTESTATION_REPORT_BYTES}")));
+        assert_eq!(body, report);
+        // Anything but a whole report is refused, and only GET is allowed.
+        api.set_attestation_report(Some(report[..100].to_vec()), "unused");
+        let (head, body) = get(&mut api, "/_/attestation");
+        assert!(head.starts_with("HTTP/1.1 404 "), "{head}");
+        assert!(String::from_utf8(body).unwrap().contains("100 bytes"));
+        let post =
+            b"POST /_/attestation HTTP/1.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+        let (head, _) = exchange(&mut api, post);
+        assert!(head.starts_with("HTTP/1.1 405 "), "{head}");
     }
 
     #[test]

@@ -558,6 +558,12 @@ impl Stack {
         self.api.set_driver_metrics(samples);
     }
 
+    /// What `GET /_/attestation` serves: the driver's attestation report, or (`None`) a 404
+    /// with `reason` ([`HttpApi::set_attestation_report`]).
+    pub fn set_attestation_report(&mut self, report: Option<Vec<u8>>, reason: &str) {
+        self.api.set_attestation_report(report, reason);
+    }
+
     /// The node's own `/metrics` samples: heights, batches, ingress, instructions.
     pub fn metrics(&self) -> Vec<api::Metric> {
         self.core.metrics()
