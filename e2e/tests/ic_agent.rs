@@ -32,11 +32,17 @@ const MAX_POLLING_SECS: u64 = 180;
 const CATCH_UP_SECS: u64 = 20;
 
 async fn agent(url: &str, key: [u8; 32]) -> Agent {
-    // The agent's own HTTP client, keep-alive pool included: the node keeps an idle connection
-    // open longer than reqwest's pool keeps it (see node::api::server), so the client never
-    // reuses a connection the node has just closed.
+    // A fresh connection per request. With the agent's default keep-alive pool, a call through
+    // the VMs (QEMU user networking) still failed now and then with "error sending request"
+    // on a reused connection, although the node keeps idle connections 120 s, longer than
+    // reqwest's 90 s pool; ic-agent does not retry such a call.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("http client");
     let agent = Agent::builder()
         .with_url(url)
+        .with_http_client(http)
         .with_identity(BasicIdentity::from_raw_key(&key))
         .with_max_polling_time(Duration::from_secs(MAX_POLLING_SECS))
         .build()
@@ -114,7 +120,7 @@ async fn flow(subnet: &e2e::Subnet) {
                     .with_arg(step.arg.clone())
                     .call_and_wait()
                     .await
-                    .unwrap_or_else(|e| panic!("update {method}: {e}"));
+                    .unwrap_or_else(|e| panic!("update {method}: {e:?}"));
                 assert_eq!(
                     Some(&reply),
                     step.reply.as_ref(),
@@ -188,7 +194,7 @@ async fn query_caught_up(
         let late = tokio::time::Instant::now() >= deadline;
         match answer {
             Ok(reply) if late || expected.as_ref() == Some(&reply) => return reply,
-            Err(e) if late => panic!("query {method}: {e}"),
+            Err(e) if late => panic!("query {method}: {e:?}"),
             // Not executed here yet (e.g. "no Wasm module" right after an install elsewhere).
             Ok(_) | Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
         }
@@ -275,7 +281,7 @@ async fn ledger_flow(subnet: &e2e::Subnet) {
                         .with_arg(arg)
                         .call_and_wait()
                         .await
-                        .unwrap_or_else(|e| panic!("step {i}: update {method}: {e}"))
+                        .unwrap_or_else(|e| panic!("step {i}: update {method}: {e:?}"))
                 } else {
                     query_caught_up(a, &canister, method, &arg, &step.reply).await
                 };
