@@ -32,17 +32,11 @@ const MAX_POLLING_SECS: u64 = 180;
 const CATCH_UP_SECS: u64 = 20;
 
 async fn agent(url: &str, key: [u8; 32]) -> Agent {
-    // A fresh connection per request. With the agent's default keep-alive pool, a call through
-    // the VMs (QEMU user networking) still failed now and then with "error sending request"
-    // on a reused connection, although the node keeps idle connections 120 s, longer than
-    // reqwest's 90 s pool; ic-agent does not retry such a call.
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .build()
-        .expect("http client");
+    // The agent's own HTTP client, keep-alive pool included: an idle pooled connection stays
+    // up (the node's TCP probes an idle peer instead of aborting it, kernel/src/net/socket.rs,
+    // and its API keeps idle connections longer than reqwest's pool does).
     let agent = Agent::builder()
         .with_url(url)
-        .with_http_client(http)
         .with_identity(BasicIdentity::from_raw_key(&key))
         .with_max_polling_time(Duration::from_secs(MAX_POLLING_SECS))
         .build()

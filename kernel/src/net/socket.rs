@@ -29,9 +29,18 @@ pub const TCP_BUFFER_BYTES: usize = 64 * 1024;
 pub const UDP_BUFFER_PACKETS: usize = 64;
 /// The largest UDP payload carried (one Ethernet frame, IPv4).
 pub const UDP_MAX_PAYLOAD_BYTES: usize = 1472;
-/// A connection whose segments (a SYN-ACK of a half-open connection included) stay
-/// unacknowledged this long is aborted; a listener's slot then listens again.
+/// A connection whose peer sends nothing for this long is aborted (a half-open connection
+/// whose SYN-ACK stays unacknowledged included); a listener's slot then listens again.
+///
+/// smoltcp counts this from the last segment the peer sent, whether or not anything is
+/// outstanding, so an idle keep-alive connection (an agent's pooled HTTP connection, a sync
+/// call parked until its reply is certified) would be aborted after it too: every
+/// connection therefore probes an idle peer every [`TCP_KEEP_ALIVE_MS`], and a live peer's
+/// answer keeps the connection.
 pub const TCP_ACK_TIMEOUT_MS: u64 = 10_000;
+/// An idle connection sends a keep-alive probe this often (well inside
+/// [`TCP_ACK_TIMEOUT_MS`], so that one lost probe or answer does not abort it).
+pub const TCP_KEEP_ALIVE_MS: u64 = 3_000;
 /// Local ports for outgoing connections are taken from this range, round robin.
 const EPHEMERAL_PORTS: core::ops::RangeInclusive<u16> = 49_152..=65_535;
 /// The card UDP endpoints live on.
@@ -118,6 +127,7 @@ fn new_tcp() -> tcp::Socket<'static> {
         tcp::SocketBuffer::new(vec![0; TCP_BUFFER_BYTES]),
     );
     socket.set_timeout(Some(Duration::from_millis(TCP_ACK_TIMEOUT_MS)));
+    socket.set_keep_alive(Some(Duration::from_millis(TCP_KEEP_ALIVE_MS)));
     socket
 }
 
