@@ -190,6 +190,40 @@ impl Client {
         .map_err(CallError::Transport)
     }
 
+    /// `read_state` of one `path` through `ecid` (anonymously): the certificate, unverified.
+    fn read_state(&mut self, ecid: &Principal, path: &[&[u8]]) -> Result<Vec<u8>, CallError> {
+        let nonce = self.next_nonce();
+        let mut w = Writer::self_describing();
+        w.map(1).text("content").map(5);
+        w.text("request_type").text("read_state");
+        w.text("sender").bytes(&ANONYMOUS);
+        w.text("nonce").bytes(&nonce.to_be_bytes());
+        w.text("ingress_expiry").u64(now_ns() + INGRESS_EXPIRY_NS);
+        w.text("paths").array(1).array(path.len());
+        for label in path {
+            w.bytes(label);
+        }
+        let body = w.into_bytes();
+        let resp = self.post_ok(&format!("/api/v2/canister/{ecid}/read_state"), &body)?;
+        let v = cbor::decode(&resp).map_err(|e| CallError::Invalid(format!("{e:?}")))?;
+        let r =
+            cbor::Record::new(v.untagged()).map_err(|e| CallError::Invalid(format!("{e:?}")))?;
+        r.bytes("certificate")
+            .map(<[u8]>::to_vec)
+            .map_err(|e| CallError::Invalid(format!("no certificate: {e:?}")))
+    }
+
+    /// [`Self::post`], with any status but 200 as [`CallError::Http`].
+    fn post_ok(&self, path: &str, body: &[u8]) -> Result<Vec<u8>, CallError> {
+        match self.post(path, body)? {
+            (200, resp) => Ok(resp),
+            (status, resp) => Err(CallError::Http(
+                status,
+                String::from_utf8_lossy(&resp).into_owned(),
+            )),
+        }
+    }
+
     /// An update call; returns the certified reply.
     pub fn update(
         &mut self,
@@ -241,31 +275,8 @@ impl Client {
         deadline: Instant,
     ) -> Result<Vec<u8>, CallError> {
         while Instant::now() < deadline {
-            let nonce = self.next_nonce();
-            let mut w = Writer::self_describing();
-            w.map(1).text("content").map(5);
-            w.text("request_type").text("read_state");
-            w.text("sender").bytes(&ANONYMOUS);
-            w.text("nonce").bytes(&nonce.to_be_bytes());
-            w.text("ingress_expiry").u64(now_ns() + INGRESS_EXPIRY_NS);
-            w.text("paths").array(1).array(2);
-            w.bytes(b"request_status").bytes(rid);
-            let body = w.into_bytes();
-            let (status, resp) =
-                self.post(&format!("/api/v2/canister/{ecid}/read_state"), &body)?;
-            if status != 200 {
-                return Err(CallError::Http(
-                    status,
-                    String::from_utf8_lossy(&resp).into_owned(),
-                ));
-            }
-            let v = cbor::decode(&resp).map_err(|e| CallError::Invalid(format!("{e:?}")))?;
-            let r = cbor::Record::new(v.untagged())
-                .map_err(|e| CallError::Invalid(format!("{e:?}")))?;
-            let cert = r
-                .bytes("certificate")
-                .map_err(|e| CallError::Invalid(format!("{e:?}")))?;
-            if let Some(reply) = self.status_in(cert, rid, ecid)? {
+            let cert = self.read_state(ecid, &[b"request_status", rid])?;
+            if let Some(reply) = self.status_in(&cert, rid, ecid)? {
                 return Ok(reply);
             }
             std::thread::sleep(Duration::from_millis(POLL_INTERVAL_MS));
@@ -277,29 +288,8 @@ impl Client {
     /// certificate's signature verified). Equal times mean the same certified height, so two
     /// nodes answering one time with different root hashes have diverged.
     pub fn certified_time(&mut self, ecid: &Principal) -> Result<(u64, [u8; 32]), CallError> {
-        let nonce = self.next_nonce();
-        let mut w = Writer::self_describing();
-        w.map(1).text("content").map(5);
-        w.text("request_type").text("read_state");
-        w.text("sender").bytes(&ANONYMOUS);
-        w.text("nonce").bytes(&nonce.to_be_bytes());
-        w.text("ingress_expiry").u64(now_ns() + INGRESS_EXPIRY_NS);
-        w.text("paths").array(1).array(1).bytes(b"time");
-        let body = w.into_bytes();
-        let (status, resp) = self.post(&format!("/api/v2/canister/{ecid}/read_state"), &body)?;
-        if status != 200 {
-            return Err(CallError::Http(
-                status,
-                String::from_utf8_lossy(&resp).into_owned(),
-            ));
-        }
-        let v = cbor::decode(&resp).map_err(|e| CallError::Invalid(format!("{e:?}")))?;
-        let r =
-            cbor::Record::new(v.untagged()).map_err(|e| CallError::Invalid(format!("{e:?}")))?;
-        let cert = r
-            .bytes("certificate")
-            .map_err(|e| CallError::Invalid(format!("{e:?}")))?;
-        let cert = certificate::verify(cert, &self.root_key, Effective::Canister(*ecid))
+        let cert = self.read_state(ecid, &[b"time"])?;
+        let cert = certificate::verify(&cert, &self.root_key, Effective::Canister(*ecid))
             .map_err(|e| CallError::Invalid(format!("certificate: {e:?}")))?;
         let time = cert
             .time_ns()
@@ -357,13 +347,7 @@ impl Client {
         arg: &[u8],
     ) -> Result<Vec<u8>, CallError> {
         let body = self.envelope("query", canister, method, arg);
-        let (status, resp) = self.post(&format!("/api/v2/canister/{canister}/query"), &body)?;
-        if status != 200 {
-            return Err(CallError::Http(
-                status,
-                String::from_utf8_lossy(&resp).into_owned(),
-            ));
-        }
+        let resp = self.post_ok(&format!("/api/v2/canister/{canister}/query"), &body)?;
         let v = cbor::decode(&resp).map_err(|e| CallError::Invalid(format!("{e:?}")))?;
         let r =
             cbor::Record::new(v.untagged()).map_err(|e| CallError::Invalid(format!("{e:?}")))?;
