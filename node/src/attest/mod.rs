@@ -33,6 +33,7 @@ pub mod measure;
 mod no_fake;
 pub mod report;
 pub mod roots;
+pub mod snp_boot;
 pub mod vc;
 pub mod verify;
 
