@@ -374,9 +374,10 @@ fn record_unaccepted(info_paddr: u64) {
 }
 
 /// The unaccepted-memory ranges `[start, end)` of the boot memory map (empty without SNP).
-pub fn unaccepted_ranges() -> alloc::vec::Vec<(u64, u64)> {
-    let list = UNACCEPTED.lock();
-    list.0[..list.1].to_vec()
+/// A copy, not a heap allocation: `paging::init` asks before the heap exists.
+pub fn unaccepted_ranges() -> impl Iterator<Item = (u64, u64)> + Clone {
+    let (ranges, n) = *UNACCEPTED.lock();
+    ranges.into_iter().take(n)
 }
 
 /// Firmware pages the kernel reads as private memory (CPUID and secrets pages, the
