@@ -14,7 +14,7 @@
 //!
 //! Not verifiable here, and a known gap under SNP: virtio-drivers 0.13 does not negotiate
 //! `VIRTIO_F_ACCESS_PLATFORM`, which QEMU requires of an SNP guest's devices
-//! (`iommu_platform=on`), and the PCI BARs are MMIO that raises #VC (see `tee::snp`).
+//! (`iommu_platform=on`). The PCI BARs are MMIO that raises #VC, emulated by `arch::sev`.
 
 use crate::arch::{paging, pci, sev};
 use alloc::alloc::{alloc_zeroed, dealloc, Layout};

@@ -24,12 +24,15 @@
 //! **None of this has run on SEV-SNP hardware**: QEMU here is 7.2 TCG without SEV (and the
 //! SNP guest support QEMU needs starts with 9.1). What is tested: the pure layouts and
 //! protocols in `node::attest` on the host, and that every existing boot path still boots
-//! with the SNP code present and inactive. Known gaps: MMIO by arbitrary instructions (the
-//! virtio PCI BARs, ECAM) raises #VC with an NPF exit that the decoder refuses, so virtio
-//! over PCI MMIO does not work under SNP yet (port-I/O config access and the APIC do); a
-//! 4 KiB rescind inside a page the firmware validated as 2 MiB would need a PSMASH request;
-//! only one CPU. Only the path into [`attestation_report`] reaches the firmware, and it
-//! refuses when [`super::detect`] found no SNP.
+//! with the SNP code present and inactive. MMIO (PCI ECAM, the virtio BARs) raises #VC
+//! with the NPF exit; the handler emulates the MOV/MOVZX forms compiled volatile accesses
+//! use (`node::attest::vc`) and refuses others. Known gaps: virtio-drivers 0.13 does not
+//! negotiate `VIRTIO_F_ACCESS_PLATFORM`, which QEMU requires of an SNP guest's devices, so
+//! virtio devices will refuse FEATURES_OK until that is added (a crate patch or a transport
+//! wrapper); a 4 KiB rescind inside a page the firmware validated as 2 MiB would need a
+//! PSMASH request; CPUID leaves are not post-processed as Linux does (APIC IDs, OSXSAVE,
+//! XSAVE sizes); only one CPU. Only the path into [`attestation_report`] reaches the
+//! firmware, and it refuses when [`super::detect`] found no SNP.
 
 use node::attest::ghcb::{
     self, request_report, GhcbError, GuestRequestPages, SecretsPage, SECRETS_PAGE_BYTES,

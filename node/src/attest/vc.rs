@@ -23,7 +23,22 @@
 //!
 //! (Intel SDM vol. 2 / AMD APM vol. 3 opcode maps; the 0x66 operand-size prefix turns the
 //! 32-bit forms into 16-bit ones and does not affect the byte forms.) String I/O (INS/OUTS),
-//! REP and any other prefix, and exits such as NPF (MMIO by an arbitrary MOV) are refused.
+//! REP and any other prefix are refused.
+//!
+//! MMIO under SEV-ES/SNP arrives as #VC with the NPF exit code (0x400): the device pages are
+//! mapped shared and the hypervisor marks them so that any access faults. The guest decodes
+//! the memory operand and performs the access with the GHCB MMIO exits. The forms accepted
+//! (what `read_volatile`/`write_volatile` compile to), with optional 0x66, REX and ignored
+//! CS/DS/ES/SS segment prefixes:
+//!
+//! ```text
+//!  88 /r  MOV m8, r8        89 /r  MOV m, r16/32/64     C6 /0 ib  MOV m8, imm8
+//!  8A /r  MOV r8, m8        8B /r  MOV r16/32/64, m     C7 /0 iw/id  MOV m, imm16/32
+//!  0F B6 /r  MOVZX r, m8    0F B7 /r  MOVZX r, m16
+//! ```
+//!
+//! The memory operand is ModRM (+ SIB, + disp8/disp32, or RIP-relative disp32) in 64-bit
+//! addressing; FS/GS overrides, the 0x67 address-size prefix, LOCK and REP are refused.
 
 use core::fmt;
 
@@ -56,6 +71,8 @@ pub enum VcRequest {
     Rdtsc,
     /// RDTSCP (result in EDX:EAX, TSC_AUX in ECX).
     Rdtscp,
+    /// An MMIO access by a MOV (NPF exit).
+    Mmio(MmioAccess),
     /// IN or OUT through the accumulator.
     Io {
         /// IN or OUT.
@@ -87,6 +104,8 @@ pub enum VcError {
     UnsupportedPrefix(u8),
     /// String I/O (INS/OUTS), which the kernel never executes.
     StringIo,
+    /// A ModRM operand that is a register, not memory (cannot be MMIO).
+    RegisterOperand,
     /// The bytes are not an instruction that causes this exit.
     Mismatch {
         /// The exit code of the #VC.
@@ -103,6 +122,7 @@ impl fmt::Display for VcError {
             VcError::Truncated => f.write_str("#VC instruction bytes truncated"),
             VcError::UnsupportedPrefix(p) => write!(f, "#VC instruction prefix {p:#04x}"),
             VcError::StringIo => f.write_str("#VC for string I/O (INS/OUTS)"),
+            VcError::RegisterOperand => f.write_str("#VC MMIO instruction without memory operand"),
             VcError::Mismatch { exit_code, opcode } => {
                 write!(f, "#VC exit {exit_code:#x} at opcode {opcode:#04x}")
             }
@@ -213,8 +233,282 @@ pub fn decode(exit: u64, bytes: &[u8]) -> Result<VcInstruction, VcError> {
             }),
         },
         exit_code::IOIO => decode_io(bytes),
+        exit_code::NPF => decode_mmio(bytes).map(|(access, len)| VcInstruction {
+            request: VcRequest::Mmio(access),
+            len,
+        }),
         other => Err(VcError::UnsupportedExit(other)),
     }
+}
+
+/// A general register operand: 0..=15 are RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI, R8..R15.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Register {
+    /// The register (its low `size` bytes are the operand).
+    Gpr(u8),
+    /// AH, CH, DH or BH: bits 15:8 of RAX, RCX, RDX, RBX (0..=3); 8-bit operands without REX.
+    HighByte(u8),
+}
+
+/// The memory operand: `base + index * scale + disp`, or `RIP_next + disp`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemOperand {
+    /// The base register (0..=15), if any.
+    pub base: Option<u8>,
+    /// The index register (0..=15), if any.
+    pub index: Option<u8>,
+    /// 1, 2, 4 or 8.
+    pub scale: u8,
+    /// The displacement.
+    pub disp: i32,
+    /// RIP-relative: the address is the next instruction's RIP + `disp`.
+    pub rip_relative: bool,
+}
+
+impl MemOperand {
+    /// The effective address, given a register reader and the next instruction's RIP.
+    pub fn address(&self, reg: impl Fn(u8) -> u64, next_rip: u64) -> u64 {
+        let disp = self.disp as i64 as u64;
+        if self.rip_relative {
+            return next_rip.wrapping_add(disp);
+        }
+        let base = self.base.map_or(0, &reg);
+        let index = self
+            .index
+            .map_or(0, |i| reg(i).wrapping_mul(u64::from(self.scale)));
+        base.wrapping_add(index).wrapping_add(disp)
+    }
+}
+
+/// What an MMIO MOV does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MmioOp {
+    /// Load `size` bytes into `dst`, which is `dst_size` bytes wide (MOVZX: wider than `size`,
+    /// zero-extended); see [`apply_load`].
+    Read {
+        /// The destination register.
+        dst: Register,
+        /// Bytes read.
+        size: u8,
+        /// Bytes of the destination written.
+        dst_size: u8,
+    },
+    /// Store the low `size` bytes of a register.
+    WriteRegister {
+        /// The source register.
+        src: Register,
+        /// Bytes written.
+        size: u8,
+    },
+    /// Store an immediate.
+    WriteImmediate {
+        /// The value (its low `size` bytes are written).
+        value: u64,
+        /// Bytes written.
+        size: u8,
+    },
+}
+
+/// An MMIO access: the operation and its memory operand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MmioAccess {
+    /// The operation.
+    pub op: MmioOp,
+    /// The memory operand.
+    pub mem: MemOperand,
+}
+
+/// The new value of a register after a load of `value` into its low `dst_size` bytes:
+/// 8- and 16-bit destinations keep the other bits, a 32-bit one zero-extends (long mode), a
+/// 64-bit one is replaced. `high_byte` writes bits 15:8 instead (AH..BH).
+pub fn apply_load(old: u64, value: u64, dst_size: u8, high_byte: bool) -> u64 {
+    if high_byte {
+        return (old & !0xFF00) | ((value & 0xFF) << 8);
+    }
+    match dst_size {
+        1 => (old & !0xFF) | (value & 0xFF),
+        2 => (old & !0xFFFF) | (value & 0xFFFF),
+        4 => value & 0xFFFF_FFFF,
+        _ => value,
+    }
+}
+
+/// The REX prefix bits.
+#[derive(Clone, Copy, Default)]
+struct Rex {
+    present: bool,
+    w: bool,
+    r: bool,
+    x: bool,
+    b: bool,
+}
+
+/// Decodes ModRM (+ SIB, + displacement) at `at`; returns the reg field (with REX.R), the
+/// memory operand and the position after it.
+fn modrm(bytes: &[u8], at: usize, rex: Rex) -> Result<(u8, MemOperand, usize), VcError> {
+    let m = byte(bytes, at)?;
+    let (mode, reg, rm) = (m >> 6, ((m >> 3) & 7) | (u8::from(rex.r) << 3), m & 7);
+    if mode == 3 {
+        return Err(VcError::RegisterOperand);
+    }
+    let mut at = at + 1;
+    let mut mem = MemOperand {
+        base: None,
+        index: None,
+        scale: 1,
+        disp: 0,
+        rip_relative: false,
+    };
+    let mut disp_bytes = match mode {
+        1 => 1,
+        2 => 4,
+        _ => 0,
+    };
+    if rm == 4 {
+        let sib = byte(bytes, at)?;
+        at += 1;
+        let index = ((sib >> 3) & 7) | (u8::from(rex.x) << 3);
+        if index != 4 {
+            mem.index = Some(index);
+            mem.scale = 1 << (sib >> 6);
+        }
+        let base = sib & 7;
+        if base == 5 && mode == 0 {
+            disp_bytes = 4;
+        } else {
+            mem.base = Some(base | (u8::from(rex.b) << 3));
+        }
+    } else if rm == 5 && mode == 0 {
+        mem.rip_relative = true;
+        disp_bytes = 4;
+    } else {
+        mem.base = Some(rm | (u8::from(rex.b) << 3));
+    }
+    mem.disp = match disp_bytes {
+        1 => byte(bytes, at)? as i8 as i32,
+        4 => i32::from_le_bytes([
+            byte(bytes, at)?,
+            byte(bytes, at + 1)?,
+            byte(bytes, at + 2)?,
+            byte(bytes, at + 3)?,
+        ]),
+        _ => 0,
+    };
+    Ok((reg, mem, at + disp_bytes))
+}
+
+/// The register named by an 8-bit operand's register number.
+fn reg8(n: u8, rex: Rex) -> Register {
+    if !rex.present && (4..8).contains(&n) {
+        Register::HighByte(n - 4)
+    } else {
+        Register::Gpr(n)
+    }
+}
+
+/// Decodes an MMIO MOV (see the module documentation); returns it and its length.
+fn decode_mmio(bytes: &[u8]) -> Result<(MmioAccess, usize), VcError> {
+    let mut at = 0;
+    let mut operand_16 = false;
+    let mut rex = Rex::default();
+    loop {
+        let b = byte(bytes, at)?;
+        match b {
+            PREFIX_OPERAND_SIZE if !operand_16 && !rex.present => operand_16 = true,
+            // CS, DS, ES, SS overrides are ignored in 64-bit mode.
+            0x26 | 0x2E | 0x36 | 0x3E if !rex.present => {}
+            0x40..=0x4F if !rex.present => {
+                rex = Rex {
+                    present: true,
+                    w: b & 8 != 0,
+                    r: b & 4 != 0,
+                    x: b & 2 != 0,
+                    b: b & 1 != 0,
+                }
+            }
+            0x26 | 0x2E | 0x36 | 0x3E | 0x40..=0x4F | 0x64..=0x67 | 0xF0 | 0xF2 | 0xF3 => {
+                return Err(VcError::UnsupportedPrefix(b))
+            }
+            _ => break,
+        }
+        at += 1;
+    }
+    let wide: u8 = if rex.w {
+        8
+    } else if operand_16 {
+        2
+    } else {
+        4
+    };
+    let opcode = byte(bytes, at)?;
+    let mismatch = |opcode| VcError::Mismatch {
+        exit_code: exit_code::NPF,
+        opcode,
+    };
+    let (op, len) = match opcode {
+        0x88..=0x8B => {
+            let (reg, mem, end) = modrm(bytes, at + 1, rex)?;
+            let size = if opcode & 1 == 0 { 1 } else { wide };
+            let r = if size == 1 {
+                reg8(reg, rex)
+            } else {
+                Register::Gpr(reg)
+            };
+            let op = if opcode <= 0x89 {
+                MmioOp::WriteRegister { src: r, size }
+            } else {
+                MmioOp::Read {
+                    dst: r,
+                    size,
+                    dst_size: size,
+                }
+            };
+            ((op, mem), end)
+        }
+        0xC6 | 0xC7 => {
+            let (reg, mem, end) = modrm(bytes, at + 1, rex)?;
+            if reg & 7 != 0 {
+                return Err(mismatch(opcode));
+            }
+            let (size, imm_bytes) = match (opcode, wide) {
+                (0xC6, _) => (1u8, 1usize),
+                (_, 2) => (2, 2),
+                (_, w) => (w, 4),
+            };
+            let mut raw = [0u8; 4];
+            for (i, slot) in raw.iter_mut().take(imm_bytes).enumerate() {
+                *slot = byte(bytes, end + i)?;
+            }
+            let value = match imm_bytes {
+                1 => u64::from(raw[0]),
+                2 => u64::from(u16::from_le_bytes([raw[0], raw[1]])),
+                // imm32, sign-extended to 64 bits for REX.W.
+                _ => i32::from_le_bytes(raw) as i64 as u64,
+            };
+            (
+                (MmioOp::WriteImmediate { value, size }, mem),
+                end + imm_bytes,
+            )
+        }
+        0x0F => {
+            let second = byte(bytes, at + 1)?;
+            let size = match second {
+                0xB6 => 1,
+                0xB7 => 2,
+                _ => return Err(mismatch(opcode)),
+            };
+            let (reg, mem, end) = modrm(bytes, at + 2, rex)?;
+            let op = MmioOp::Read {
+                dst: Register::Gpr(reg),
+                size,
+                dst_size: wide,
+            };
+            ((op, mem), end)
+        }
+        other => return Err(mismatch(other)),
+    };
+    let (op, mem) = op;
+    Ok((MmioAccess { op, mem }, len))
 }
 
 #[cfg(test)]
@@ -316,7 +610,7 @@ mod tests {
     #[test]
     fn refuses_everything_else() {
         let cases: [(u64, &[u8], VcError); 12] = [
-            (0x400, &[0x8B, 0x07], VcError::UnsupportedExit(0x400)),
+            (0x400, &[0x8B, 0xC7], VcError::RegisterOperand),
             (
                 0x8000_0001,
                 &[0x0F, 0xA2],
@@ -362,6 +656,231 @@ mod tests {
         assert_eq!(
             decode(0x7B, &[0x66; 20]),
             Err(VcError::UnsupportedPrefix(0x66))
+        );
+    }
+}
+
+#[cfg(test)]
+mod mmio_tests {
+    use super::*;
+
+    fn mmio(bytes: &[u8]) -> Result<(MmioAccess, usize), VcError> {
+        decode(0x400, bytes).map(|i| match i.request {
+            VcRequest::Mmio(a) => (a, i.len),
+            other => panic!("not MMIO: {other:?}"),
+        })
+    }
+
+    fn base(reg: u8, disp: i32) -> MemOperand {
+        MemOperand {
+            base: Some(reg),
+            index: None,
+            scale: 1,
+            disp,
+            rip_relative: false,
+        }
+    }
+
+    #[test]
+    fn loads_and_stores_the_compiler_emits() {
+        // mov eax, [rdi]
+        assert_eq!(
+            mmio(&[0x8B, 0x07, 0xC3]),
+            Ok((
+                MmioAccess {
+                    op: MmioOp::Read {
+                        dst: Register::Gpr(0),
+                        size: 4,
+                        dst_size: 4
+                    },
+                    mem: base(7, 0)
+                },
+                2
+            ))
+        );
+        // mov [rax + 0x14], ecx
+        assert_eq!(
+            mmio(&[0x89, 0x48, 0x14]),
+            Ok((
+                MmioAccess {
+                    op: MmioOp::WriteRegister {
+                        src: Register::Gpr(1),
+                        size: 4
+                    },
+                    mem: base(0, 0x14)
+                },
+                3
+            ))
+        );
+        // mov r9, [r12 + 0x1000] (REX.WRB, SIB because the base is r12, disp32)
+        assert_eq!(
+            mmio(&[0x4D, 0x8B, 0x8C, 0x24, 0x00, 0x10, 0x00, 0x00]),
+            Ok((
+                MmioAccess {
+                    op: MmioOp::Read {
+                        dst: Register::Gpr(9),
+                        size: 8,
+                        dst_size: 8
+                    },
+                    mem: base(12, 0x1000)
+                },
+                8
+            ))
+        );
+        // mov word [rdx + rsi*2 - 8], ax
+        assert_eq!(
+            mmio(&[0x66, 0x89, 0x44, 0x72, 0xF8]),
+            Ok((
+                MmioAccess {
+                    op: MmioOp::WriteRegister {
+                        src: Register::Gpr(0),
+                        size: 2
+                    },
+                    mem: MemOperand {
+                        base: Some(2),
+                        index: Some(6),
+                        scale: 2,
+                        disp: -8,
+                        rip_relative: false
+                    }
+                },
+                5
+            ))
+        );
+        // mov byte [rdi], 0x5A and mov dword [rip + 0x100], 1
+        assert_eq!(
+            mmio(&[0xC6, 0x07, 0x5A]),
+            Ok((
+                MmioAccess {
+                    op: MmioOp::WriteImmediate {
+                        value: 0x5A,
+                        size: 1
+                    },
+                    mem: base(7, 0)
+                },
+                3
+            ))
+        );
+        let (rip_rel, len) =
+            mmio(&[0xC7, 0x05, 0x00, 0x01, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00]).unwrap();
+        assert_eq!(len, 10);
+        assert!(rip_rel.mem.rip_relative);
+        assert_eq!(rip_rel.mem.address(|_| 0, 0x1000), 0x1100);
+        // mov qword [rax], -1 (imm32 sign-extended under REX.W)
+        assert_eq!(
+            mmio(&[0x48, 0xC7, 0x00, 0xFF, 0xFF, 0xFF, 0xFF])
+                .unwrap()
+                .0
+                .op,
+            MmioOp::WriteImmediate {
+                value: u64::MAX,
+                size: 8
+            }
+        );
+        // movzx eax, byte [rcx] / movzx r8d, word [rbx + 2]
+        assert_eq!(
+            mmio(&[0x0F, 0xB6, 0x01]).unwrap().0.op,
+            MmioOp::Read {
+                dst: Register::Gpr(0),
+                size: 1,
+                dst_size: 4
+            }
+        );
+        assert_eq!(
+            mmio(&[0x44, 0x0F, 0xB7, 0x43, 0x02]),
+            Ok((
+                MmioAccess {
+                    op: MmioOp::Read {
+                        dst: Register::Gpr(8),
+                        size: 2,
+                        dst_size: 4
+                    },
+                    mem: base(3, 2)
+                },
+                5
+            ))
+        );
+        // mov ah, [rsi] (no REX: register 4 is AH) vs mov spl, [rsi] (REX: SPL)
+        assert_eq!(
+            mmio(&[0x8A, 0x26]).unwrap().0.op,
+            MmioOp::Read {
+                dst: Register::HighByte(0),
+                size: 1,
+                dst_size: 1
+            }
+        );
+        assert_eq!(
+            mmio(&[0x40, 0x8A, 0x26]).unwrap().0.op,
+            MmioOp::Read {
+                dst: Register::Gpr(4),
+                size: 1,
+                dst_size: 1
+            }
+        );
+        // [disp32] without base or index (SIB base 5, mod 0).
+        let (abs, len) = mmio(&[0x8B, 0x04, 0x25, 0x30, 0x00, 0xE0, 0xFE]).unwrap();
+        assert_eq!(len, 7);
+        assert_eq!(abs.mem.address(|_| 0xDEAD, 0), 0xFFFF_FFFF_FEE0_0030);
+    }
+
+    #[test]
+    fn effective_addresses_and_loads() {
+        let mem = MemOperand {
+            base: Some(2),
+            index: Some(6),
+            scale: 4,
+            disp: -8,
+            rip_relative: false,
+        };
+        let regs = |r: u8| match r {
+            2 => 0xFEB0_0000,
+            6 => 3,
+            _ => 0,
+        };
+        assert_eq!(mem.address(regs, 0), 0xFEB0_0004);
+        assert_eq!(
+            apply_load(0x1122_3344_5566_7788, 0xAB, 1, false),
+            0x1122_3344_5566_77AB
+        );
+        assert_eq!(
+            apply_load(0x1122_3344_5566_7788, 0xAB, 1, true),
+            0x1122_3344_5566_AB88
+        );
+        assert_eq!(
+            apply_load(0x1122_3344_5566_7788, 0xABCD, 2, false),
+            0x1122_3344_5566_ABCD
+        );
+        assert_eq!(apply_load(0x1122_3344_5566_7788, 0xABCD, 4, false), 0xABCD);
+        assert_eq!(apply_load(1, u64::MAX, 8, false), u64::MAX);
+    }
+
+    #[test]
+    fn refuses_other_forms() {
+        let cases: [(&[u8], VcError); 7] = [
+            (&[0x8B, 0xC1], VcError::RegisterOperand),
+            (&[0x64, 0x8B, 0x07], VcError::UnsupportedPrefix(0x64)),
+            (&[0x67, 0x8B, 0x07], VcError::UnsupportedPrefix(0x67)),
+            (&[0xF0, 0x89, 0x07], VcError::UnsupportedPrefix(0xF0)),
+            (&[0x48, 0x66, 0x8B, 0x07], VcError::UnsupportedPrefix(0x66)),
+            (&[0x8B, 0x87, 0x00, 0x10], VcError::Truncated),
+            (&[0xC7, 0x47, 0x04, 0x01], VcError::Truncated),
+        ];
+        for (bytes, want) in cases {
+            assert_eq!(mmio(bytes).map(|_| ()), Err(want), "{bytes:02x?}");
+        }
+        assert_eq!(
+            mmio(&[0xC7, 0x4F, 0x04, 0, 0, 0, 0]).map(|_| ()),
+            Err(VcError::Mismatch {
+                exit_code: 0x400,
+                opcode: 0xC7
+            })
+        );
+        assert_eq!(
+            mmio(&[0xA1, 0, 0, 0, 0]).map(|_| ()),
+            Err(VcError::Mismatch {
+                exit_code: 0x400,
+                opcode: 0xA1
+            })
         );
     }
 }

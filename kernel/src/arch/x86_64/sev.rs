@@ -26,7 +26,9 @@ use core::sync::atomic::{compiler_fence, AtomicBool, AtomicU64, Ordering};
 use node::attest::cpuid_page::CpuidPage;
 use node::attest::ghcb::{self, Ghcb, PageState};
 use node::attest::ghcb_page::{self, GhcbExit, IoDirection, IoSize, NaeError, PscEntry};
-use node::attest::vc::{self, PortOperand, VcError, VcRequest, MAX_INSTRUCTION_BYTES};
+use node::attest::vc::{
+    self, MmioAccess, MmioOp, PortOperand, Register, VcError, VcRequest, MAX_INSTRUCTION_BYTES,
+};
 
 use raw_cpuid::native_cpuid::cpuid_count;
 
@@ -669,7 +671,79 @@ pub fn handle_vc(frame: &mut super::idt::TrapFrame) -> Result<(), VcFailure> {
                 IoDirection::Out => io_out(port, size, frame.rax),
             }
         }
+        VcRequest::Mmio(access) => mmio(frame, access, insn.len as u64),
     }
     frame.rip += insn.len as u64;
     Ok(())
+}
+
+/// The interrupted context's general register `n` (0..=15 in encoding order).
+fn gpr(frame: &mut super::idt::TrapFrame, n: u8) -> &mut u64 {
+    match n & 15 {
+        0 => &mut frame.rax,
+        1 => &mut frame.rcx,
+        2 => &mut frame.rdx,
+        3 => &mut frame.rbx,
+        4 => &mut frame.rsp,
+        5 => &mut frame.rbp,
+        6 => &mut frame.rsi,
+        7 => &mut frame.rdi,
+        8 => &mut frame.r8,
+        9 => &mut frame.r9,
+        10 => &mut frame.r10,
+        11 => &mut frame.r11,
+        12 => &mut frame.r12,
+        13 => &mut frame.r13,
+        14 => &mut frame.r14,
+        _ => &mut frame.r15,
+    }
+}
+
+/// Emulates an MMIO MOV through the GHCB MMIO exits. The device pages are identity-mapped,
+/// so the effective address is the GPA.
+fn mmio(frame: &mut super::idt::TrapFrame, access: MmioAccess, len: u64) {
+    let next_rip = frame.rip + len;
+    let gpa = {
+        let regs = [
+            frame.rax, frame.rcx, frame.rdx, frame.rbx, frame.rsp, frame.rbp, frame.rsi, frame.rdi,
+            frame.r8, frame.r9, frame.r10, frame.r11, frame.r12, frame.r13, frame.r14, frame.r15,
+        ];
+        access.mem.address(|r| regs[usize::from(r & 15)], next_rip)
+    };
+    match access.op {
+        MmioOp::Read {
+            dst,
+            size,
+            dst_size,
+        } => {
+            let mut buf = [0u8; 8];
+            let n = usize::from(size);
+            exchange(|hv, g, ghcb_gpa| ghcb_page::mmio_read(hv, g, ghcb_gpa, gpa, &mut buf[..n]));
+            let value = u64::from_le_bytes(buf);
+            match dst {
+                Register::Gpr(r) => {
+                    let reg = gpr(frame, r);
+                    *reg = vc::apply_load(*reg, value, dst_size, false);
+                }
+                Register::HighByte(r) => {
+                    let reg = gpr(frame, r);
+                    *reg = vc::apply_load(*reg, value, 1, true);
+                }
+            }
+        }
+        MmioOp::WriteRegister { src, size } => {
+            let value = match src {
+                Register::Gpr(r) => *gpr(frame, r),
+                Register::HighByte(r) => *gpr(frame, r) >> 8,
+            };
+            let bytes = value.to_le_bytes();
+            let n = usize::from(size);
+            exchange(|hv, g, ghcb_gpa| ghcb_page::mmio_write(hv, g, ghcb_gpa, gpa, &bytes[..n]));
+        }
+        MmioOp::WriteImmediate { value, size } => {
+            let bytes = value.to_le_bytes();
+            let n = usize::from(size);
+            exchange(|hv, g, ghcb_gpa| ghcb_page::mmio_write(hv, g, ghcb_gpa, gpa, &bytes[..n]));
+        }
+    }
 }
