@@ -584,6 +584,43 @@ pub fn page_state_change(
     Err(NaeError::PscProtocol)
 }
 
+/// 4 KiB.
+const PAGE_4K_BYTES: u64 = 4096;
+/// 2 MiB.
+const PAGE_2M_BYTES: u64 = 2 << 20;
+
+/// Splits the page-aligned range `[start, end)` into page state change descriptors of at
+/// most [`PSC_MAX_ENTRIES`] entries, 2 MiB entries where a 2 MiB page fits aligned, 4 KiB
+/// ones elsewhere, and hands each descriptor to `issue` in address order.
+pub fn psc_batches<E>(
+    start: u64,
+    end: u64,
+    state: PageState,
+    mut issue: impl FnMut(&[PscEntry]) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut batch = [PscEntry {
+        gfn: 0,
+        state,
+        huge: false,
+    }; PSC_MAX_ENTRIES];
+    let mut page = start & !(PAGE_4K_BYTES - 1);
+    while page < end {
+        let mut n = 0;
+        while n < batch.len() && page < end {
+            let huge = page.is_multiple_of(PAGE_2M_BYTES) && end - page >= PAGE_2M_BYTES;
+            batch[n] = PscEntry {
+                gfn: page >> 12,
+                state,
+                huge,
+            };
+            page += if huge { PAGE_2M_BYTES } else { PAGE_4K_BYTES };
+            n += 1;
+        }
+        issue(&batch[..n])?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1015,5 +1052,57 @@ mod tests {
         let mut hv = Msr(Vec::new());
         register_ghcb(&mut hv, GHCB_GPA).unwrap();
         assert_eq!(hv.0, [0x0012_3012]);
+    }
+}
+
+#[cfg(test)]
+mod batch_tests {
+    use super::*;
+    use alloc::vec::Vec;
+
+    fn batches(start: u64, end: u64) -> Vec<Vec<PscEntry>> {
+        let mut out = Vec::new();
+        psc_batches::<()>(start, end, PageState::Private, |b| {
+            out.push(b.to_vec());
+            Ok(())
+        })
+        .unwrap();
+        out
+    }
+
+    #[test]
+    fn huge_entries_where_aligned_small_elsewhere() {
+        // 4 KiB below a 2 MiB boundary, two 2 MiB pages, 8 KiB after.
+        let b = batches(0x1F_F000, 0x60_2000);
+        assert_eq!(b.len(), 1);
+        let got: Vec<(u64, bool)> = b[0].iter().map(|e| (e.gfn, e.huge)).collect();
+        assert_eq!(
+            got,
+            [
+                (0x1FF, false),
+                (0x200, true),
+                (0x400, true),
+                (0x600, false),
+                (0x601, false)
+            ]
+        );
+        assert!(b[0].iter().all(|e| e.state == PageState::Private));
+        assert!(batches(0x1000, 0x1000).is_empty());
+    }
+
+    #[test]
+    fn batches_hold_at_most_253_entries() {
+        // 600 small pages (not 2 MiB aligned at the start): 253 + 253 + 94 entries.
+        let b = batches(0x1000, 0x1000 + 600 * 4096);
+        let sizes: Vec<usize> = b.iter().map(Vec::len).collect();
+        // The range crosses one 2 MiB boundary but never holds a whole aligned 2 MiB page.
+        assert_eq!(sizes, [253, 253, 94]);
+        assert_eq!(b[1][0].gfn, 0x1 + 253);
+        let mut calls = 0;
+        let r = psc_batches(0, 1 << 30, PageState::Shared, |_| {
+            calls += 1;
+            Err("refused")
+        });
+        assert_eq!((r, calls), (Err("refused"), 1), "the first error stops");
     }
 }

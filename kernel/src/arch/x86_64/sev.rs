@@ -25,7 +25,7 @@ use core::sync::atomic::{compiler_fence, AtomicBool, AtomicU64, Ordering};
 
 use node::attest::cpuid_page::CpuidPage;
 use node::attest::ghcb::{self, Ghcb, PageState};
-use node::attest::ghcb_page::{self, GhcbExit, IoDirection, IoSize, NaeError, PscEntry};
+use node::attest::ghcb_page::{self, GhcbExit, IoDirection, IoSize, NaeError};
 use node::attest::vc::{
     self, MmioAccess, MmioOp, PortOperand, Register, VcError, VcRequest, MAX_INSTRUCTION_BYTES,
 };
@@ -477,28 +477,10 @@ fn hypervisor_page_state(start: u64, end: u64, state: PageState) -> Result<(), P
         }
         return Ok(());
     }
-    let mut batch = [PscEntry {
-        gfn: 0,
-        state,
-        huge: false,
-    }; ghcb_page::PSC_MAX_ENTRIES];
-    let mut page = start;
-    while page < end {
-        let mut n = 0;
-        while n < batch.len() && page < end {
-            let huge = page.is_multiple_of(PAGE_2M) && end - page >= PAGE_2M;
-            batch[n] = PscEntry {
-                gfn: page >> 12,
-                state,
-                huge,
-            };
-            page += if huge { PAGE_2M } else { PAGE_4K };
-            n += 1;
-        }
-        with_ghcb(|g, gpa| ghcb_page::page_state_change(&mut GhcbMachine, g, gpa, &batch[..n]))
-            .map_err(PageStateError::Nae)?;
-    }
-    Ok(())
+    ghcb_page::psc_batches(start, end, state, |batch| {
+        with_ghcb(|g, gpa| ghcb_page::page_state_change(&mut GhcbMachine, g, gpa, batch))
+            .map_err(PageStateError::Nae)
+    })
 }
 
 /// `PVALIDATE`s (or rescinds) every page of `[start, end)`, 2 MiB at a time where aligned
