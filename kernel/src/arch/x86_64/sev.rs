@@ -729,3 +729,29 @@ fn mmio(frame: &mut super::idt::TrapFrame, access: MmioAccess, len: u64) {
         }
     }
 }
+
+/// What the SEV-SNP set-up did, for the boot log.
+#[derive(Debug, Clone, Copy)]
+pub struct Summary {
+    /// The C-bit mask in page-table entries.
+    pub c_bit_mask: u64,
+    /// The GHCB's GPA.
+    pub ghcb_gpa: u64,
+    /// Whether the GHCB is shared and registered.
+    pub ghcb_ready: bool,
+    /// The CPUID page's address (0: none).
+    pub cpuid_page: u64,
+    /// How many unaccepted-memory ranges the boot map had.
+    pub unaccepted_ranges: usize,
+}
+
+/// The SEV-SNP set-up, for the boot log.
+pub fn summary() -> Summary {
+    Summary {
+        c_bit_mask: c_bit_mask(),
+        ghcb_gpa: ghcb_gpa(),
+        ghcb_ready: GHCB_READY.load(Ordering::Relaxed),
+        cpuid_page: CPUID_PAGE_PADDR.load(Ordering::Relaxed),
+        unaccepted_ranges: unaccepted_ranges().count(),
+    }
+}
