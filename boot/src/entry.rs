@@ -187,38 +187,47 @@ cairn_efi_entry:
     jmp cairn_efi_main
 
     /* Called by `cairn_efi_main` after ExitBootServices, in long mode on the firmware's page
-       tables and GDT, with RDI = the multiboot2-form information it built. The firmware
-       zeroed .bss when it loaded the image, and the information lives in .bss, so .bss is
-       not cleared here. Builds the same identity map as the 32-bit path, loads the boot GDT
-       and reloads every segment register, switches to the boot stack and calls
-       `cairn_boot64(info, 3)`. */
+       tables and GDT, with RDI = the multiboot2-form information it built and RSI = the
+       SEV C-bit mask (1 << C-bit position under SEV-SNP, else 0; AMD APM vol. 2 §15.34.5:
+       a guest page is private, encrypted with the guest's key, when its PTE has the C-bit).
+       The firmware zeroed .bss when it loaded the image, and the information lives in .bss,
+       so .bss is not cleared here. Builds the same identity map as the 32-bit path with the
+       mask ORed into every entry (all of it private: the kernel, its stack and the tables
+       themselves are encrypted memory under SNP; the kernel remaps MMIO without the C-bit in
+       `paging::init`), loads the boot GDT and reloads every segment register, switches to
+       the boot stack and calls `cairn_boot64(info, 3)`. */
     .global cairn_efi_enter_long
 cairn_efi_enter_long:
     cli
     cld
     mov %rdi, %rbp
+    mov %rsi, %r12
     mov $cairn_boot_pdpt, %eax
     or $0x3, %eax
+    or %r12, %rax
     mov %rax, cairn_boot_pml4
     mov $cairn_boot_pd, %eax
     or $0x3, %eax
+    or %r12, %rax
     mov %rax, cairn_boot_pdpt
-    add $0x1000, %eax
+    add $0x1000, %rax
     mov %rax, cairn_boot_pdpt + 8
-    add $0x1000, %eax
+    add $0x1000, %rax
     mov %rax, cairn_boot_pdpt + 16
-    add $0x1000, %eax
+    add $0x1000, %rax
     mov %rax, cairn_boot_pdpt + 24
     xor %ecx, %ecx
 3:
     mov %rcx, %rax
     shl $21, %rax
     or $0x83, %rax
+    or %r12, %rax
     mov %rax, cairn_boot_pd(,%rcx,8)
     inc %ecx
     cmp $2048, %ecx
     jne 3b
     mov $cairn_boot_pml4, %eax
+    or %r12, %rax
     mov %rax, %cr3
     lgdt boot_gdt_ptr64
     mov $cairn_boot_stack_top, %esp

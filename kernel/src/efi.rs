@@ -250,8 +250,9 @@ struct Handoff([u8; HANDOFF_BYTES]);
 static mut HANDOFF: Handoff = Handoff([0; HANDOFF_BYTES]);
 
 unsafe extern "C" {
-    /// boot/src/entry.rs: the kernel's page tables, GDT and stack, then `cairn_boot64`.
-    fn cairn_efi_enter_long(info_paddr: u64) -> !;
+    /// boot/src/entry.rs: the kernel's page tables (every entry ORed with `c_bit_mask`), GDT
+    /// and stack, then `cairn_boot64`.
+    fn cairn_efi_enter_long(info_paddr: u64, c_bit_mask: u64) -> !;
 }
 
 fn cli() {
@@ -621,6 +622,9 @@ extern "efiapi" fn cairn_efi_main(image: *mut c_void, st: *const SystemTable) ->
         say(st, "cairn: boot information does not fit\r\n");
         return EFI_LOAD_ERROR;
     }
+    // Under SEV-SNP the kernel's own page tables must mark its memory private (C-bit); the
+    // firmware's #VC handler still serves the CPUID this needs (arch/x86_64/sev.rs).
+    let c_bit_mask = crate::arch::sev::detect_c_bit_mask();
     if let Err(status) = exit_boot_services(st, image, &mut out) {
         // Boot services are gone only on success, so saying why is still allowed here.
         let mut text = [0u8; 64];
@@ -639,5 +643,5 @@ extern "efiapi" fn cairn_efi_main(image: *mut c_void, st: *const SystemTable) ->
     let info_paddr = (&raw const HANDOFF) as u64;
     // SAFETY: boot services are gone; the entry code takes over the machine with the
     // kernel's own tables and never returns.
-    unsafe { cairn_efi_enter_long(info_paddr) }
+    unsafe { cairn_efi_enter_long(info_paddr, c_bit_mask) }
 }

@@ -4,6 +4,12 @@
 //! Regions smaller than [`MIN_HEAP_SPAN_BYTES`] are left alone. All claimed RAM is inside the
 //! identity map (paging maps every memory-map region), so a heap pointer is its physical
 //! address; DMA buffers rely on that.
+//!
+//! Under SEV-SNP, memory the firmware left unaccepted (EFI type 15, which the boot memory
+//! map calls reserved) is accepted (`arch::sev::accept`: page state change to private, then
+//! `PVALIDATE`) and then claimed too. Without SNP there is none (the kernel never asks OVMF
+//! for unaccepted memory, and OVMF accepts everything at ExitBootServices unless asked), and
+//! type 15 stays reserved as before.
 
 use crate::arch;
 use boot::{BootInfo, MemoryKind};
@@ -25,6 +31,8 @@ static ALLOCATOR: talc::TalcLock<RawSpinlock, Manual> = talc::TalcLock::new(Manu
 pub struct HeapSummary {
     pub bytes: u64,
     pub spans: usize,
+    /// Unaccepted memory accepted for the heap (SEV-SNP only).
+    pub accepted_bytes: u64,
 }
 
 /// Claims the free RAM of `info`'s memory map.
@@ -42,6 +50,14 @@ pub fn init(info: &BootInfo) -> HeapSummary {
     {
         let start = region.base.max(LOW_MEMORY_RESERVED_BYTES);
         claim_excluding(start, region.end(), &excluded, &mut summary);
+    }
+    for (base, end) in arch::sev::unaccepted_ranges() {
+        let start = base.max(LOW_MEMORY_RESERVED_BYTES);
+        if start < end {
+            arch::sev::accept(start, end);
+            summary.accepted_bytes += end - start;
+            claim_excluding(start, end, &excluded, &mut summary);
+        }
     }
     summary
 }

@@ -81,6 +81,9 @@ static BOOT_INFO: Once<BootInfo> = Once::new();
 /// Called by `boot::entry` in long mode on the boot stack.
 #[unsafe(no_mangle)]
 extern "C" fn cairn_boot64(info_paddr: u64, protocol: u64) -> ! {
+    // Under SEV-SNP only (a no-op otherwise): the #VC handler and the GHCB, before the
+    // first port access, CPUID or RDTSC.
+    arch::sev::early_init(info_paddr, protocol);
     clock::mark_entry();
     serial::init();
     logger::init();

@@ -2,12 +2,25 @@
 //! kernel supplies the [`KernelHal`] (DMA memory and address translation) and finds devices.
 //!
 //! DMA model: the heap is identity-mapped RAM, so a buffer's physical address is its pointer
-//! and sharing a buffer with a device needs no bounce copy (no IOMMU, no SEV-SNP yet: with
-//! SNP, `share` must bounce through shared pages).
+//! and sharing a buffer with a device needs no bounce copy (no IOMMU).
+//!
+//! Under SEV-SNP the heap is private (encrypted) memory the hypervisor's device model cannot
+//! read, so DMA memory comes from [`SharedPool`]: 2 MiB chunks taken from the heap and made
+//! shared once (`paging::make_shared`), handed out in pages by a bitmap kept in private
+//! memory (the hypervisor can write the shared pages, never the allocator's bookkeeping).
+//! `dma_alloc` takes pages from it; `share` copies a driver buffer into a bounce buffer from
+//! it (for device-readable directions) and `unshare` copies back (for device-writable ones)
+//! and frees it. Without SNP all of this is skipped and DMA works as before.
+//!
+//! Not verifiable here, and a known gap under SNP: virtio-drivers 0.13 does not negotiate
+//! `VIRTIO_F_ACCESS_PLATFORM`, which QEMU requires of an SNP guest's devices
+//! (`iommu_platform=on`). The PCI BARs are MMIO that raises #VC, emulated by `arch::sev`.
 
-use crate::arch::{paging, pci};
+use crate::arch::{paging, pci, sev};
 use alloc::alloc::{alloc_zeroed, dealloc, Layout};
+use alloc::vec::Vec;
 use core::ptr::NonNull;
+use spin::Mutex;
 use virtio_drivers::device::blk::VirtIOBlk;
 use virtio_drivers::device::net::VirtIONetRaw;
 use virtio_drivers::device::rng::VirtIORng;
@@ -33,10 +46,128 @@ fn dma_layout(pages: usize) -> Layout {
     Layout::from_size_align(pages.max(1) * PAGE_SIZE, PAGE_SIZE).expect("DMA layout")
 }
 
-// SAFETY: allocations are page-aligned, zeroed, identity-mapped RAM that stays valid until
-// `dma_dealloc`; `share` returns the identity physical address of memory the kernel owns.
+/// Bytes of one shared chunk (2 MiB: one page state change entry, one PVALIDATE).
+const SHARED_CHUNK_BYTES: usize = 2 << 20;
+/// Pages of one shared chunk.
+const SHARED_CHUNK_PAGES: usize = SHARED_CHUNK_BYTES / PAGE_SIZE;
+/// The most shared chunks (128 MiB of DMA memory under SNP).
+const MAX_SHARED_CHUNKS: usize = 64;
+
+/// One shared chunk and which of its pages are in use (bit set = used).
+struct SharedChunk {
+    base: usize,
+    used: [u64; SHARED_CHUNK_PAGES / 64],
+}
+
+impl SharedChunk {
+    fn is_used(&self, page: usize) -> bool {
+        self.used[page / 64] & (1 << (page % 64)) != 0
+    }
+
+    fn mark(&mut self, first: usize, pages: usize, used: bool) {
+        for p in first..first + pages {
+            if used {
+                self.used[p / 64] |= 1 << (p % 64);
+            } else {
+                self.used[p / 64] &= !(1 << (p % 64));
+            }
+        }
+    }
+
+    /// First fit of `pages` free pages in a row.
+    fn find(&self, pages: usize) -> Option<usize> {
+        let mut run = 0;
+        for p in 0..SHARED_CHUNK_PAGES {
+            run = if self.is_used(p) { 0 } else { run + 1 };
+            if run == pages {
+                return Some(p + 1 - pages);
+            }
+        }
+        None
+    }
+}
+
+/// DMA memory shared with the hypervisor (SEV-SNP only); see the module documentation.
+pub struct SharedPool;
+
+static SHARED_POOL: Mutex<Vec<SharedChunk>> = Mutex::new(Vec::new());
+
+impl SharedPool {
+    /// `pages` zeroed, page-aligned shared pages; panics when the pool is exhausted (as the
+    /// non-SNP path does when the heap is).
+    fn alloc(pages: usize) -> NonNull<u8> {
+        let pages = pages.max(1);
+        if pages > SHARED_CHUNK_PAGES {
+            panic!("virtio: {pages} DMA pages exceed a shared chunk");
+        }
+        let mut pool = SHARED_POOL.lock();
+        let found = pool
+            .iter()
+            .enumerate()
+            .find_map(|(i, c)| c.find(pages).map(|p| (i, p)));
+        let (chunk, first) = match found {
+            Some(hit) => hit,
+            None => {
+                if pool.len() == MAX_SHARED_CHUNKS {
+                    panic!("virtio: shared DMA pool exhausted");
+                }
+                pool.push(SharedChunk {
+                    base: new_shared_chunk(),
+                    used: [0; SHARED_CHUNK_PAGES / 64],
+                });
+                (pool.len() - 1, 0)
+            }
+        };
+        pool[chunk].mark(first, pages, true);
+        let addr = pool[chunk].base + first * PAGE_SIZE;
+        // SAFETY: the pages are shared, identity-mapped and now reserved for the caller.
+        unsafe { core::ptr::write_bytes(addr as *mut u8, 0, pages * PAGE_SIZE) };
+        NonNull::new(addr as *mut u8).unwrap_or_else(|| panic!("virtio: shared page at 0"))
+    }
+
+    /// Returns pages from [`SharedPool::alloc`].
+    fn free(addr: usize, pages: usize) {
+        let pages = pages.max(1);
+        let mut pool = SHARED_POOL.lock();
+        let chunk = pool
+            .iter_mut()
+            .find(|c| addr >= c.base && addr < c.base + SHARED_CHUNK_BYTES);
+        match chunk {
+            Some(c) => c.mark((addr - c.base) / PAGE_SIZE, pages, false),
+            None => panic!("virtio: freeing {addr:#x}, not shared DMA memory"),
+        }
+    }
+}
+
+/// A 2 MiB heap chunk made shared for good (never returned to the heap).
+fn new_shared_chunk() -> usize {
+    let layout = Layout::from_size_align(SHARED_CHUNK_BYTES, SHARED_CHUNK_BYTES)
+        .unwrap_or_else(|_| panic!("virtio: shared chunk layout"));
+    // SAFETY: a non-zero-sized layout; the chunk is leaked to the pool.
+    let ptr = unsafe { alloc_zeroed(layout) };
+    if ptr.is_null() {
+        panic!("virtio: out of memory for a shared DMA chunk");
+    }
+    if let Err(e) = paging::make_shared(ptr as u64, SHARED_CHUNK_BYTES as u64) {
+        panic!("virtio: cannot share DMA memory: {e}");
+    }
+    ptr as usize
+}
+
+fn bounce_pages(len: usize) -> usize {
+    len.div_ceil(PAGE_SIZE)
+}
+
+// SAFETY: allocations are page-aligned, zeroed, identity-mapped RAM (shared with the
+// hypervisor under SEV-SNP) that stays valid until `dma_dealloc`; `share` returns the
+// identity physical address of memory the kernel owns (the buffer itself, or under SNP a
+// shared bounce buffer holding its contents until `unshare`).
 unsafe impl Hal for KernelHal {
     fn dma_alloc(pages: usize, _direction: BufferDirection) -> (PhysAddr, NonNull<u8>) {
+        if sev::snp_active() {
+            let nn = SharedPool::alloc(pages);
+            return (nn.as_ptr() as PhysAddr, nn);
+        }
         // SAFETY: the layout is non-zero-sized.
         let ptr = unsafe { alloc_zeroed(dma_layout(pages)) };
         let Some(nn) = NonNull::new(ptr) else {
@@ -46,6 +177,10 @@ unsafe impl Hal for KernelHal {
     }
 
     unsafe fn dma_dealloc(_paddr: PhysAddr, vaddr: NonNull<u8>, pages: usize) -> i32 {
+        if sev::snp_active() {
+            SharedPool::free(vaddr.as_ptr() as usize, pages);
+            return 0;
+        }
         // SAFETY: `vaddr` came from `dma_alloc` with the same page count.
         unsafe { dealloc(vaddr.as_ptr(), dma_layout(pages)) };
         0
@@ -58,11 +193,40 @@ unsafe impl Hal for KernelHal {
         NonNull::new(paddr as *mut u8).expect("BAR at address 0")
     }
 
-    unsafe fn share(buffer: NonNull<[u8]>, _direction: BufferDirection) -> PhysAddr {
-        buffer.as_ptr().cast::<u8>() as PhysAddr
+    unsafe fn share(buffer: NonNull<[u8]>, direction: BufferDirection) -> PhysAddr {
+        if !sev::snp_active() {
+            return buffer.as_ptr().cast::<u8>() as PhysAddr;
+        }
+        let len = buffer.len();
+        let bounce = SharedPool::alloc(bounce_pages(len));
+        if direction != BufferDirection::DeviceToDriver {
+            // SAFETY: the caller's buffer is valid for `len` bytes (Hal contract); the bounce
+            // buffer holds at least `len` bytes and does not overlap it.
+            unsafe {
+                core::ptr::copy_nonoverlapping(buffer.as_ptr().cast::<u8>(), bounce.as_ptr(), len)
+            };
+        }
+        bounce.as_ptr() as PhysAddr
     }
 
-    unsafe fn unshare(_paddr: PhysAddr, _buffer: NonNull<[u8]>, _direction: BufferDirection) {}
+    unsafe fn unshare(paddr: PhysAddr, buffer: NonNull<[u8]>, direction: BufferDirection) {
+        if !sev::snp_active() {
+            return;
+        }
+        let len = buffer.len();
+        if direction != BufferDirection::DriverToDevice {
+            // SAFETY: `paddr` is the bounce buffer `share` returned for this buffer
+            // (identity-mapped, `len` bytes); the caller's buffer is valid for `len` bytes.
+            unsafe {
+                core::ptr::copy_nonoverlapping(
+                    paddr as *const u8,
+                    buffer.as_ptr().cast::<u8>(),
+                    len,
+                )
+            };
+        }
+        SharedPool::free(paddr as usize, bounce_pages(len));
+    }
 }
 
 /// Network cards the kernel drives; more are ignored.

@@ -129,7 +129,20 @@ pub fn detect_and_log() -> Tee {
     let name = tee.name();
     match tee {
         Tee::SevSnp { c_bit, sev_status } => {
-            log::info!("tee: {name} (SEV_STATUS {sev_status:#x}, C-bit {c_bit})")
+            let s = crate::arch::sev::summary();
+            log::info!(
+                "tee: {name} (SEV_STATUS {sev_status:#x}, C-bit {c_bit}; page tables C-bit mask \
+                 {:#x}, GHCB at {:#x} {}, CPUID page {:#x}, {} unaccepted ranges)",
+                s.c_bit_mask,
+                s.ghcb_gpa,
+                if s.ghcb_ready {
+                    "registered"
+                } else {
+                    "not registered"
+                },
+                s.cpuid_page,
+                s.unaccepted_ranges
+            )
         }
         Tee::None => {
             let why = match probe.sev_status {

@@ -24,13 +24,17 @@
 
 pub mod binding;
 pub mod cert;
+pub mod cpuid_page;
 pub mod ghcb;
+pub mod ghcb_page;
 pub mod guest_msg;
 pub mod measure;
 #[cfg(test)]
 mod no_fake;
 pub mod report;
 pub mod roots;
+pub mod snp_boot;
+pub mod vc;
 pub mod verify;
 
 pub use report::{AttestationReport, Product, ReportError, Tcb};

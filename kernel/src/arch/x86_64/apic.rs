@@ -3,7 +3,9 @@
 //! timer bounds how long an idle CPU sleeps before it polls again.
 //!
 //! Registers are reached by MMIO (xAPIC, base from IA32_APIC_BASE) or by MSR 0x800 + reg/16
-//! when the firmware left the APIC in x2APIC mode.
+//! when the firmware left the APIC in x2APIC mode. Under SEV-ES/SNP both go through the GHCB
+//! (MMIO read/write exits; `cpu::rdmsr`/`wrmsr` route MSRs there), and the timer vector
+//! takes the full exception path, whose handler ([`timer_tick`]) acknowledges the same way.
 
 use super::{clock, cpu};
 use core::arch::asm;
@@ -59,6 +61,9 @@ enum Access {
 impl Access {
     fn read(self, reg: u32) -> u32 {
         match self {
+            Access::Mmio(base) if super::sev::use_ghcb() => {
+                super::sev::mmio_read32(base + u64::from(reg))
+            }
             // SAFETY: the xAPIC page is identity-mapped uncached (low 4 GiB, not RAM).
             Access::Mmio(base) => unsafe {
                 core::ptr::read_volatile((base + u64::from(reg)) as *const u32)
@@ -70,6 +75,9 @@ impl Access {
 
     fn write(self, reg: u32, value: u32) {
         match self {
+            Access::Mmio(base) if super::sev::use_ghcb() => {
+                super::sev::mmio_write32(base + u64::from(reg), value)
+            }
             // SAFETY: as in `read`.
             Access::Mmio(base) => unsafe {
                 core::ptr::write_volatile((base + u64::from(reg)) as *mut u32, value)
@@ -116,6 +124,19 @@ pub fn idle() {
     // SAFETY: the only unmasked interrupt sources are the timer and spurious vectors, whose
     // stubs acknowledge and return on an IST stack without touching this context.
     unsafe { asm!("sti", "hlt", "cli", options(nomem, nostack)) };
+}
+
+/// The timer interrupt through the full exception path (SEV-ES/SNP only, see `idt::init`):
+/// counts it and acknowledges it (EOI) through the same register access as [`init`] chose.
+pub fn timer_tick() {
+    CAIRN_TIMER_TICKS.fetch_add(1, Ordering::Relaxed);
+    let eoi = CAIRN_LAPIC_EOI_ADDR.load(Ordering::SeqCst);
+    let access = if eoi == 0 {
+        Access::X2apic
+    } else {
+        Access::Mmio(eoi - u64::from(REG_EOI))
+    };
+    access.write(REG_EOI, 0);
 }
 
 /// Timer interrupts taken so far.

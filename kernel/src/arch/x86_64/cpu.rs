@@ -73,11 +73,15 @@ pub fn breakpoint() {
     unsafe { asm!("int3", options(nomem, nostack)) };
 }
 
-/// Reads a model-specific register.
+/// Reads a model-specific register (through the GHCB under SEV-ES/SNP, where RDMSR of an
+/// intercepted MSR would raise #VC).
 ///
 /// # Safety
 /// `msr` must exist on this CPU (else #GP) and reading it must have no side effects.
 pub unsafe fn rdmsr(msr: u32) -> u64 {
+    if super::sev::use_ghcb() && !super::sev::msr_is_native(msr) {
+        return super::sev::rdmsr(msr);
+    }
     let (lo, hi): (u32, u32);
     // SAFETY: the caller checked the MSR exists.
     unsafe {
@@ -91,6 +95,9 @@ pub unsafe fn rdmsr(msr: u32) -> u64 {
 /// # Safety
 /// `msr` must exist and the write must keep the machine in a state the kernel expects.
 pub unsafe fn wrmsr(msr: u32, value: u64) {
+    if super::sev::use_ghcb() && !super::sev::msr_is_native(msr) {
+        return super::sev::wrmsr(msr, value);
+    }
     // SAFETY: per the caller's contract.
     unsafe {
         asm!("wrmsr", in("ecx") msr, in("eax") value as u32, in("edx") (value >> 32) as u32,

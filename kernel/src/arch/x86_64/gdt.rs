@@ -25,9 +25,12 @@ pub const IST_EXCEPTION: u8 = 1;
 pub const IST_DOUBLE_FAULT: u8 = 2;
 /// IST slot for NMI and #MC, which can arrive at any instruction.
 pub const IST_NMI_MCE: u8 = 3;
+/// IST slot for #VC (SEV-ES/SNP), which any CPUID can raise, also inside another
+/// exception's handler on [`IST_EXCEPTION`].
+pub const IST_VC: u8 = 4;
 /// The size of each IST stack.
 pub const IST_STACK_BYTES: usize = 64 * 1024;
-const IST_STACKS: usize = 3;
+const IST_STACKS: usize = 4;
 
 /// The 64-bit TSS (SDM vol. 3A figure 7-11).
 #[repr(C, packed(4))]

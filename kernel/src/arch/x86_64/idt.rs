@@ -18,7 +18,9 @@
 //! stubs. Other vectors have no gates: a stray one arrives as #GP with the vector in the error
 //! code.
 
-use super::gdt::{self, IST_DOUBLE_FAULT, IST_EXCEPTION, IST_NMI_MCE, KERNEL_CODE_SELECTOR};
+use super::gdt::{
+    self, IST_DOUBLE_FAULT, IST_EXCEPTION, IST_NMI_MCE, IST_VC, KERNEL_CODE_SELECTOR,
+};
 use super::{cpu, power, serial};
 use core::arch::{asm, global_asm};
 use core::mem::size_of;
@@ -31,6 +33,8 @@ const VECTOR_DOUBLE_FAULT: u64 = 8;
 const VECTOR_GENERAL_PROTECTION: u64 = 13;
 const VECTOR_PAGE_FAULT: u64 = 14;
 const VECTOR_MACHINE_CHECK: u64 = 18;
+/// #VC, the VMM communication exception (SEV-ES/SNP; error code = the SVM exit code).
+const VECTOR_VC: u64 = 29;
 /// The most frames the stack walk prints.
 const STACK_WALK_FRAMES_MAX: usize = 16;
 /// How many stack slots the fallback scan inspects for return addresses.
@@ -111,6 +115,10 @@ cairn_isr_\vector:
     CAIRN_ISR 29, 1
     CAIRN_ISR 30, 1
     CAIRN_ISR 31, 0
+    /* The local APIC timer through the full path, used under SEV-ES/SNP where the EOI
+       must go through the GHCB (Rust code) instead of a plain MMIO store or WRMSR. */
+    .global cairn_isr_48
+    CAIRN_ISR 48, 0
 
 cairn_isr_common:
     push %rax
@@ -199,6 +207,7 @@ cairn_isr_table:
 
 unsafe extern "C" {
     static cairn_isr_table: [u64; EXCEPTION_VECTORS];
+    fn cairn_isr_48();
     fn cairn_irq_timer();
     fn cairn_irq_spurious();
 }
@@ -274,13 +283,19 @@ pub fn init() {
             let ist = match vector as u64 {
                 VECTOR_DOUBLE_FAULT => IST_DOUBLE_FAULT,
                 VECTOR_NMI | VECTOR_MACHINE_CHECK => IST_NMI_MCE,
+                VECTOR_VC => IST_VC,
                 _ => IST_EXCEPTION,
             };
             (*idt).0[vector] = Gate::interrupt_gate((*table)[vector], ist);
         }
         let timer = usize::from(super::apic::TIMER_VECTOR);
         let spurious = usize::from(super::apic::SPURIOUS_VECTOR);
-        (*idt).0[timer] = Gate::interrupt_gate(cairn_irq_timer as *const () as u64, IST_EXCEPTION);
+        let timer_stub = if super::sev::es_active() {
+            cairn_isr_48 as *const () as u64
+        } else {
+            cairn_irq_timer as *const () as u64
+        };
+        (*idt).0[timer] = Gate::interrupt_gate(timer_stub, IST_EXCEPTION);
         (*idt).0[spurious] =
             Gate::interrupt_gate(cairn_irq_spurious as *const () as u64, IST_EXCEPTION);
         let ptr = DescriptorPointer {
@@ -392,6 +407,19 @@ extern "C" fn cairn_exception_dispatch(frame: &mut TrapFrame) {
         ));
         return;
     }
+    if frame.vector == VECTOR_VC {
+        match super::sev::handle_vc(frame) {
+            Ok(()) => return,
+            Err(e) => serial::emergency_write(format_args!(
+                "\n#VC not handled: exit code {:#x}: {e}\n",
+                frame.error_code
+            )),
+        }
+    }
+    if frame.vector == u64::from(super::apic::TIMER_VECTOR) {
+        super::apic::timer_tick();
+        return;
+    }
     let fixup = PROBE_FIXUP_RIP.load(Ordering::SeqCst);
     let probed = matches!(frame.vector, VECTOR_PAGE_FAULT | VECTOR_GENERAL_PROTECTION);
     if fixup != 0 && probed {
@@ -488,7 +516,7 @@ fn on_known_stack(addr: u64, len: u64) -> bool {
     let (lo, hi) = super::memory::boot_stack_range();
     let inside = |(lo, hi): (u64, u64)| addr >= lo && addr.saturating_add(len) <= hi;
     inside((lo, hi))
-        || [IST_EXCEPTION, IST_DOUBLE_FAULT, IST_NMI_MCE]
+        || [IST_EXCEPTION, IST_DOUBLE_FAULT, IST_NMI_MCE, IST_VC]
             .into_iter()
             .any(|slot| inside(gdt::ist_stack_range(slot)))
 }

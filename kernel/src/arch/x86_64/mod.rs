@@ -15,6 +15,7 @@ mod port;
 pub mod power;
 pub mod rtc;
 pub mod serial;
+pub mod sev;
 
 use port::Port;
 

@@ -12,9 +12,16 @@
 //!   address is its pointer.
 //! - Virtual addresses at or above [`DYNAMIC_MAP_BASE`] are never identity-mapped; they are
 //!   for explicit 4 KiB mappings ([`map_4k`]).
+//! - Under SEV-SNP (`sev::c_bit_mask() != 0`, UEFI entry only) every private mapping carries
+//!   the C-bit: table pointers, RAM, the firmware's CPUID/secrets pages, unaccepted memory
+//!   (accepted before use), write-back [`map_4k`] pages. MMIO (uncached pages, [`map_mmio`])
+//!   and pages made shared with [`make_shared`] (the GHCB, DMA buffers) have it clear. The
+//!   C-bit lies inside the address bits (bit 51 or 47), so frame addresses are read with it
+//!   masked off. Without SNP the mask is 0 and nothing changes.
 
 use super::cpu;
 use super::memory;
+use super::sev;
 use alloc::alloc::{alloc_zeroed, Layout};
 use boot::{BootInfo, MemoryKind};
 use spin::Mutex;
@@ -77,6 +84,15 @@ impl Caching {
             Caching::Uncached => CACHE_DISABLE | WRITE_THROUGH,
         }
     }
+
+    /// The C-bit for this kind of mapping: write-back mappings are private memory, uncached
+    /// ones are MMIO (shared: the device is emulated by the hypervisor).
+    fn encryption(self) -> u64 {
+        match self {
+            Caching::WriteBack => c_bit(),
+            Caching::Uncached => 0,
+        }
+    }
 }
 
 #[repr(C, align(4096))]
@@ -123,6 +139,16 @@ fn new_table() -> Result<*mut u64, MapError> {
     Ok(frame.cast())
 }
 
+/// The C-bit mask for private entries (0 without SNP).
+fn c_bit() -> u64 {
+    sev::c_bit_mask()
+}
+
+/// The frame an entry points at (address bits without the C-bit).
+fn frame_of(entry: u64) -> u64 {
+    entry & ADDRESS_MASK & !c_bit()
+}
+
 fn index(vaddr: u64, level: u32) -> usize {
     ((vaddr >> (12 + 9 * level)) & 0x1ff) as usize
 }
@@ -141,12 +167,12 @@ unsafe fn entry(pml4: *mut u64, vaddr: u64, level: u32) -> Result<*mut u64, MapE
         if value & PRESENT == 0 {
             let t = new_table()?;
             // SAFETY: `e` points into a live table; `t` is a zeroed frame.
-            unsafe { *e = t as u64 | PRESENT | WRITABLE };
+            unsafe { *e = t as u64 | PRESENT | WRITABLE | c_bit() };
             table = t;
         } else if value & HUGE != 0 {
             return Err(MapError::InsideHugePage);
         } else {
-            table = (value & ADDRESS_MASK) as *mut u64;
+            table = frame_of(value) as *mut u64;
         }
     }
     // SAFETY: `table` is a live table at `level`.
@@ -164,6 +190,10 @@ fn overlaps_ram(info: &BootInfo, base: u64, len: u64) -> bool {
     info.memory_map()
         .iter()
         .any(|r| is_ram(r.kind) && r.base < base + len && r.end() > base)
+        || sev::unaccepted_ranges().any(|(s, e)| s < base + len && e > base)
+        || sev::firmware_private_pages()
+            .iter()
+            .any(|&p| p != 0 && p >= base && p < base + len)
 }
 
 /// Builds the kernel's identity map from the memory map and switches to it.
@@ -177,32 +207,46 @@ pub fn init(info: &BootInfo) -> Result<MapSummary, MapError> {
         } else {
             Caching::Uncached
         };
+        let flags = PRESENT | WRITABLE | HUGE | caching.bits() | caching.encryption();
         // SAFETY: `pml4` is the new, live root table.
-        unsafe { *entry(pml4, page, 1)? = page | PRESENT | WRITABLE | HUGE | caching.bits() };
+        unsafe { *entry(pml4, page, 1)? = page | flags };
         page += PAGE_2M;
         mapped += PAGE_2M;
     }
     // Above 4 GiB only RAM is mapped up front; device windows come through `map_mmio`.
-    let high_ram = info.memory_map().iter().filter(|r| is_ram(r.kind));
-    for region in high_ram.filter(|r| r.end() > LOW_IDENTITY_BYTES) {
+    // Unaccepted memory (SNP only) is RAM too: mapped private, accepted before the heap
+    // takes it (`heap::init`).
+    let high_ram = info
+        .memory_map()
+        .iter()
+        .filter(|r| is_ram(r.kind))
+        .map(|r| (r.base, r.end()))
+        .chain(sev::unaccepted_ranges());
+    for (base, end) in high_ram.filter(|&(_, end)| end > LOW_IDENTITY_BYTES) {
         let caching = Caching::WriteBack;
-        let mut page = region.base.max(LOW_IDENTITY_BYTES) & !(PAGE_2M - 1);
-        while page < region.end() {
+        let mut page = base.max(LOW_IDENTITY_BYTES) & !(PAGE_2M - 1);
+        while page < end {
             // SAFETY: `pml4` is the new, live root table.
             let e = unsafe { entry(pml4, page, 1)? };
             // SAFETY: `e` points into a live table.
             if unsafe { *e } & PRESENT == 0 {
+                let flags = PRESENT | WRITABLE | HUGE | caching.bits() | caching.encryption();
                 // SAFETY: as above.
-                unsafe { *e = page | PRESENT | WRITABLE | HUGE | caching.bits() };
+                unsafe { *e = page | flags };
                 mapped += PAGE_2M;
             }
             page += PAGE_2M;
         }
     }
     guard_boot_stack(pml4)?;
+    // Pages already shared with the hypervisor (the GHCB) stay shared in the new tables.
+    for page in sev::static_shared_pages() {
+        // SAFETY: `pml4` is the new, live root table.
+        unsafe { set_encrypted_in(pml4, page, false)? };
+    }
     // SAFETY: the new tables identity-map everything the early tables did (the low 4 GiB)
     // except the stack guard page, which nothing uses.
-    unsafe { cpu::write_cr3(pml4 as u64) };
+    unsafe { cpu::write_cr3(pml4 as u64 | c_bit()) };
     *SPACE.lock() = pml4 as u64;
     // SAFETY: the pool counter is read after init, single-threaded.
     let table_frames = unsafe { STATIC_FRAMES.used };
@@ -238,14 +282,14 @@ unsafe fn split_2m(pml4: *mut u64, vaddr: u64) -> Result<(), MapError> {
         return Err(MapError::NotMapped);
     }
     let table = new_table()?;
-    let flags = old & (WRITABLE | CACHE_DISABLE | WRITE_THROUGH) | PRESENT;
-    let base = old & ADDRESS_MASK & !(PAGE_2M - 1);
+    let flags = old & (WRITABLE | CACHE_DISABLE | WRITE_THROUGH | c_bit()) | PRESENT;
+    let base = frame_of(old) & !(PAGE_2M - 1);
     for i in 0..ENTRIES {
         // SAFETY: `table` is a fresh frame of 512 entries.
         unsafe { *table.add(i) = (base + i as u64 * PAGE_4K) | flags };
     }
     // SAFETY: `pd_entry` points into a live table; the new table maps the same frames.
-    unsafe { *pd_entry = table as u64 | PRESENT | WRITABLE };
+    unsafe { *pd_entry = table as u64 | PRESENT | WRITABLE | c_bit() };
     let mut page = vaddr;
     while page < vaddr + PAGE_2M {
         cpu::invlpg(page);
@@ -275,7 +319,7 @@ pub fn map_4k(vaddr: u64, paddr: u64, caching: Caching) -> Result<(), MapError> 
         if *e & PRESENT != 0 {
             return Err(MapError::AlreadyMapped);
         }
-        *e = paddr | PRESENT | WRITABLE | caching.bits();
+        *e = paddr | PRESENT | WRITABLE | caching.bits() | caching.encryption();
     }
     cpu::invlpg(vaddr);
     Ok(())
@@ -296,7 +340,7 @@ pub fn unmap_4k(vaddr: u64) -> Result<u64, MapError> {
         return Err(MapError::NotMapped);
     }
     cpu::invlpg(vaddr);
-    Ok(old & ADDRESS_MASK)
+    Ok(frame_of(old))
 }
 
 /// The physical address `vaddr` maps to, if it is mapped.
@@ -312,9 +356,9 @@ pub fn translate(vaddr: u64) -> Option<u64> {
         }
         if level == 0 || e & HUGE != 0 {
             let page = 1u64 << (12 + 9 * level);
-            return Some((e & ADDRESS_MASK & !(page - 1)) | (vaddr & (page - 1)));
+            return Some((frame_of(e) & !(page - 1)) | (vaddr & (page - 1)));
         }
-        table = (e & ADDRESS_MASK) as *mut u64;
+        table = frame_of(e) as *mut u64;
     }
     None
 }
@@ -340,4 +384,115 @@ pub fn map_mmio(paddr: u64, len: u64) -> Result<(), MapError> {
         page += PAGE_2M;
     }
     Ok(())
+}
+
+/// Sets (`private`) or clears the C-bit of the 4 KiB page at `vaddr` in the tables rooted at
+/// `pml4`, splitting its 2 MiB page first if needed.
+///
+/// # Safety
+/// `pml4` must be live; the caller must have moved the page's RMP state accordingly (or be
+/// about to, before the page is touched again).
+unsafe fn set_encrypted_in(pml4: *mut u64, vaddr: u64, private: bool) -> Result<(), MapError> {
+    let page = vaddr & !(PAGE_4K - 1);
+    // SAFETY: per the contract.
+    let pd_entry = unsafe { entry(pml4, page, 1)? };
+    // SAFETY: `pd_entry` points into a live table.
+    if unsafe { *pd_entry } & (PRESENT | HUGE) == PRESENT | HUGE {
+        // SAFETY: a present huge page maps this range.
+        unsafe { split_2m(pml4, page & !(PAGE_2M - 1))? };
+    }
+    // SAFETY: the range is mapped with 4 KiB pages now.
+    let e = unsafe { entry(pml4, page, 0)? };
+    // SAFETY: `e` points into a live table.
+    unsafe {
+        if *e & PRESENT == 0 {
+            return Err(MapError::NotMapped);
+        }
+        *e = if private { *e | c_bit() } else { *e & !c_bit() };
+    }
+    cpu::invlpg(page);
+    Ok(())
+}
+
+/// Sets or clears the C-bit of the page at `vaddr` in the active tables (the boot tables
+/// before [`init`]). No-op without SNP.
+pub fn set_encrypted(vaddr: u64, private: bool) -> Result<(), MapError> {
+    if c_bit() == 0 {
+        return Ok(());
+    }
+    let guard = SPACE.lock();
+    let root = match *guard {
+        0 => frame_of(cpu::read_cr3()) as *mut u64,
+        space => space as *mut u64,
+    };
+    // SAFETY: `root` is the live PML4 (the boot one before `init`); the lock serialises
+    // table edits. The RMP side is the caller's (see `make_shared`).
+    unsafe { set_encrypted_in(root, vaddr, private) }
+}
+
+/// Why a range could not change sharing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShareError {
+    /// The range is not 4 KiB-aligned.
+    Unaligned,
+    /// The page tables could not be changed.
+    Map(MapError),
+    /// The RMP state could not be changed.
+    PageState(sev::PageStateError),
+}
+
+impl core::fmt::Display for ShareError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            ShareError::Unaligned => f.write_str("range not page-aligned"),
+            ShareError::Map(e) => write!(f, "{e}"),
+            ShareError::PageState(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// Makes the identity-mapped RAM `[vaddr, vaddr + len)` shared with the hypervisor (DMA
+/// buffers, the guest-request pages): flush, `PVALIDATE` rescind, page state change to
+/// shared, then clear the C-bit (splitting 2 MiB pages) and flush the TLB. Its contents
+/// are lost (the hypervisor sees ciphertext): the caller writes it afterwards. No-op without
+/// SNP.
+pub fn make_shared(vaddr: u64, len: u64) -> Result<(), ShareError> {
+    if c_bit() == 0 {
+        return Ok(());
+    }
+    if !vaddr.is_multiple_of(PAGE_4K) || !len.is_multiple_of(PAGE_4K) {
+        return Err(ShareError::Unaligned);
+    }
+    // SAFETY: the caller hands the range over to sharing; nothing uses it as private memory
+    // from now on.
+    unsafe { sev::rmp_to_shared(vaddr, vaddr + len) }.map_err(ShareError::PageState)?;
+    let mut page = vaddr;
+    while page < vaddr + len {
+        set_encrypted(page, false).map_err(ShareError::Map)?;
+        page += PAGE_4K;
+    }
+    Ok(())
+}
+
+/// Makes a range [`make_shared`] shared private again: set the C-bit, page state change to
+/// private, `PVALIDATE`. Its contents are lost. No-op without SNP.
+#[allow(
+    dead_code,
+    reason = "the way back from make_shared; today's shared pages (GHCB, DMA pool, guest-request pages) stay shared"
+)]
+pub fn make_private(vaddr: u64, len: u64) -> Result<(), ShareError> {
+    if c_bit() == 0 {
+        return Ok(());
+    }
+    if !vaddr.is_multiple_of(PAGE_4K) || !len.is_multiple_of(PAGE_4K) {
+        return Err(ShareError::Unaligned);
+    }
+    let mut page = vaddr;
+    while page < vaddr + len {
+        set_encrypted(page, true).map_err(ShareError::Map)?;
+        page += PAGE_4K;
+    }
+    // SAFETY: the range was shared by `make_shared`, identity-mapped once, and is private
+    // in the page tables now.
+    unsafe { sev::rmp_to_private(vaddr, vaddr + len) }.map_err(ShareError::PageState)
 }

@@ -2,9 +2,14 @@
 //!
 //! A [`Port`] is created with `unsafe` (the creator asserts the port belongs to the device it
 //! drives and that accesses have no memory-safety effect); reads and writes are then safe.
+//! Under SEV-ES/SNP, IN/OUT would raise #VC: they go through the GHCB instead
+//! (`sev::io_in`/`io_out`, the IOIO exit).
 
 use core::arch::asm;
 use core::marker::PhantomData;
+
+use super::sev;
+use node::attest::ghcb_page::IoSize;
 
 /// A value that can be moved through an I/O port.
 pub trait PortValue: Copy {
@@ -18,6 +23,9 @@ pub trait PortValue: Copy {
 
 impl PortValue for u8 {
     unsafe fn read_from(port: u16) -> u8 {
+        if sev::use_ghcb() {
+            return sev::io_in(port, IoSize::Byte) as u8;
+        }
         let v: u8;
         // SAFETY: the caller owns the port; `in` has no memory effects.
         unsafe {
@@ -26,6 +34,9 @@ impl PortValue for u8 {
         v
     }
     unsafe fn write_to(port: u16, value: u8) {
+        if sev::use_ghcb() {
+            return sev::io_out(port, IoSize::Byte, u64::from(value));
+        }
         // SAFETY: the caller owns the port; `out` has no memory effects.
         unsafe {
             asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags))
@@ -35,6 +46,9 @@ impl PortValue for u8 {
 
 impl PortValue for u16 {
     unsafe fn read_from(port: u16) -> u16 {
+        if sev::use_ghcb() {
+            return sev::io_in(port, IoSize::Word) as u16;
+        }
         let v: u16;
         // SAFETY: as for u8.
         unsafe {
@@ -43,6 +57,9 @@ impl PortValue for u16 {
         v
     }
     unsafe fn write_to(port: u16, value: u16) {
+        if sev::use_ghcb() {
+            return sev::io_out(port, IoSize::Word, u64::from(value));
+        }
         // SAFETY: as for u8.
         unsafe {
             asm!("out dx, ax", in("dx") port, in("ax") value, options(nomem, nostack, preserves_flags))
@@ -52,6 +69,9 @@ impl PortValue for u16 {
 
 impl PortValue for u32 {
     unsafe fn read_from(port: u16) -> u32 {
+        if sev::use_ghcb() {
+            return sev::io_in(port, IoSize::Dword) as u32;
+        }
         let v: u32;
         // SAFETY: as for u8.
         unsafe {
@@ -60,6 +80,9 @@ impl PortValue for u32 {
         v
     }
     unsafe fn write_to(port: u16, value: u32) {
+        if sev::use_ghcb() {
+            return sev::io_out(port, IoSize::Dword, u64::from(value));
+        }
         // SAFETY: as for u8.
         unsafe {
             asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack, preserves_flags))
