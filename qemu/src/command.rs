@@ -246,6 +246,9 @@ pub struct QemuCommand {
     pub debug_exit: bool,
     /// A virtio entropy source.
     pub virtio_rng: bool,
+    /// Every virtio device with `iommu_platform=on`: it offers `VIRTIO_F_ACCESS_PLATFORM` and
+    /// requires the driver to accept it, as QEMU makes the devices of an SEV guest do.
+    pub access_platform: bool,
     /// Extra arguments appended verbatim, for experiments; prefer adding a typed field.
     pub extra: Vec<String>,
 }
@@ -281,6 +284,7 @@ impl QemuCommand {
             nics: Vec::new(),
             debug_exit: true,
             virtio_rng: false,
+            access_platform: false,
             extra: Vec::new(),
         }
     }
@@ -337,6 +341,12 @@ impl QemuCommand {
         self
     }
 
+    /// Every virtio device with `iommu_platform=on`, as under SEV (the field's docs).
+    pub fn access_platform(mut self) -> Self {
+        self.access_platform = true;
+        self
+    }
+
     pub fn drive(mut self, drive: Drive) -> Self {
         self.drives.push(drive);
         self
@@ -373,9 +383,23 @@ impl QemuCommand {
         kv(&mut a, "-chardev", "stdio,id=com1,signal=off");
         kv(&mut a, "-serial", "chardev:com1");
         self.boot_args(&mut a);
+        let platform = if self.access_platform {
+            ",disable-legacy=on,iommu_platform=on"
+        } else {
+            ""
+        };
         for (i, drive) in self.drives.iter().enumerate() {
             a.push("-drive".into());
-            a.push(drive_arg(i, drive));
+            if self.access_platform && drive.interface == DiskInterface::Virtio {
+                // The device's properties need an explicit -device for the drive.
+                a.push(
+                    format!("{},id=drive{i}", drive_arg(i, drive)).replace("if=virtio", "if=none"),
+                );
+                a.push("-device".into());
+                a.push(format!("virtio-blk-pci,drive=drive{i}{platform}"));
+            } else {
+                a.push(drive_arg(i, drive));
+            }
         }
         for (i, nic) in self.nics.iter().enumerate() {
             a.push("-netdev".into());
@@ -393,7 +417,10 @@ impl QemuCommand {
                 ));
             }
             a.push("-device".into());
-            a.push(format!("virtio-net-pci,netdev=net{i},mac={}", nic.mac));
+            a.push(format!(
+                "virtio-net-pci,netdev=net{i},mac={}{platform}",
+                nic.mac
+            ));
         }
         if self.debug_exit {
             a.push("-device".into());
@@ -404,7 +431,7 @@ impl QemuCommand {
         }
         if self.virtio_rng {
             a.push("-device".into());
-            a.push("virtio-rng-pci".into());
+            a.push(format!("virtio-rng-pci{platform}"));
         }
         a.extend(self.extra.iter().cloned());
         a
@@ -626,6 +653,27 @@ mod tests {
                 "if=pflash,format=raw,unit=0,readonly=on,file=/fw/CODE.fd",
                 "if=pflash,format=raw,unit=1,file=/run/VARS,,1.fd",
                 "file=/d/disk.img,format=raw,if=virtio,index=0",
+            ]
+        );
+    }
+
+    #[test]
+    fn access_platform_puts_every_virtio_device_behind_the_platform() {
+        let args = QemuCommand::pvh("/k")
+            .drive(Drive::raw("/b.img"))
+            .virtio_rng(true)
+            .access_platform()
+            .args();
+        assert_eq!(
+            pairs(&args, "-drive"),
+            ["file=/b.img,format=raw,if=none,index=0,id=drive0"]
+        );
+        assert_eq!(
+            pairs(&args, "-device"),
+            [
+                "virtio-blk-pci,drive=drive0,disable-legacy=on,iommu_platform=on",
+                "isa-debug-exit,iobase=0xf4,iosize=0x4",
+                "virtio-rng-pci,disable-legacy=on,iommu_platform=on",
             ]
         );
     }

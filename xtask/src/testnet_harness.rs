@@ -347,7 +347,8 @@ impl Testnet {
                 let pflash = firmware
                     .pflash(&vars)
                     .map_err(|e| format!("copy OVMF variables to {}: {e}", vars.display()))?;
-                cmd = cmd.uefi(pflash);
+                // As QEMU makes an SEV guest's devices: iommu_platform=on everywhere.
+                cmd = cmd.uefi(pflash).access_platform();
                 cmd.extra.extend(fw_cfg_config_args(&node.config));
             }
         }

@@ -3,6 +3,8 @@
 //! (`opt/cairn/node.cfg`, read by the UEFI entry before ExitBootServices).
 //!
 //! What it requires, on every node unless said otherwise:
+//! - every virtio device runs with `iommu_platform=on`, as under SEV, and the console says the
+//!   driver accepted `VIRTIO_F_ACCESS_PLATFORM` on both cards and the disk;
 //! - the console says the configuration came through fw_cfg, and the report_data the node
 //!   computed from its keys (`runtime: report_data …`) is the one genesis wrote into
 //!   `registry.json` for that node;
@@ -23,6 +25,11 @@ use std::time::{Duration, Instant};
 
 /// The console line of a node whose configuration came through fw_cfg.
 const FW_CFG_CONFIG_MARK: &str = "cairn: node config from fw_cfg (";
+/// The console line of a virtio device that accepted `VIRTIO_F_ACCESS_PLATFORM`, after the
+/// device type.
+const ACCESS_PLATFORM_MARK: &str = ": VIRTIO_F_ACCESS_PLATFORM accepted";
+/// The devices that must say so: two cards and the disk.
+const ACCESS_PLATFORM_DEVICES: [(&str, usize); 2] = [("virtio Network", 2), ("virtio Block", 1)];
 /// The console line with the node's report_data.
 const REPORT_DATA_MARK: &str = "runtime: report_data ";
 
@@ -85,6 +92,13 @@ pub fn testnet_uefi(paths: &Paths) -> Result<String, String> {
                 )
             })?;
         config_bytes.push(fw_cfg.to_string());
+        for (device, want) in ACCESS_PLATFORM_DEVICES {
+            let mark = format!("{device}{ACCESS_PLATFORM_MARK}");
+            let seen = console.iter().filter(|l| l.contains(&mark)).count();
+            if seen != want {
+                return Err(format!("node{i}: `{mark}` {seen} times, not {want}"));
+            }
+        }
         let said = console
             .iter()
             .find_map(|l| l.split(REPORT_DATA_MARK).nth(1))

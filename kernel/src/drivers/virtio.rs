@@ -12,9 +12,13 @@
 //! it (for device-readable directions) and `unshare` copies back (for device-writable ones)
 //! and frees it. Without SNP all of this is skipped and DMA works as before.
 //!
-//! Not verifiable here, and a known gap under SNP: virtio-drivers 0.13 does not negotiate
-//! `VIRTIO_F_ACCESS_PLATFORM`, which QEMU requires of an SNP guest's devices
-//! (`iommu_platform=on`). The PCI BARs are MMIO that raises #VC, emulated by `arch::sev`.
+//! `VIRTIO_F_ACCESS_PLATFORM` (virtio 1.2 §6, bit 33): QEMU offers it, and requires the
+//! driver to accept it, on the devices of a confidential guest (`iommu_platform=on`, forced
+//! under SEV). virtio-drivers 0.13 never accepts it, so every device is driven through
+//! [`PlatformTransport`], which accepts it whenever the device offers it: with no IOMMU the
+//! "platform" translation is the identity, and under SNP the buffers are in shared memory
+//! already (above). `cargo xtask test testnet-uefi` runs its VMs with `iommu_platform=on`.
+//! The PCI BARs are MMIO that raises #VC under SNP, emulated by `arch::sev`.
 
 use crate::arch::{paging, pci, sev};
 use alloc::alloc::{alloc_zeroed, dealloc, Layout};
@@ -26,7 +30,7 @@ use virtio_drivers::device::net::VirtIONetRaw;
 use virtio_drivers::device::rng::VirtIORng;
 use virtio_drivers::transport::pci::bus::PciRoot;
 use virtio_drivers::transport::pci::{virtio_device_type, PciTransport};
-use virtio_drivers::transport::DeviceType;
+use virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus, Transport};
 use virtio_drivers::{BufferDirection, Hal, PhysAddr, PAGE_SIZE};
 
 /// Descriptors per virtio-net queue.
@@ -34,9 +38,114 @@ pub const NET_QUEUE_SIZE: usize = 64;
 /// Bytes per virtio-net receive buffer: an Ethernet frame (1514) plus the virtio header.
 pub const NET_BUFFER_BYTES: usize = 2048;
 
-pub type VirtioNet = VirtIONetRaw<KernelHal, PciTransport, NET_QUEUE_SIZE>;
-pub type VirtioBlk = VirtIOBlk<KernelHal, PciTransport>;
-pub type VirtioRng = VirtIORng<KernelHal, PciTransport>;
+pub type VirtioNet = VirtIONetRaw<KernelHal, PlatformTransport, NET_QUEUE_SIZE>;
+pub type VirtioBlk = VirtIOBlk<KernelHal, PlatformTransport>;
+pub type VirtioRng = VirtIORng<KernelHal, PlatformTransport>;
+
+/// `VIRTIO_F_ACCESS_PLATFORM` (virtio 1.2 §6): the device accesses memory through the
+/// platform's translation (an IOMMU, or the shared pages of a confidential guest).
+const VIRTIO_F_ACCESS_PLATFORM: u64 = 1 << 33;
+
+/// A PCI transport whose driver also accepts [`VIRTIO_F_ACCESS_PLATFORM`] when the device
+/// offers it; everything else is the PCI transport's.
+pub struct PlatformTransport {
+    inner: PciTransport,
+    /// The features the device offered (read during `begin_init`).
+    offered: u64,
+}
+
+impl PlatformTransport {
+    fn new(inner: PciTransport) -> PlatformTransport {
+        PlatformTransport { inner, offered: 0 }
+    }
+}
+
+impl Transport for PlatformTransport {
+    fn device_type(&self) -> DeviceType {
+        self.inner.device_type()
+    }
+
+    fn read_device_features(&mut self) -> u64 {
+        self.offered = self.inner.read_device_features();
+        self.offered
+    }
+
+    fn write_driver_features(&mut self, driver_features: u64) {
+        let platform = self.offered & VIRTIO_F_ACCESS_PLATFORM;
+        if platform != 0 {
+            let kind = self.inner.device_type();
+            log::info!("virtio {kind:?}: VIRTIO_F_ACCESS_PLATFORM accepted");
+        }
+        self.inner.write_driver_features(driver_features | platform);
+    }
+
+    fn max_queue_size(&mut self, queue: u16) -> u32 {
+        self.inner.max_queue_size(queue)
+    }
+
+    fn notify(&mut self, queue: u16) {
+        self.inner.notify(queue)
+    }
+
+    fn get_status(&self) -> DeviceStatus {
+        self.inner.get_status()
+    }
+
+    fn set_status(&mut self, status: DeviceStatus) {
+        self.inner.set_status(status)
+    }
+
+    fn set_guest_page_size(&mut self, guest_page_size: u32) {
+        self.inner.set_guest_page_size(guest_page_size)
+    }
+
+    fn requires_legacy_layout(&self) -> bool {
+        self.inner.requires_legacy_layout()
+    }
+
+    fn queue_set(
+        &mut self,
+        queue: u16,
+        size: u32,
+        descriptors: PhysAddr,
+        driver_area: PhysAddr,
+        device_area: PhysAddr,
+    ) {
+        self.inner
+            .queue_set(queue, size, descriptors, driver_area, device_area)
+    }
+
+    fn queue_unset(&mut self, queue: u16) {
+        self.inner.queue_unset(queue)
+    }
+
+    fn queue_used(&mut self, queue: u16) -> bool {
+        self.inner.queue_used(queue)
+    }
+
+    fn ack_interrupt(&mut self) -> InterruptStatus {
+        self.inner.ack_interrupt()
+    }
+
+    fn read_config_generation(&self) -> u32 {
+        self.inner.read_config_generation()
+    }
+
+    fn read_config_space<T: zerocopy::FromBytes + zerocopy::IntoBytes>(
+        &self,
+        offset: usize,
+    ) -> virtio_drivers::Result<T> {
+        self.inner.read_config_space(offset)
+    }
+
+    fn write_config_space<T: zerocopy::IntoBytes + zerocopy::Immutable>(
+        &mut self,
+        offset: usize,
+        value: T,
+    ) -> virtio_drivers::Result<()> {
+        self.inner.write_config_space(offset, value)
+    }
+}
 
 /// The kernel's `Hal` for virtio-drivers.
 pub struct KernelHal;
@@ -273,6 +382,7 @@ pub fn probe() -> Devices {
 }
 
 fn attach(devices: &mut Devices, kind: DeviceType, transport: PciTransport) {
+    let transport = PlatformTransport::new(transport);
     match kind {
         DeviceType::Network if devices.net.len() < NET_DEVICES_MAX => {
             match VirtioNet::new(transport) {

@@ -26,10 +26,9 @@
 //! protocols in `node::attest` on the host, and that every existing boot path still boots
 //! with the SNP code present and inactive. MMIO (PCI ECAM, the virtio BARs) raises #VC
 //! with the NPF exit; the handler emulates the MOV/MOVZX forms compiled volatile accesses
-//! use (`node::attest::vc`) and refuses others. Known gaps: virtio-drivers 0.13 does not
-//! negotiate `VIRTIO_F_ACCESS_PLATFORM`, which QEMU requires of an SNP guest's devices, so
-//! virtio devices will refuse FEATURES_OK until that is added (a crate patch or a transport
-//! wrapper); a 4 KiB rescind inside a page the firmware validated as 2 MiB would need a
+//! use (`node::attest::vc`) and refuses others. The virtio devices QEMU gives an SEV guest
+//! (`iommu_platform=on`) are negotiated through `drivers::virtio::PlatformTransport`, and
+//! `testnet-uefi` runs its VMs that way (without SEV). Known gaps: a 4 KiB rescind inside a page the firmware validated as 2 MiB would need a
 //! PSMASH request; CPUID leaves are not post-processed as Linux does (APIC IDs, OSXSAVE,
 //! XSAVE sizes); only one CPU. Only the path into [`attestation_report`] reaches the
 //! firmware, and it refuses when [`super::detect`] found no SNP.
