@@ -464,28 +464,9 @@ fn write_initrd(st: &SystemTable, out: &mut TagWriter<'_>) -> Option<()> {
 /// when the handoff buffer is full.
 fn write_fw_cfg_config(st: &SystemTable, out: &mut TagWriter<'_>) -> Option<()> {
     use crate::runtime::config::{self as cfg, FwCfgError};
-    /// fw_cfg's I/O ports on x86: a 16-bit selector and an 8-bit data port.
-    const FW_CFG_PORT_SELECTOR: u16 = 0x510;
-    const FW_CFG_PORT_DATA: u16 = 0x511;
-    let select = |key: u16| {
-        // SAFETY: QEMU's fw_cfg selector port; selecting an item has no memory effect.
-        unsafe {
-            core::arch::asm!("out dx, ax", in("dx") FW_CFG_PORT_SELECTOR, in("ax") key,
-                options(nomem, nostack, preserves_flags))
-        }
-    };
-    let mut read = |buf: &mut [u8]| {
-        for byte in buf.iter_mut() {
-            // SAFETY: fw_cfg's data port; a read returns the next byte of the selected item
-            // (0 past its end, or 0xff without the device) and touches no memory.
-            *byte = unsafe {
-                let v: u8;
-                core::arch::asm!("in al, dx", out("al") v, in("dx") FW_CFG_PORT_DATA,
-                    options(nomem, nostack, preserves_flags));
-                v
-            };
-        }
-    };
+    let fw_cfg = crate::arch::fw_cfg::FwCfg::new();
+    let select = |key: u16| fw_cfg.select(key);
+    let mut read = |buf: &mut [u8]| fw_cfg.read(buf);
     // SAFETY: boot_services is valid under boot services.
     let bs = unsafe { &*st.boot_services };
     let mut load = || -> Result<(u64, usize), FwCfgError> {

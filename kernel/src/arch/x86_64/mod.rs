@@ -5,6 +5,7 @@ pub mod apic;
 pub mod clock;
 pub mod cpu;
 pub mod entropy;
+pub mod fw_cfg;
 mod gdt;
 pub mod idt;
 mod mem;
