@@ -146,7 +146,8 @@ use alloc::vec::Vec;
 use core::fmt;
 use device::{read_blocks, write_blocks};
 use format::{
-    blocks_for, BlobRef, Geometry, Meta, Superblock, DATA_START_BLOCK, META_BYTES_MAX, META_VERSION,
+    blocks_for, BlobRef, CheckpointRef, Geometry, Meta, MetaDecodeError, Superblock,
+    DATA_START_BLOCK, META_BYTES_MAX, META_VERSION,
 };
 use pool::{scan_segment, SegmentTail};
 use serde::{Deserialize, Serialize};
@@ -248,6 +249,8 @@ pub enum StoreError {
     SyncState,
     /// Chunk `index`, vouched unchanged by a hint, has changed: the hint is wrong.
     HintMismatch(u32),
+    /// The meta record has a version this code does not read (a newer format).
+    UnsupportedMeta(u32),
 }
 
 impl fmt::Display for StoreError {
@@ -269,6 +272,7 @@ impl fmt::Display for StoreError {
             StoreError::ChunkMismatch(i) => write!(f, "synced chunk {i} does not match"),
             StoreError::SyncState => f.write_str("state sync not in a state to do that"),
             StoreError::HintMismatch(i) => write!(f, "chunk {i} vouched unchanged has changed"),
+            StoreError::UnsupportedMeta(v) => write!(f, "store meta version {v} not supported"),
         }
     }
 }
@@ -326,6 +330,13 @@ pub struct Recovery {
     pub pool_faults: Vec<PoolFault>,
     /// Mirrored blob copies (meta, manifest, CUP) that were bad and rewritten from their twin.
     pub blob_repairs: Vec<Structure>,
+    /// Height and root hash of the retained checkpoint (the one at the CUP height, kept while
+    /// a newer checkpoint is the latest), if any survived the open.
+    pub retained: Option<(u64, Hash)>,
+    /// The retained checkpoint was dropped on open: its manifest failed in both copies, or
+    /// (eager verification) one of its chunks failed. The drop is committed before `open`
+    /// returns; peers sync that state from other replicas.
+    pub retained_dropped: bool,
 }
 
 impl Recovery {
@@ -396,6 +407,8 @@ pub struct Store<D: BlockDevice> {
     meta_ref: BlobRef,
     meta: Meta,
     checkpoint: Option<Checkpoint>,
+    /// The checkpoint of `meta.retained`.
+    retained: Option<Checkpoint>,
     /// Per segment of `meta.segments`, where appends continue.
     tails: Vec<SegmentTail>,
     pending: Vec<PoolRecord>,
@@ -461,6 +474,7 @@ impl<D: BlockDevice> Store<D> {
             },
             meta: Meta::default(),
             checkpoint: None,
+            retained: None,
             tails: Vec::new(),
             pending: Vec::new(),
             pending_bytes: 0,
@@ -562,8 +576,10 @@ impl<D: BlockDevice> Store<D> {
         recovery: &mut Recovery,
     ) -> Result<(), StoreError> {
         let meta_bytes = self.read_blob_repairing(&sb.meta, Structure::Meta, recovery)?;
-        let meta: Meta =
-            postcard::from_bytes(&meta_bytes).map_err(|_| StoreError::Corrupt(Structure::Meta))?;
+        let mut meta: Meta = format::decode_meta(&meta_bytes).map_err(|e| match e {
+            MetaDecodeError::Malformed => StoreError::Corrupt(Structure::Meta),
+            MetaDecodeError::Unsupported(v) => StoreError::UnsupportedMeta(v),
+        })?;
         let g = self.geometry;
         let segments_ok = meta.segments.iter().all(|seg| {
             seg.blocks == g.pool_segment_blocks
@@ -572,10 +588,34 @@ impl<D: BlockDevice> Store<D> {
                     .iter()
                     .all(|&c| extent_in_data_area(c, u64::from(seg.blocks), g.block_count))
         });
-        if meta.version != META_VERSION || meta.segments.len() > SEGMENTS_MAX || !segments_ok {
+        let retained_ok = meta.retained.is_none_or(|r| {
+            meta.checkpoint.is_some_and(|c| r.height < c.height)
+                && meta.cup_height == Some(r.height)
+        });
+        if meta.version != META_VERSION
+            || meta.segments.len() > SEGMENTS_MAX
+            || !segments_ok
+            || !retained_ok
+        {
             return Err(StoreError::Corrupt(Structure::Meta));
         }
-        self.load_checkpoint(&meta, recovery)?;
+        if let Some(cp) = meta.checkpoint {
+            let loaded = self.load_checkpoint(&cp, recovery)?;
+            recovery.checkpoint = Some((cp.height, cp.root_hash));
+            self.checkpoint = Some(loaded);
+        }
+        if let Some(r) = meta.retained {
+            // Only kept for peers: a retained checkpoint that cannot be read is dropped, never
+            // a reason to refuse the store.
+            match self.load_checkpoint(&r, recovery) {
+                Ok(loaded) => self.retained = Some(loaded),
+                Err(StoreError::Corrupt(_)) => {
+                    meta.retained = None;
+                    recovery.retained_dropped = true;
+                }
+                Err(e) => return Err(e),
+            }
+        }
         if let Some(cup) = meta.cup {
             self.read_blob_repairing(&cup, Structure::Cup, recovery)?;
         }
@@ -585,14 +625,28 @@ impl<D: BlockDevice> Store<D> {
         self.rebuild_space();
         if verify == Verify::Eager {
             recovery.bad_chunks = self.verify_checkpoint()?;
+            if !self.verify_retained()?.is_empty() {
+                self.meta.retained = None;
+                self.retained = None;
+                recovery.retained_dropped = true;
+            }
         }
+        if recovery.retained_dropped {
+            // Commit the drop before anything reuses the retained checkpoint's blocks. (The
+            // in-memory meta no longer names it, so `commit` frees its unshared extents.)
+            let meta = self.meta.clone();
+            self.commit(meta)?;
+        }
+        recovery.retained = self.retained.as_ref().map(|r| (r.height, r.root_hash));
         Ok(())
     }
 
-    fn load_checkpoint(&mut self, meta: &Meta, recovery: &mut Recovery) -> Result<(), StoreError> {
-        let Some(cp) = meta.checkpoint else {
-            return Ok(());
-        };
+    /// Reads and checks the stored manifest of `cp`.
+    fn load_checkpoint(
+        &mut self,
+        cp: &CheckpointRef,
+        recovery: &mut Recovery,
+    ) -> Result<Checkpoint, StoreError> {
         let bytes = self.read_blob_repairing(&cp.manifest, Structure::Manifest, recovery)?;
         let stored: StoredManifest =
             postcard::from_bytes(&bytes).map_err(|_| StoreError::Corrupt(Structure::Manifest))?;
@@ -611,14 +665,12 @@ impl<D: BlockDevice> Store<D> {
         if !in_range {
             return Err(StoreError::Corrupt(Structure::Manifest));
         }
-        recovery.checkpoint = Some((cp.height, cp.root_hash));
-        self.checkpoint = Some(Checkpoint::new(
+        Ok(Checkpoint::new(
             cp.height,
             cp.root_hash,
             stored.manifest,
             stored.locations,
-        ));
-        Ok(())
+        ))
     }
 
     fn load_pool(&mut self, recovery: &mut Recovery) -> Result<(), StoreError> {
@@ -691,10 +743,12 @@ impl<D: BlockDevice> Store<D> {
     pub fn referenced_extents(&self) -> Vec<Extent> {
         let mut used: Vec<Extent> = Vec::new();
         used.extend(self.meta_ref.extents());
-        if let Some(cp) = &self.meta.checkpoint {
+        for cp in self.meta.checkpoint.iter().chain(&self.meta.retained) {
             used.extend(cp.manifest.extents());
         }
-        if let Some(cp) = &self.checkpoint {
+        // Chunks shared by the two checkpoints are listed twice; `FreeSpace::derive` takes the
+        // union.
+        for cp in self.checkpoint.iter().chain(&self.retained) {
             for (c, &l) in cp.manifest.chunks.iter().zip(&cp.locations) {
                 used.push(Extent {
                     start: l,
@@ -827,7 +881,26 @@ impl<D: BlockDevice> Store<D> {
 
 impl<D: BlockDevice> Store<D> {
     /// Stores the latest catch-up package (opaque bytes), atomically replacing the previous.
+    /// Its height is unknown to the store, so no checkpoint is retained for it (and a retained
+    /// one is dropped): prefer [`Store::put_cup_at`].
     pub fn put_cup(&mut self, cup: &[u8]) -> Result<(), StoreError> {
+        self.put_cup_inner(None, cup)
+    }
+
+    /// Stores the catch-up package for `height`, atomically replacing the previous. From now
+    /// on the checkpoint at `height` is retained when a newer checkpoint replaces it, until a
+    /// CUP at another height is stored; a retained checkpoint below `height` is dropped in
+    /// the same commit (its extents not shared with the latest checkpoint become free).
+    pub fn put_cup_at(&mut self, height: u64, cup: &[u8]) -> Result<(), StoreError> {
+        self.put_cup_inner(Some(height), cup)
+    }
+
+    /// Height of the stored CUP, as given to `put_cup_at`.
+    pub fn cup_height(&self) -> Option<u64> {
+        self.meta.cup_height
+    }
+
+    fn put_cup_inner(&mut self, height: Option<u64>, cup: &[u8]) -> Result<(), StoreError> {
         self.check_usable()?;
         let blob = self.write_blob(cup);
         let blob = match blob {
@@ -839,7 +912,22 @@ impl<D: BlockDevice> Store<D> {
         };
         let mut meta = self.meta.clone();
         meta.cup = Some(blob);
-        self.commit(meta)
+        meta.cup_height = height;
+        let keep = meta.retained.is_some_and(|r| height == Some(r.height));
+        if !keep {
+            meta.retained = None;
+        }
+        // As in `commit_checkpoint`: the in-memory checkpoints must match `meta` before
+        // `commit` derives free space from them.
+        let previous = if keep { None } else { self.retained.take() };
+        if let Err(e) = self.commit(meta) {
+            if previous.is_some() {
+                self.retained = previous;
+            }
+            self.rebuild_space();
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// The stored catch-up package, verified.
