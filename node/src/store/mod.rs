@@ -46,16 +46,20 @@
 //!                     store.pool_purge_below(cup_height) once a CUP is durable
 //! checkpoint          stats = store.checkpoint(height, &[StateFile { name, bytes }, ...])?
 //!                     stats.root_hash goes to consensus to certify (and into the CUP);
-//!                     store.put_cup(bytes) when the CUP is made
+//!                     store.put_cup_at(cup_height, bytes) when the CUP is made
+//!                     (the checkpoint at cup_height is then *retained* when a newer
+//!                     one replaces it, until the next CUP: peers that adopted the
+//!                     CUP can still sync its state)
 //! state sync (join,   manifest = Manifest::from_bytes(from a peer)?;
 //!  catch up, repair)  sync = store.begin_state_sync(cup.height, &cup.root, manifest)?
 //!                     for i in sync.missing_chunks(): fetch i from peers,
 //!                         store.accept_chunk(&mut sync, i, &bytes)?  (wrong bytes: ask another)
 //!                     store.commit_state_sync(sync)?; then load the files as on restart
-//! serving a peer      store.manifest()?.to_bytes(), store.read_chunk(i)
+//! serving a peer      store.manifest_at(height)?.to_bytes(), store.read_chunk_of(height, i)
+//!                     (the latest or the retained checkpoint)
 //! ```
 //!
-//! # On-disk format (version 1)
+//! # On-disk format (version 1, meta version 2)
 //!
 //! The device is cut into 4 KiB blocks (`BLOCK_BYTES`, a multiple of the 512- or 4096-byte
 //! sector). Integers in fixed layouts are little-endian.
@@ -85,9 +89,12 @@
 //! 136    32  checksum = H(dsep("cairn-superblock") · bytes[0..136] with the copy index zeroed)
 //!
 //! data area structures (all found from the meta; all blobs mirrored in two extents)
-//! meta       postcard `format::Meta` v1: checkpoint {height, root hash, manifest blob},
+//! meta       postcard `format::Meta` v2: checkpoint {height, root hash, manifest blob},
 //!            CUP blob, pool segments [{id, 2 extents, blocks}], next segment id, purged_below,
-//!            format nonce
+//!            format nonce, CUP height (optional), retained checkpoint (optional, as the
+//!            checkpoint). A v1 meta (the same without the last two) is still read, with no
+//!            CUP height and nothing retained; the next commit writes v2. Another version is
+//!            `UnsupportedMeta`.
 //! manifest   postcard {`Manifest`, chunk locations}; hash in the meta
 //! chunk      one extent per distinct chunk hash, padded to whole blocks; hash in the manifest
 //! CUP        opaque bytes; hash in the meta
@@ -107,6 +114,21 @@
 //! recovered with only copies 0 and 1 good would otherwise overwrite both in the first half of
 //! its next commit (the double-crash test found this). So every commit starts from four equal
 //! copies, and an abandoned commit's lone copy is overwritten before it could meet another.
+//!
+//! # The retained checkpoint
+//!
+//! The meta names at most two checkpoints: the latest, and the *retained* one, which is the
+//! checkpoint at the stored CUP's height while a newer checkpoint is the latest (the IC state
+//! manager never removes the checkpoint of the latest CUP either). A checkpoint commit moves
+//! the previous latest to the retained slot if it is at the CUP height, keeps a retained one
+//! still at the CUP height, and otherwise lets the previous one go; `put_cup_at` drops a
+//! retained checkpoint not at the new CUP's height. Both happen in the one meta commit of the
+//! operation. The two checkpoints share chunks (a chunk with the same hash is stored once,
+//! found in either), so a retained checkpoint costs only the chunks that changed since and
+//! its manifest. `open` loads it as the latest (manifest repaired from its twin); if its
+//! manifest fails in both copies, or (eager verification) one of its chunks fails, it is
+//! dropped and the drop committed before `open` returns: it only serves peers, who then sync
+//! from other replicas. A bad chunk found when serving is answered as unavailable.
 //!
 //! # Reclamation
 //!

@@ -232,9 +232,12 @@ fn hints_skip_hashing_of_unchanged_chunks_and_audit_them() {
     assert_eq!(store.checkpoint_height(), Some(2), "nothing stored");
 }
 
+/// Files of a test state: name and bytes.
+type TestState = Vec<(String, Vec<u8>)>;
+
 /// Checkpoint 10 with the CUP at 10, then checkpoints 20 and 30 (chunk 4 of file0 changed at
 /// 20, changed back at 30): returns the store and the three states.
-fn retained_scenario() -> (Store<SimDisk>, [Vec<(String, Vec<u8>)>; 3]) {
+fn retained_scenario() -> (Store<SimDisk>, [TestState; 3]) {
     let mut store = Store::format(disk(4096, 8), config()).unwrap();
     let s10 = state(6, &[10 * CHUNK as usize, 3 * CHUNK as usize]);
     let mut s20 = s10.clone();
