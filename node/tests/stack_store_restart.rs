@@ -51,7 +51,9 @@ fn whole_subnet_restart(n: usize, back: usize, seed: u64, stagger_ms: u64) {
         sim.start(i).expect("node boots from its disk");
     }
     let executed: Vec<u64> = (0..back).map(|i| sim.node(i).executed_height()).collect();
-    let finalized: Vec<u64> = (0..back).map(|i| sim.node(i).finalized_height().0).collect();
+    let finalized: Vec<u64> = (0..back)
+        .map(|i| sim.node(i).finalized_height().0)
+        .collect();
     let before: Vec<Option<u64>> = (0..back).map(|i| sim.counter(i)).collect();
     let value = before.iter().flatten().copied().max().unwrap_or(0);
     assert!(value > 0, "the counter counted before the cut: {before:?}");
@@ -95,8 +97,18 @@ fn whole_subnet_restart(n: usize, back: usize, seed: u64, stagger_ms: u64) {
     assert!(counters.windows(2).all(|w| w[0] == w[1]), "{counters:?}");
     let stats = sim.node(0).store_stats().unwrap_or_default();
     assert!(stats.own_artifacts_logged > 0);
+    // Requests served from a retained checkpoint (the CUP's, kept while a newer one is the
+    // latest): what a node that restarted behind the CUP syncs from.
+    let served_retained: u64 = (0..n)
+        .map(|i| {
+            sim.node(i)
+                .store_stats()
+                .unwrap_or_default()
+                .served_retained
+        })
+        .sum();
     eprintln!(
-        "n={n}: counter {value} → {:?}, executed {}, replayed {} blocks on restart; {:?}",
+        "n={n}: counter {value} → {:?}, executed {}, replayed {} blocks on restart, {served_retained} sync requests served from a retained checkpoint; {:?}",
         counters[0],
         sim.node(0).executed_height(),
         stats.blocks_replayed,

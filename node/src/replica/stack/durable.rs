@@ -54,6 +54,9 @@ pub struct StoreStats {
     pub last_sync: SyncProgress,
     /// Manifests and chunks served to peers.
     pub served: u64,
+    /// Of `served`, those from the retained checkpoint (the CUP's, kept while a newer one is
+    /// the latest).
+    pub served_retained: u64,
     /// The state could not be turned into files (or back): a codec failure.
     pub codec_failures: u64,
 }
@@ -747,6 +750,9 @@ fn serve_manifest(
     Some(match (local, manifest) {
         (Some(l), Some(m)) => {
             p.stats.served += 1;
+            if p.store.retained_height() == Some(height) {
+                p.stats.served_retained += 1;
+            }
             UpperMessage::Manifest {
                 height,
                 state_hash: l.state_hash,
@@ -774,6 +780,9 @@ fn serve_chunk(
     Some(match p.store.read_chunk_of(height, index) {
         Ok(bytes) => {
             p.stats.served += 1;
+            if !latest {
+                p.stats.served_retained += 1;
+            }
             UpperMessage::Chunk {
                 height,
                 index,
