@@ -33,6 +33,9 @@ pub struct StoreStats {
     pub checkpoint_bytes_written: u64,
     /// Height of the stored checkpoint (0: none).
     pub checkpoint_height: u64,
+    /// Height of the retained checkpoint: the CUP's, kept while a newer one is the latest
+    /// (0: none).
+    pub retained_height: u64,
     /// `pool_sync` calls (flushes before sending).
     pub pool_syncs: u64,
     /// Finalized blocks appended to the pool log.
@@ -170,11 +173,15 @@ pub(super) fn start(
         .map(|r| r.height)
         .max()
         .unwrap_or(0);
+    let retained_height = store.retained_height().unwrap_or(0);
     stack.core.persist = Some(Box::new(Persist {
         store,
         failed: None,
         sync: None,
-        stats: StoreStats::default(),
+        stats: StoreStats {
+            retained_height,
+            ..StoreStats::default()
+        },
         durable_watermark: watermark,
         stored_cup: stored_cup_height,
         logged_up_to,
@@ -218,6 +225,7 @@ fn read_files_at<D: BlockDevice>(
 /// the retained checkpoint the store now holds (if any).
 fn note_retained(p: &mut Persist, previous: Option<LocalCheckpoint>) {
     let height = p.store.retained_height();
+    p.stats.retained_height = height.unwrap_or(0);
     p.retained = p
         .retained
         .filter(|r| Some(r.height) == height)
