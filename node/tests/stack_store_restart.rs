@@ -8,6 +8,8 @@
 //! 4-node subnet of which only n − f = 3 nodes come back at first (the fourth, whose own
 //! artifacts the others never logged, boots later and catches up). `SEED=<n>` replays.
 
+#![cfg(feature = "sim")]
+
 use node::sim::stack_sim::StackSim;
 use std::time::Instant;
 

@@ -2,6 +2,8 @@
 //! then computes the same state hashes as the others; a node offline for many checkpoints
 //! catches up (reusing the chunks it still has). The subnet runs the Motoko counter.
 
+#![cfg(feature = "sim")]
+
 use node::sim::stack_sim::StackSim;
 use std::time::Instant;
 
