@@ -10,6 +10,8 @@
 //! points; the harness reboots it and it must finalize and execute new heights with equal
 //! hashes. `SEED=<n>` replays.
 
+#![cfg(feature = "sim")]
+
 use node::sim::stack_sim::{boot, replay_ops, DiskOp, SharedDisk, StackSim};
 use node::store::{SimDisk, SimRng};
 use std::time::Instant;

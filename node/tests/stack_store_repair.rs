@@ -2,6 +2,8 @@
 //! repairs from its peers by state sync instead of executing on bad data; then it computes the
 //! same state hashes as the others.
 
+#![cfg(feature = "sim")]
+
 use node::sim::stack_sim::{StackSim, SECTOR_BYTES};
 use node::store::{SimRng, BLOCK_BYTES};
 use std::time::Instant;

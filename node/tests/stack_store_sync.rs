@@ -2,6 +2,8 @@
 //! then computes the same state hashes as the others; a node offline for many checkpoints
 //! catches up (reusing the chunks it still has). The subnet runs the Motoko counter.
 
+#![cfg(feature = "sim")]
+
 use node::sim::stack_sim::StackSim;
 use std::time::Instant;
 
@@ -89,4 +91,79 @@ fn a_node_offline_for_many_checkpoints_catches_up() {
     assert!(st.last_sync.chunks_fetched < st.last_sync.chunks_total);
     let counters: Vec<_> = (0..4).map(|i| sim.counter(i)).collect();
     assert!(counters.windows(2).all(|w| w[0] == w[1]), "{counters:?}");
+}
+
+/// The checkpoint of the latest CUP stays available after its nodes checkpointed past it and
+/// restarted: nodes 0–2 stop with checkpoint 40 the latest and the CUP still at 30 (30 is
+/// retained, and survives the restart); node 3, down since before 30, comes back with them,
+/// adopts the CUP at 30 and starts syncing it from the retained checkpoints (whose state hash
+/// the peers recompute from its files after their restart). With all four up the CUP at 40
+/// forms meanwhile, so node 3 may finish on 40 instead; the newer CUP drops the retained 30.
+/// (The deadlock this prevents, n − f nodes up with one behind the CUP, is
+/// `stack_store_restart`'s `all_four_nodes_cut_one_after_the_other_three_come_back`, SEED=1
+/// and 8.)
+#[test]
+fn the_retained_cup_checkpoint_survives_a_restart_and_is_served() {
+    let t0 = Instant::now();
+    let mut sim = StackSim::new(4, 23, DISK_BYTES);
+    sim.install_counter(0).expect("counter installed");
+    sim.set_call_interval(Some(150));
+    assert!(sim.run_until(60_000, |s| s.min_executed() >= 15));
+    sim.power_cut(3);
+    let cup = |s: &StackSim, i: usize| s.node(i).replica().cup_height().0;
+    let retained =
+        |s: &StackSim, i: usize| s.node(i).store_stats().unwrap_or_default().retained_height;
+    // Stop 0–2 between their checkpoint at 40 and the CUP at 40.
+    assert!(
+        sim.run_until(60_000, |s| (0..3)
+            .all(|i| s.node(i).executed_height() >= 40
+                && cup(s, i) == 3 * CUP_INTERVAL
+                && retained(s, i) == 3 * CUP_INTERVAL)),
+        "nodes 0–2 retain the checkpoint at 30 while 40 is the latest: cup {:?}, retained {:?}",
+        (0..3).map(|i| cup(&sim, i)).collect::<Vec<_>>(),
+        (0..3).map(|i| retained(&sim, i)).collect::<Vec<_>>()
+    );
+    sim.set_call_interval(None);
+    for i in 0..3 {
+        sim.power_cut(i);
+    }
+    sim.run_for(1_000);
+    for i in 0..4 {
+        sim.start(i).expect("boots from its disk");
+    }
+    assert!(sim.node(3).executed_height() < 3 * CUP_INTERVAL);
+    for i in 0..3 {
+        assert_eq!(
+            retained(&sim, i),
+            3 * CUP_INTERVAL,
+            "retained across the restart"
+        );
+    }
+    let target = 6 * CUP_INTERVAL;
+    assert!(
+        sim.run_until(60_000, |s| s.min_executed() >= target),
+        "node 3 syncs and the four go on: executed {:?}, syncing {:?}",
+        [0, 1, 2, 3].map(|i| sim.node(i).executed_height()),
+        [0, 1, 2, 3].map(|i| sim.node(i).syncing())
+    );
+    sim.check().expect("agreement");
+    let st = sim.node(3).store_stats().unwrap_or_default();
+    let served: u64 = (0..3)
+        .map(|i| {
+            sim.node(i)
+                .store_stats()
+                .unwrap_or_default()
+                .served_retained
+        })
+        .sum();
+    eprintln!(
+        "node 3 synced {:?}; {served} requests served from retained checkpoints; wall {:?}",
+        st.last_sync,
+        t0.elapsed()
+    );
+    assert!(st.syncs_completed >= 1);
+    assert!(
+        (0..3).all(|i| retained(&sim, i) != 3 * CUP_INTERVAL),
+        "the newer CUP dropped the checkpoint at 30"
+    );
 }

@@ -33,6 +33,19 @@
 //! of the files ([`bind_checkpoint`]). The CUP at `h` so certifies the manifest: a node that
 //! syncs checks a peer's manifest and claimed `s` against the CUP, and each chunk against the
 //! manifest.
+//!
+//! # The checkpoint of the latest CUP is kept until a newer CUP
+//!
+//! The store holds the latest checkpoint and, while that one is newer than the stored CUP,
+//! also the checkpoint at the CUP height (`Store::put_cup_at`, the *retained* checkpoint), as
+//! the IC's state manager never removes the checkpoint of the latest CUP. A node that adopts
+//! the CUP (restarted behind it, or joining) syncs that state from any peer; without it, a
+//! subnet whose CUP needs that very node to execute (n − f nodes up, one of them behind the
+//! CUP) would wait forever for a state every peer had replaced. Peers serve both checkpoints
+//! by height (`UpperMessage::ManifestRequest`); the state hash of a retained checkpoint is
+//! remembered from when it was the latest, or recomputed from its files once after a
+//! restart. The pool log keeps every finalized block above `min(checkpoint, CUP)`, so the
+//! blocks above the retained height stay too.
 
 use crate::consensus::{Block, FinalizedBlock};
 use crate::execution::ExecutionConfig;

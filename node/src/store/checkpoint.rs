@@ -39,7 +39,9 @@ impl<D: BlockDevice> Store<D> {
     /// Stores a checkpoint of the state at `height` made of `files`, atomically, writing only
     /// chunks whose hash is not already stored. Returns the root hash to be certified.
     ///
-    /// On return the checkpoint is durable and the previous one's unshared extents are free.
+    /// On return the checkpoint is durable. The previous one is retained if it is at the
+    /// stored CUP's height ([`Store::put_cup_at`]); otherwise its extents not shared with the
+    /// new one (or the retained one) are free.
     pub fn checkpoint(
         &mut self,
         height: u64,
@@ -152,11 +154,10 @@ impl<D: BlockDevice> Store<D> {
         let (mut written, mut bytes) = (0u32, 0u64);
         let mut padded = Vec::new();
         for c in &manifest.chunks {
-            let known = self
-                .checkpoint
-                .as_ref()
-                .and_then(|cp| cp.by_hash.get(&c.hash));
-            if let Some(&l) = known.or_else(|| fresh.get(&c.hash)) {
+            if let Some(l) = self
+                .stored_chunk(&c.hash)
+                .or_else(|| fresh.get(&c.hash).copied())
+            {
                 locations.push(l);
                 continue;
             }
@@ -202,24 +203,83 @@ impl<D: BlockDevice> Store<D> {
             }
         };
         let mut meta = self.meta.clone();
-        meta.checkpoint = Some(CheckpointRef {
+        let new_ref = CheckpointRef {
             height,
             root_hash,
             manifest: blob,
-        });
-        // The new checkpoint must be in place before `commit` derives free space from it.
+        };
+        let at_cup = |r: &Option<CheckpointRef>| {
+            r.filter(|r| meta.cup_height == Some(r.height) && r.height < height)
+        };
+        // The checkpoint at the CUP height stays (as the retained one) until a newer CUP.
+        let previous_ref = meta.checkpoint.replace(new_ref);
+        let retain_previous = at_cup(&previous_ref).is_some();
+        meta.retained = at_cup(&previous_ref).or(at_cup(&meta.retained));
+        // The in-memory checkpoints must match `meta` before `commit` derives free space.
         let previous = self.checkpoint.replace(Checkpoint::new(
             height,
             root_hash,
             stored.manifest,
             stored.locations,
         ));
+        let previous_retained = self.retained.clone();
+        if retain_previous {
+            self.retained.clone_from(&previous);
+        } else if meta.retained.is_none() {
+            self.retained = None;
+        }
         if let Err(e) = self.commit(meta) {
             self.checkpoint = previous;
+            self.retained = previous_retained;
             self.rebuild_space();
             return Err(e);
         }
         Ok(())
+    }
+
+    /// Where a chunk with `hash` is stored (latest checkpoint first, then the retained one).
+    pub(crate) fn stored_chunk(&self, hash: &Hash) -> Option<u64> {
+        self.checkpoint
+            .iter()
+            .chain(&self.retained)
+            .find_map(|cp| cp.by_hash.get(hash).copied())
+    }
+
+    /// The checkpoint at `height`: the latest or the retained one.
+    fn checkpoint_at(&self, height: u64) -> Option<&Checkpoint> {
+        self.checkpoint
+            .iter()
+            .chain(&self.retained)
+            .find(|cp| cp.height == height)
+    }
+
+    /// Height of the retained checkpoint (see [`Store::put_cup_at`]).
+    pub fn retained_height(&self) -> Option<u64> {
+        self.retained.as_ref().map(|c| c.height)
+    }
+
+    /// Root hash of the retained checkpoint.
+    pub fn retained_root_hash(&self) -> Option<Hash> {
+        self.retained.as_ref().map(|c| c.root_hash)
+    }
+
+    /// Manifest of the checkpoint at `height` (the latest or the retained one).
+    pub fn manifest_at(&self, height: u64) -> Option<&Manifest> {
+        self.checkpoint_at(height).map(|c| &c.manifest)
+    }
+
+    /// Names of the files of the checkpoint at `height`, in order.
+    pub fn file_names_at(&self, height: u64) -> Vec<String> {
+        self.manifest_at(height)
+            .map(|m| m.files.iter().map(|f| f.name.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Where each chunk of the retained checkpoint lies (for tests that damage them).
+    pub fn retained_chunk_extents(&self) -> Vec<super::Extent> {
+        self.retained
+            .as_ref()
+            .map_or_else(Vec::new, chunk_extents_of)
     }
 
     /// Height of the stored checkpoint.
@@ -246,31 +306,32 @@ impl<D: BlockDevice> Store<D> {
 
     /// Where each chunk of the checkpoint lies (for tests that damage them).
     pub fn chunk_extents(&self) -> Vec<super::Extent> {
-        self.checkpoint.as_ref().map_or_else(Vec::new, |cp| {
-            cp.manifest
-                .chunks
-                .iter()
-                .zip(&cp.locations)
-                .map(|(c, &l)| super::Extent {
-                    start: l,
-                    blocks: blocks_for(u64::from(c.size)),
-                })
-                .collect()
-        })
+        self.checkpoint
+            .as_ref()
+            .map_or_else(Vec::new, chunk_extents_of)
     }
 
     /// Reads chunk `index` of the checkpoint, verified against the manifest (what a peer
     /// serves in state sync).
     pub fn read_chunk(&mut self, index: u32) -> Result<Vec<u8>, StoreError> {
-        let cp = self.checkpoint.as_ref().ok_or(StoreError::NoCheckpoint)?;
+        let height = self.checkpoint_height().ok_or(StoreError::NoCheckpoint)?;
+        self.read_chunk_of(height, index)
+    }
+
+    /// Reads chunk `index` of the checkpoint at `height` (the latest or the retained one),
+    /// verified against its manifest.
+    pub fn read_chunk_of(&mut self, height: u64, index: u32) -> Result<Vec<u8>, StoreError> {
+        let cp = self.checkpoint_at(height).ok_or(StoreError::NoCheckpoint)?;
         let i = index as usize;
         let entry = *cp.manifest.chunks.get(i).ok_or(StoreError::NotFound)?;
-        let location = cp.locations[i];
+        let location = *cp.locations.get(i).ok_or(StoreError::NotFound)?;
         let chunk = read_chunk_at(&mut self.dev, location, &entry)?;
         if chunk.is_none() {
             // Never reuse the bad copy for a later checkpoint: that one writes the chunk anew.
-            if let Some(cp) = self.checkpoint.as_mut() {
-                cp.by_hash.remove(&entry.hash);
+            for cp in self.checkpoint.iter_mut().chain(self.retained.iter_mut()) {
+                if cp.by_hash.get(&entry.hash) == Some(&location) {
+                    cp.by_hash.remove(&entry.hash);
+                }
             }
         }
         chunk.ok_or(StoreError::BadChunk(index))
@@ -278,7 +339,13 @@ impl<D: BlockDevice> Store<D> {
 
     /// Reads a whole file of the checkpoint, every chunk verified.
     pub fn read_file(&mut self, name: &str) -> Result<Vec<u8>, StoreError> {
-        let cp = self.checkpoint.as_ref().ok_or(StoreError::NoCheckpoint)?;
+        let height = self.checkpoint_height().ok_or(StoreError::NoCheckpoint)?;
+        self.read_file_at(height, name)
+    }
+
+    /// Reads a whole file of the checkpoint at `height` (the latest or the retained one).
+    pub fn read_file_at(&mut self, height: u64, name: &str) -> Result<Vec<u8>, StoreError> {
+        let cp = self.checkpoint_at(height).ok_or(StoreError::NoCheckpoint)?;
         let file_index = cp
             .manifest
             .files
@@ -288,16 +355,28 @@ impl<D: BlockDevice> Store<D> {
         let indices: Vec<usize> = cp.manifest.chunks_of(file_index).collect();
         let mut out = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
         for i in indices {
-            out.extend_from_slice(&self.read_chunk(i as u32)?);
+            out.extend_from_slice(&self.read_chunk_of(height, i as u32)?);
         }
         Ok(out)
     }
 
     /// Reads and hashes every chunk; returns the indices of those that fail.
     pub fn verify_checkpoint(&mut self) -> Result<Vec<u32>, StoreError> {
-        let Some(cp) = self.checkpoint.as_ref() else {
+        let Some(cp) = self.checkpoint.clone() else {
             return Ok(Vec::new());
         };
+        self.verify_chunks(&cp)
+    }
+
+    /// As `verify_checkpoint`, for the retained checkpoint.
+    pub fn verify_retained(&mut self) -> Result<Vec<u32>, StoreError> {
+        let Some(cp) = self.retained.clone() else {
+            return Ok(Vec::new());
+        };
+        self.verify_chunks(&cp)
+    }
+
+    fn verify_chunks(&mut self, cp: &Checkpoint) -> Result<Vec<u32>, StoreError> {
         let work: Vec<(ChunkEntry, u64)> = cp
             .manifest
             .chunks
@@ -313,4 +392,16 @@ impl<D: BlockDevice> Store<D> {
         }
         Ok(bad)
     }
+}
+
+fn chunk_extents_of(cp: &Checkpoint) -> Vec<super::Extent> {
+    cp.manifest
+        .chunks
+        .iter()
+        .zip(&cp.locations)
+        .map(|(c, &l)| super::Extent {
+            start: l,
+            blocks: blocks_for(u64::from(c.size)),
+        })
+        .collect()
 }

@@ -22,8 +22,11 @@ pub const DATA_START_BLOCK: u64 = SUPERBLOCK_COPIES as u64;
 pub const SUPERBLOCK_BYTES: usize = 168;
 /// The on-disk format this code writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
-/// The version of the postcard-encoded meta record.
-pub const META_VERSION: u32 = 1;
+/// The version of the postcard-encoded meta record this code writes. Version 1 (no CUP height,
+/// no retained checkpoint) is still read ([`decode_meta`]); any other is `UnsupportedMeta`.
+pub const META_VERSION: u32 = 2;
+/// The meta version before the retained checkpoint.
+pub const META_VERSION_1: u32 = 1;
 /// Largest meta record accepted on read, in bytes.
 pub const META_BYTES_MAX: u64 = 16 << 20;
 
@@ -102,6 +105,9 @@ pub struct CheckpointRef {
 }
 
 /// The root record of one commit, written copy-on-write and named by the superblock.
+///
+/// Fields are postcard-encoded in this order; version 2 appended `cup_height` and `retained`
+/// to version 1's fields ([`MetaV1`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Meta {
     /// `META_VERSION`.
@@ -118,6 +124,66 @@ pub struct Meta {
     pub purged_below: u64,
     /// `StoreConfig::format_nonce`: tells this format's pool batches from an earlier one's.
     pub format_nonce: u64,
+    /// Height of the stored CUP, if the caller said (`Store::put_cup_at`): the checkpoint at
+    /// this height is retained while a newer one is the latest.
+    pub cup_height: Option<u64>,
+    /// The checkpoint at `cup_height` when a newer checkpoint replaced it as the latest (so
+    /// peers that adopted the CUP can still sync its state). Its extents may be shared with
+    /// the latest checkpoint's.
+    pub retained: Option<CheckpointRef>,
+}
+
+/// The meta record of version 1 (read for compatibility, never written).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetaV1 {
+    /// `META_VERSION_1`.
+    pub version: u32,
+    /// The checkpoint.
+    pub checkpoint: Option<CheckpointRef>,
+    /// The CUP.
+    pub cup: Option<BlobRef>,
+    /// Pool log segments.
+    pub segments: Vec<SegmentRef>,
+    /// Next segment id.
+    pub next_segment_id: u64,
+    /// Purge height.
+    pub purged_below: u64,
+    /// Format nonce.
+    pub format_nonce: u64,
+}
+
+/// Why a meta record does not decode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetaDecodeError {
+    /// The bytes do not parse as the version they name.
+    Malformed,
+    /// A version this code does not read.
+    Unsupported(u32),
+}
+
+/// Decodes a meta record of version 2 or 1 (upgraded in memory: no CUP height, no retained
+/// checkpoint; the next commit writes version 2).
+pub fn decode_meta(bytes: &[u8]) -> Result<Meta, MetaDecodeError> {
+    let (version, _) =
+        postcard::take_from_bytes::<u32>(bytes).map_err(|_| MetaDecodeError::Malformed)?;
+    match version {
+        META_VERSION => postcard::from_bytes(bytes).map_err(|_| MetaDecodeError::Malformed),
+        META_VERSION_1 => {
+            let v1: MetaV1 = postcard::from_bytes(bytes).map_err(|_| MetaDecodeError::Malformed)?;
+            Ok(Meta {
+                version: META_VERSION,
+                checkpoint: v1.checkpoint,
+                cup: v1.cup,
+                segments: v1.segments,
+                next_segment_id: v1.next_segment_id,
+                purged_below: v1.purged_below,
+                format_nonce: v1.format_nonce,
+                cup_height: None,
+                retained: None,
+            })
+        }
+        other => Err(MetaDecodeError::Unsupported(other)),
+    }
 }
 
 /// Static parameters fixed at format time.

@@ -46,16 +46,20 @@
 //!                     store.pool_purge_below(cup_height) once a CUP is durable
 //! checkpoint          stats = store.checkpoint(height, &[StateFile { name, bytes }, ...])?
 //!                     stats.root_hash goes to consensus to certify (and into the CUP);
-//!                     store.put_cup(bytes) when the CUP is made
+//!                     store.put_cup_at(cup_height, bytes) when the CUP is made
+//!                     (the checkpoint at cup_height is then *retained* when a newer
+//!                     one replaces it, until the next CUP: peers that adopted the
+//!                     CUP can still sync its state)
 //! state sync (join,   manifest = Manifest::from_bytes(from a peer)?;
 //!  catch up, repair)  sync = store.begin_state_sync(cup.height, &cup.root, manifest)?
 //!                     for i in sync.missing_chunks(): fetch i from peers,
 //!                         store.accept_chunk(&mut sync, i, &bytes)?  (wrong bytes: ask another)
 //!                     store.commit_state_sync(sync)?; then load the files as on restart
-//! serving a peer      store.manifest()?.to_bytes(), store.read_chunk(i)
+//! serving a peer      store.manifest_at(height)?.to_bytes(), store.read_chunk_of(height, i)
+//!                     (the latest or the retained checkpoint)
 //! ```
 //!
-//! # On-disk format (version 1)
+//! # On-disk format (version 1, meta version 2)
 //!
 //! The device is cut into 4 KiB blocks (`BLOCK_BYTES`, a multiple of the 512- or 4096-byte
 //! sector). Integers in fixed layouts are little-endian.
@@ -85,9 +89,12 @@
 //! 136    32  checksum = H(dsep("cairn-superblock") · bytes[0..136] with the copy index zeroed)
 //!
 //! data area structures (all found from the meta; all blobs mirrored in two extents)
-//! meta       postcard `format::Meta` v1: checkpoint {height, root hash, manifest blob},
+//! meta       postcard `format::Meta` v2: checkpoint {height, root hash, manifest blob},
 //!            CUP blob, pool segments [{id, 2 extents, blocks}], next segment id, purged_below,
-//!            format nonce
+//!            format nonce, CUP height (optional), retained checkpoint (optional, as the
+//!            checkpoint). A v1 meta (the same without the last two) is still read, with no
+//!            CUP height and nothing retained; the next commit writes v2. Another version is
+//!            `UnsupportedMeta`.
 //! manifest   postcard {`Manifest`, chunk locations}; hash in the meta
 //! chunk      one extent per distinct chunk hash, padded to whole blocks; hash in the manifest
 //! CUP        opaque bytes; hash in the meta
@@ -107,6 +114,21 @@
 //! recovered with only copies 0 and 1 good would otherwise overwrite both in the first half of
 //! its next commit (the double-crash test found this). So every commit starts from four equal
 //! copies, and an abandoned commit's lone copy is overwritten before it could meet another.
+//!
+//! # The retained checkpoint
+//!
+//! The meta names at most two checkpoints: the latest, and the *retained* one, which is the
+//! checkpoint at the stored CUP's height while a newer checkpoint is the latest (the IC state
+//! manager never removes the checkpoint of the latest CUP either). A checkpoint commit moves
+//! the previous latest to the retained slot if it is at the CUP height, keeps a retained one
+//! still at the CUP height, and otherwise lets the previous one go; `put_cup_at` drops a
+//! retained checkpoint not at the new CUP's height. Both happen in the one meta commit of the
+//! operation. The two checkpoints share chunks (a chunk with the same hash is stored once,
+//! found in either), so a retained checkpoint costs only the chunks that changed since and
+//! its manifest. `open` loads it as the latest (manifest repaired from its twin); if its
+//! manifest fails in both copies, or (eager verification) one of its chunks fails, it is
+//! dropped and the drop committed before `open` returns: it only serves peers, who then sync
+//! from other replicas. A bad chunk found when serving is answered as unavailable.
 //!
 //! # Reclamation
 //!
@@ -146,7 +168,8 @@ use alloc::vec::Vec;
 use core::fmt;
 use device::{read_blocks, write_blocks};
 use format::{
-    blocks_for, BlobRef, Geometry, Meta, Superblock, DATA_START_BLOCK, META_BYTES_MAX, META_VERSION,
+    blocks_for, BlobRef, CheckpointRef, Geometry, Meta, MetaDecodeError, Superblock,
+    DATA_START_BLOCK, META_BYTES_MAX, META_VERSION,
 };
 use pool::{scan_segment, SegmentTail};
 use serde::{Deserialize, Serialize};
@@ -248,6 +271,8 @@ pub enum StoreError {
     SyncState,
     /// Chunk `index`, vouched unchanged by a hint, has changed: the hint is wrong.
     HintMismatch(u32),
+    /// The meta record has a version this code does not read (a newer format).
+    UnsupportedMeta(u32),
 }
 
 impl fmt::Display for StoreError {
@@ -269,6 +294,7 @@ impl fmt::Display for StoreError {
             StoreError::ChunkMismatch(i) => write!(f, "synced chunk {i} does not match"),
             StoreError::SyncState => f.write_str("state sync not in a state to do that"),
             StoreError::HintMismatch(i) => write!(f, "chunk {i} vouched unchanged has changed"),
+            StoreError::UnsupportedMeta(v) => write!(f, "store meta version {v} not supported"),
         }
     }
 }
@@ -326,6 +352,13 @@ pub struct Recovery {
     pub pool_faults: Vec<PoolFault>,
     /// Mirrored blob copies (meta, manifest, CUP) that were bad and rewritten from their twin.
     pub blob_repairs: Vec<Structure>,
+    /// Height and root hash of the retained checkpoint (the one at the CUP height, kept while
+    /// a newer checkpoint is the latest), if any survived the open.
+    pub retained: Option<(u64, Hash)>,
+    /// The retained checkpoint was dropped on open: its manifest failed in both copies, or
+    /// (eager verification) one of its chunks failed. The drop is committed before `open`
+    /// returns; peers sync that state from other replicas.
+    pub retained_dropped: bool,
 }
 
 impl Recovery {
@@ -396,6 +429,8 @@ pub struct Store<D: BlockDevice> {
     meta_ref: BlobRef,
     meta: Meta,
     checkpoint: Option<Checkpoint>,
+    /// The checkpoint of `meta.retained`.
+    retained: Option<Checkpoint>,
     /// Per segment of `meta.segments`, where appends continue.
     tails: Vec<SegmentTail>,
     pending: Vec<PoolRecord>,
@@ -461,6 +496,7 @@ impl<D: BlockDevice> Store<D> {
             },
             meta: Meta::default(),
             checkpoint: None,
+            retained: None,
             tails: Vec::new(),
             pending: Vec::new(),
             pending_bytes: 0,
@@ -562,8 +598,10 @@ impl<D: BlockDevice> Store<D> {
         recovery: &mut Recovery,
     ) -> Result<(), StoreError> {
         let meta_bytes = self.read_blob_repairing(&sb.meta, Structure::Meta, recovery)?;
-        let meta: Meta =
-            postcard::from_bytes(&meta_bytes).map_err(|_| StoreError::Corrupt(Structure::Meta))?;
+        let mut meta: Meta = format::decode_meta(&meta_bytes).map_err(|e| match e {
+            MetaDecodeError::Malformed => StoreError::Corrupt(Structure::Meta),
+            MetaDecodeError::Unsupported(v) => StoreError::UnsupportedMeta(v),
+        })?;
         let g = self.geometry;
         let segments_ok = meta.segments.iter().all(|seg| {
             seg.blocks == g.pool_segment_blocks
@@ -572,10 +610,34 @@ impl<D: BlockDevice> Store<D> {
                     .iter()
                     .all(|&c| extent_in_data_area(c, u64::from(seg.blocks), g.block_count))
         });
-        if meta.version != META_VERSION || meta.segments.len() > SEGMENTS_MAX || !segments_ok {
+        let retained_ok = meta.retained.is_none_or(|r| {
+            meta.checkpoint.is_some_and(|c| r.height < c.height)
+                && meta.cup_height == Some(r.height)
+        });
+        if meta.version != META_VERSION
+            || meta.segments.len() > SEGMENTS_MAX
+            || !segments_ok
+            || !retained_ok
+        {
             return Err(StoreError::Corrupt(Structure::Meta));
         }
-        self.load_checkpoint(&meta, recovery)?;
+        if let Some(cp) = meta.checkpoint {
+            let loaded = self.load_checkpoint(&cp, recovery)?;
+            recovery.checkpoint = Some((cp.height, cp.root_hash));
+            self.checkpoint = Some(loaded);
+        }
+        if let Some(r) = meta.retained {
+            // Only kept for peers: a retained checkpoint that cannot be read is dropped, never
+            // a reason to refuse the store.
+            match self.load_checkpoint(&r, recovery) {
+                Ok(loaded) => self.retained = Some(loaded),
+                Err(StoreError::Corrupt(_)) => {
+                    meta.retained = None;
+                    recovery.retained_dropped = true;
+                }
+                Err(e) => return Err(e),
+            }
+        }
         if let Some(cup) = meta.cup {
             self.read_blob_repairing(&cup, Structure::Cup, recovery)?;
         }
@@ -585,14 +647,28 @@ impl<D: BlockDevice> Store<D> {
         self.rebuild_space();
         if verify == Verify::Eager {
             recovery.bad_chunks = self.verify_checkpoint()?;
+            if !self.verify_retained()?.is_empty() {
+                self.meta.retained = None;
+                self.retained = None;
+                recovery.retained_dropped = true;
+            }
         }
+        if recovery.retained_dropped {
+            // Commit the drop before anything reuses the retained checkpoint's blocks. (The
+            // in-memory meta no longer names it, so `commit` frees its unshared extents.)
+            let meta = self.meta.clone();
+            self.commit(meta)?;
+        }
+        recovery.retained = self.retained.as_ref().map(|r| (r.height, r.root_hash));
         Ok(())
     }
 
-    fn load_checkpoint(&mut self, meta: &Meta, recovery: &mut Recovery) -> Result<(), StoreError> {
-        let Some(cp) = meta.checkpoint else {
-            return Ok(());
-        };
+    /// Reads and checks the stored manifest of `cp`.
+    fn load_checkpoint(
+        &mut self,
+        cp: &CheckpointRef,
+        recovery: &mut Recovery,
+    ) -> Result<Checkpoint, StoreError> {
         let bytes = self.read_blob_repairing(&cp.manifest, Structure::Manifest, recovery)?;
         let stored: StoredManifest =
             postcard::from_bytes(&bytes).map_err(|_| StoreError::Corrupt(Structure::Manifest))?;
@@ -611,14 +687,12 @@ impl<D: BlockDevice> Store<D> {
         if !in_range {
             return Err(StoreError::Corrupt(Structure::Manifest));
         }
-        recovery.checkpoint = Some((cp.height, cp.root_hash));
-        self.checkpoint = Some(Checkpoint::new(
+        Ok(Checkpoint::new(
             cp.height,
             cp.root_hash,
             stored.manifest,
             stored.locations,
-        ));
-        Ok(())
+        ))
     }
 
     fn load_pool(&mut self, recovery: &mut Recovery) -> Result<(), StoreError> {
@@ -691,10 +765,12 @@ impl<D: BlockDevice> Store<D> {
     pub fn referenced_extents(&self) -> Vec<Extent> {
         let mut used: Vec<Extent> = Vec::new();
         used.extend(self.meta_ref.extents());
-        if let Some(cp) = &self.meta.checkpoint {
+        for cp in self.meta.checkpoint.iter().chain(&self.meta.retained) {
             used.extend(cp.manifest.extents());
         }
-        if let Some(cp) = &self.checkpoint {
+        // Chunks shared by the two checkpoints are listed twice; `FreeSpace::derive` takes the
+        // union.
+        for cp in self.checkpoint.iter().chain(&self.retained) {
             for (c, &l) in cp.manifest.chunks.iter().zip(&cp.locations) {
                 used.push(Extent {
                     start: l,
@@ -827,7 +903,26 @@ impl<D: BlockDevice> Store<D> {
 
 impl<D: BlockDevice> Store<D> {
     /// Stores the latest catch-up package (opaque bytes), atomically replacing the previous.
+    /// Its height is unknown to the store, so no checkpoint is retained for it (and a retained
+    /// one is dropped): prefer [`Store::put_cup_at`].
     pub fn put_cup(&mut self, cup: &[u8]) -> Result<(), StoreError> {
+        self.put_cup_inner(None, cup)
+    }
+
+    /// Stores the catch-up package for `height`, atomically replacing the previous. From now
+    /// on the checkpoint at `height` is retained when a newer checkpoint replaces it, until a
+    /// CUP at another height is stored; a retained checkpoint below `height` is dropped in
+    /// the same commit (its extents not shared with the latest checkpoint become free).
+    pub fn put_cup_at(&mut self, height: u64, cup: &[u8]) -> Result<(), StoreError> {
+        self.put_cup_inner(Some(height), cup)
+    }
+
+    /// Height of the stored CUP, as given to `put_cup_at`.
+    pub fn cup_height(&self) -> Option<u64> {
+        self.meta.cup_height
+    }
+
+    fn put_cup_inner(&mut self, height: Option<u64>, cup: &[u8]) -> Result<(), StoreError> {
         self.check_usable()?;
         let blob = self.write_blob(cup);
         let blob = match blob {
@@ -839,7 +934,22 @@ impl<D: BlockDevice> Store<D> {
         };
         let mut meta = self.meta.clone();
         meta.cup = Some(blob);
-        self.commit(meta)
+        meta.cup_height = height;
+        let keep = meta.retained.is_some_and(|r| height == Some(r.height));
+        if !keep {
+            meta.retained = None;
+        }
+        // As in `commit_checkpoint`: the in-memory checkpoints must match `meta` before
+        // `commit` derives free space from them.
+        let previous = if keep { None } else { self.retained.take() };
+        if let Err(e) = self.commit(meta) {
+            if previous.is_some() {
+                self.retained = previous;
+            }
+            self.rebuild_space();
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// The stored catch-up package, verified.

@@ -4,7 +4,8 @@
 //!
 //! 1. fetch the manifest from any peer; `Store::begin_state_sync` checks it against the
 //!    certified root hash, then looks up every chunk locally: a chunk whose hash the local
-//!    checkpoint already stores, and which still verifies on disk, is reused, never fetched;
+//!    checkpoint (or the retained one) already stores, and which still verifies on disk, is
+//!    reused, never fetched;
 //! 2. fetch the chunks `StateSync::missing_chunks` names from any peers (in any order, in
 //!    parallel); `Store::accept_chunk` verifies each against the manifest before writing it to
 //!    free blocks, so a lying peer costs a retry, never a bad state;
@@ -130,11 +131,7 @@ impl<D: BlockDevice> Store<D> {
             let local = match checked.get(&entry.hash) {
                 Some(&known) => known,
                 None => {
-                    let stored = self
-                        .checkpoint
-                        .as_ref()
-                        .and_then(|c| c.by_hash.get(&entry.hash));
-                    let found = match stored.copied() {
+                    let found = match self.stored_chunk(&entry.hash) {
                         Some(l) => read_chunk_at(&mut self.dev, l, entry)?.map(|_| l),
                         None => None,
                     };

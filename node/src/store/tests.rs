@@ -231,3 +231,254 @@ fn hints_skip_hashing_of_unchanged_chunks_and_audit_them() {
     );
     assert_eq!(store.checkpoint_height(), Some(2), "nothing stored");
 }
+
+/// Files of a test state: name and bytes.
+type TestState = Vec<(String, Vec<u8>)>;
+
+/// Checkpoint 10 with the CUP at 10, then checkpoints 20 and 30 (chunk 4 of file0 changed at
+/// 20, changed back at 30): returns the store and the three states.
+fn retained_scenario() -> (Store<SimDisk>, [TestState; 3]) {
+    let mut store = Store::format(disk(4096, 8), config()).unwrap();
+    let s10 = state(6, &[10 * CHUNK as usize, 3 * CHUNK as usize]);
+    let mut s20 = s10.clone();
+    s20[0].1[CHUNK as usize * 4 + 7] ^= 0xff;
+    s20[1].1[0] ^= 1;
+    let mut s30 = s20.clone();
+    s30[0].1[CHUNK as usize * 4 + 7] ^= 0xff;
+    store.checkpoint(10, &as_files(&s10)).unwrap();
+    store.put_cup_at(10, b"cup at 10").unwrap();
+    assert_eq!(store.retained_height(), None, "the latest is the CUP's");
+    (store, [s10, s20, s30])
+}
+
+fn assert_state_at<D: BlockDevice>(store: &mut Store<D>, height: u64, s: &[(String, Vec<u8>)]) {
+    assert_eq!(store.file_names_at(height).len(), s.len());
+    for (name, bytes) in s {
+        assert_eq!(&store.read_file_at(height, name).unwrap(), bytes, "{name}");
+    }
+}
+
+#[test]
+fn checkpoint_at_the_cup_height_is_retained_until_a_newer_cup() {
+    let (mut store, [s10, s20, s30]) = retained_scenario();
+    let root10 = store.root_hash().unwrap();
+    let free_10 = store.free_blocks();
+    // 20 replaces 10 as the latest; 10 moves to the retained slot, its chunks stay.
+    let st20 = store.checkpoint(20, &as_files(&s20)).unwrap();
+    assert_eq!(
+        st20.chunks_written, 2,
+        "unchanged chunks are shared, not copied"
+    );
+    assert_eq!(store.retained_height(), Some(10));
+    assert_eq!(store.retained_root_hash(), Some(root10));
+    assert_eq!(store.checkpoint_height(), Some(20));
+    let manifest_blocks = store.meta.checkpoint.unwrap().manifest.blocks as u64;
+    // Two new chunks of one block group each, plus the new manifest's two copies.
+    let chunk_blocks = blocks_for(u64::from(CHUNK));
+    assert_eq!(
+        free_10 - store.free_blocks(),
+        2 * chunk_blocks + 2 * manifest_blocks
+    );
+    assert_state_at(&mut store, 10, &s10);
+    assert_state_at(&mut store, 20, &s20);
+    // 30: chunk 4 of file0 is back to 10's bytes, found in the retained checkpoint.
+    let st30 = store.checkpoint(30, &as_files(&s30)).unwrap();
+    assert_eq!(
+        st30.chunks_written, 0,
+        "dedup across the retained checkpoint"
+    );
+    assert_eq!(
+        store.retained_height(),
+        Some(10),
+        "20 is not the CUP's: freed"
+    );
+    assert_eq!(
+        store.free_blocks(),
+        free_10 - chunk_blocks - 2 * manifest_blocks
+    );
+    // Reopen: both checkpoints, both verified, same free space.
+    let free = store.free_blocks();
+    let (mut store, rec) = Store::open(store.into_device(), Verify::Eager).unwrap();
+    assert_eq!(rec.checkpoint, Some((30, st30.root_hash)));
+    assert_eq!(rec.retained, Some((10, root10)));
+    assert!(!rec.retained_dropped && rec.bad_chunks.is_empty());
+    assert_eq!(store.free_blocks(), free);
+    assert_eq!(store.cup_height(), Some(10));
+    assert_state_at(&mut store, 10, &s10);
+    assert_state_at(&mut store, 30, &s30);
+    assert_eq!(store.manifest_at(10).map(Manifest::root_hash), Some(root10));
+    assert!(store.manifest_at(20).is_none());
+    assert_eq!(store.read_chunk_of(20, 0), Err(StoreError::NoCheckpoint));
+    // A newer CUP drops the retained checkpoint: the space is what 30 alone takes.
+    store.put_cup_at(30, b"cup at 30").unwrap();
+    assert_eq!(store.retained_height(), None);
+    assert_eq!(
+        store.free_blocks(),
+        free + chunk_blocks + 2 * manifest_blocks
+    );
+    let mut twin = Store::format(disk(4096, 8), config()).unwrap();
+    twin.checkpoint(30, &as_files(&s30)).unwrap();
+    twin.put_cup_at(30, b"cup at 30").unwrap();
+    assert_eq!(store.free_blocks(), twin.free_blocks());
+    let (mut store, rec) = Store::open(store.into_device(), Verify::Eager).unwrap();
+    assert_eq!(rec.retained, None);
+    assert_state_at(&mut store, 30, &s30);
+    // A CUP of unknown height retains nothing.
+    store.put_cup(b"opaque").unwrap();
+    store.checkpoint(40, &as_files(&s20)).unwrap();
+    assert_eq!(store.retained_height(), None);
+}
+
+#[test]
+fn a_peer_syncs_the_retained_checkpoint() {
+    let (mut store, [s10, s20, _]) = retained_scenario();
+    store.checkpoint(20, &as_files(&s20)).unwrap();
+    let root10 = store.retained_root_hash().unwrap();
+    let manifest = store.manifest_at(10).unwrap().clone();
+    let mut peer = Store::format(disk(4096, 8), config()).unwrap();
+    let mut sync = peer.begin_state_sync(10, &root10, manifest).unwrap();
+    for i in sync.missing_chunks() {
+        let bytes = store.read_chunk_of(10, i).unwrap();
+        peer.accept_chunk(&mut sync, i, &bytes).unwrap();
+    }
+    assert_eq!(peer.commit_state_sync(sync).unwrap(), root10);
+    assert_state_at(&mut peer, 10, &s10);
+}
+
+#[test]
+fn a_bad_retained_checkpoint_is_dropped_on_open() {
+    // A chunk only the retained checkpoint holds fails: eager open drops it, and commits that.
+    let (mut store, [_, s20, _]) = retained_scenario();
+    store.checkpoint(20, &as_files(&s20)).unwrap();
+    let latest = store.chunk_extents();
+    let only_retained = store
+        .retained_chunk_extents()
+        .into_iter()
+        .find(|e| !latest.contains(e))
+        .unwrap();
+    let mut dev = store.into_device();
+    dev.flip_bit(only_retained.start * BLOCK_BYTES as u64 + 5, 2);
+    let (lazy, rec) = Store::open(dev, Verify::Lazy).unwrap();
+    assert_eq!(
+        rec.retained.map(|r| r.0),
+        Some(10),
+        "lazy open does not read chunks"
+    );
+    let (mut store, rec) = Store::open(lazy.into_device(), Verify::Eager).unwrap();
+    assert!(rec.retained_dropped && rec.retained.is_none() && rec.bad_chunks.is_empty());
+    assert_state_at(&mut store, 20, &s20);
+    let (_, rec) = Store::open(store.into_device(), Verify::Eager).unwrap();
+    assert!(
+        !rec.retained_dropped && rec.retained.is_none(),
+        "the drop is durable"
+    );
+
+    // Both copies of the retained manifest fail: dropped, even on a lazy open.
+    let (mut store, [_, s20, _]) = retained_scenario();
+    store.checkpoint(20, &as_files(&s20)).unwrap();
+    let blob = store.meta.retained.unwrap().manifest;
+    let mut dev = store.into_device();
+    for start in blob.copies {
+        dev.flip_bit(start * BLOCK_BYTES as u64 + 1, 0);
+    }
+    let (mut store, rec) = Store::open(dev, Verify::Lazy).unwrap();
+    assert!(rec.retained_dropped && rec.retained.is_none());
+    assert_eq!(rec.checkpoint.map(|c| c.0), Some(20));
+    assert_state_at(&mut store, 20, &s20);
+}
+
+#[test]
+fn power_cut_in_retaining_and_dropping_commits_leaves_old_or_new() {
+    let (store, [s10, s20, _]) = retained_scenario();
+    let base = store.into_device();
+    // Cut at every write point of "checkpoint 20 (retain 10)", then of "CUP at 20 (drop 10)".
+    for phase in 0..2 {
+        let mut extra = 0;
+        loop {
+            let mut dev = base.clone();
+            dev.reseed(extra * 7 + phase);
+            let (mut store, _) = Store::open(&mut dev, Verify::Lazy).unwrap();
+            if phase == 1 {
+                store.checkpoint(20, &as_files(&s20)).unwrap();
+            }
+            let cut_at = store.device().ops_issued() + extra;
+            store.device_mut().cut_power_at_op(cut_at);
+            let done = if phase == 0 {
+                store.checkpoint(20, &as_files(&s20)).map(|_| ())
+            } else {
+                store.put_cup_at(20, b"cup at 20")
+            };
+            let finished = done.is_ok();
+            drop(store);
+            dev.cancel_power_cut();
+            dev.restart();
+            let (mut store, rec) = Store::open(&mut dev, Verify::Eager).unwrap();
+            assert!(
+                rec.bad_chunks.is_empty() && !rec.retained_dropped,
+                "{phase}/{extra}"
+            );
+            let new = match phase {
+                0 => rec.checkpoint.map(|c| c.0) == Some(20),
+                _ => store.cup().unwrap().as_deref() == Some(&b"cup at 20"[..]),
+            };
+            // Old: the checkpoint 10 alone (or 20 retaining 10, before the CUP moved); new:
+            // 20 retaining 10 (or 20 alone once the CUP moved).
+            let retains = (phase == 0) == new;
+            assert_eq!(
+                rec.retained.map(|r| r.0),
+                retains.then_some(10),
+                "{phase}/{extra}"
+            );
+            assert_eq!(
+                store.cup_height(),
+                Some(if phase == 1 && new { 20 } else { 10 })
+            );
+            if retains || phase == 0 && !new {
+                assert_state_at(&mut store, 10, &s10);
+            }
+            if new || phase == 1 {
+                assert_state_at(&mut store, 20, &s20);
+            }
+            // Nothing leaks: free space equals a fresh derivation after a clean commit.
+            let free = store.free_blocks();
+            store.pool_append(1, 1, b"x").unwrap();
+            store.pool_sync().unwrap();
+            store.pool_purge_below(2).unwrap();
+            assert!(store.free_blocks() <= free + 64);
+            if finished {
+                assert!(new, "{phase}/{extra}: a finished commit is durable");
+                break;
+            }
+            extra += 1;
+        }
+        assert!(extra > 5, "phase {phase} had write points: {extra}");
+    }
+}
+
+#[test]
+fn meta_version_1_is_read_and_unknown_versions_are_refused() {
+    let v1 = format::MetaV1 {
+        version: 1,
+        purged_below: 7,
+        format_nonce: 3,
+        ..format::MetaV1::default()
+    };
+    let bytes = postcard::to_allocvec(&v1).unwrap();
+    let meta = format::decode_meta(&bytes).unwrap();
+    assert_eq!(meta.version, META_VERSION);
+    assert_eq!((meta.purged_below, meta.format_nonce), (7, 3));
+    assert_eq!((meta.cup_height, meta.retained), (None, None));
+    let v3 = Meta {
+        version: 3,
+        ..Meta::default()
+    };
+    let bytes = postcard::to_allocvec(&v3).unwrap();
+    assert_eq!(
+        format::decode_meta(&bytes),
+        Err(format::MetaDecodeError::Unsupported(3))
+    );
+    assert_eq!(
+        format::decode_meta(&[2, 1]),
+        Err(format::MetaDecodeError::Malformed)
+    );
+}

@@ -11,6 +11,7 @@ use crate::replica::persist::{
 };
 use crate::replica::state_sync::{SyncClient, SyncProgress, SyncTarget};
 use crate::replica::ReplicaError;
+use crate::routing::StateMachine;
 use crate::store::{BlockDevice, Hash, Manifest, Recovery, Store, StoreError, Structure};
 use crate::types::{CryptoHash, Height, NodeId, Time};
 use alloc::boxed::Box;
@@ -32,6 +33,9 @@ pub struct StoreStats {
     pub checkpoint_bytes_written: u64,
     /// Height of the stored checkpoint (0: none).
     pub checkpoint_height: u64,
+    /// Height of the retained checkpoint: the CUP's, kept while a newer one is the latest
+    /// (0: none).
+    pub retained_height: u64,
     /// `pool_sync` calls (flushes before sending).
     pub pool_syncs: u64,
     /// Finalized blocks appended to the pool log.
@@ -53,6 +57,9 @@ pub struct StoreStats {
     pub last_sync: SyncProgress,
     /// Manifests and chunks served to peers.
     pub served: u64,
+    /// Of `served`, those from the retained checkpoint (the CUP's, kept while a newer one is
+    /// the latest).
+    pub served_retained: u64,
     /// The state could not be turned into files (or back): a codec failure.
     pub codec_failures: u64,
 }
@@ -73,6 +80,10 @@ pub(in crate::replica) struct Persist {
     stored_cup: u64,
     logged_up_to: u64,
     local: Option<LocalCheckpoint>,
+    /// The store's retained checkpoint (the one at the CUP height while a newer one is the
+    /// latest), when its state hash is known: it moved there from `local`, or it was loaded
+    /// when a peer first asked for it after a restart.
+    retained: Option<LocalCheckpoint>,
     /// The state is not loaded (bad checkpoint) or behind the CUP: execute nothing.
     blocked: bool,
     /// The local checkpoint failed verification: repair it (if no newer CUP supersedes it).
@@ -102,6 +113,17 @@ pub(super) fn start(
         None => None,
     };
     let stored_cup_height = stored_cup.as_ref().map_or(0, |c| c.content.height().0);
+    if stored_cup.is_some() && store.cup_height() != Some(stored_cup_height) {
+        // A store written before the CUP height was stored (meta version 1): tell it, so it
+        // retains the checkpoint at the CUP height from now on.
+        let bytes = store
+            .cup()
+            .map_err(ReplicaError::Store)?
+            .unwrap_or_default();
+        store
+            .put_cup_at(stored_cup_height, &bytes)
+            .map_err(ReplicaError::Store)?;
+    }
     if let Some(cup) = stored_cup {
         let newer = config
             .replica
@@ -151,15 +173,20 @@ pub(super) fn start(
         .map(|r| r.height)
         .max()
         .unwrap_or(0);
+    let retained_height = store.retained_height().unwrap_or(0);
     stack.core.persist = Some(Box::new(Persist {
         store,
         failed: None,
         sync: None,
-        stats: StoreStats::default(),
+        stats: StoreStats {
+            retained_height,
+            ..StoreStats::default()
+        },
         durable_watermark: watermark,
         stored_cup: stored_cup_height,
         logged_up_to,
         local: None,
+        retained: None,
         blocked: false,
         repair: None,
         buffered: BTreeMap::new(),
@@ -175,12 +202,34 @@ pub(super) fn start(
 
 /// Reads every file of the store's checkpoint (each chunk verified).
 fn read_files<D: BlockDevice>(store: &mut Store<D>) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    match store.checkpoint_height() {
+        Some(height) => read_files_at(store, height),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// Reads every file of the store's checkpoint at `height` (latest or retained).
+fn read_files_at<D: BlockDevice>(
+    store: &mut Store<D>,
+    height: u64,
+) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
     let mut files = Vec::new();
-    for name in store.file_names() {
-        let bytes = store.read_file(&name)?;
+    for name in store.file_names_at(height) {
+        let bytes = store.read_file_at(height, &name)?;
         files.push((name, bytes));
     }
     Ok(files)
+}
+
+/// After a checkpoint commit that replaced `previous` as the latest: keeps the state hash of
+/// the retained checkpoint the store now holds (if any).
+fn note_retained(p: &mut Persist, previous: Option<LocalCheckpoint>) {
+    let height = p.store.retained_height();
+    p.stats.retained_height = height.unwrap_or(0);
+    p.retained = p
+        .retained
+        .filter(|r| Some(r.height) == height)
+        .or(previous.filter(|l| Some(l.height) == height));
 }
 
 impl Core {
@@ -331,7 +380,8 @@ impl Core {
                 p.stats.checkpoints += 1;
                 p.stats.checkpoint_bytes_written += stats.chunk_bytes_written;
                 p.stats.checkpoint_height = height;
-                p.local = Some(LocalCheckpoint { height, state_hash });
+                let previous = p.local.replace(LocalCheckpoint { height, state_hash });
+                note_retained(p, previous);
                 Some(stats.root_hash)
             }
             Err(StoreError::StaleHeight) => None,
@@ -408,11 +458,13 @@ impl Core {
         }
         if cup_height > p.stored_cup {
             let bytes = postcard::to_allocvec(self.replica.cup()).unwrap_or_default();
-            if let Err(e) = p.store.put_cup(&bytes) {
+            // Drops the checkpoint retained for the previous CUP.
+            if let Err(e) = p.store.put_cup_at(cup_height, &bytes) {
                 p.failed = Some(e);
                 return;
             }
             p.stored_cup = cup_height;
+            note_retained(p, None);
         }
         let floor = p.local.map_or(0, |l| l.height).min(p.stored_cup);
         if floor > 0 && floor + 1 > p.store.pool_purged_below() {
@@ -500,7 +552,7 @@ impl Core {
         let mut out = Vec::new();
         match message {
             UpperMessage::ManifestRequest { height } => {
-                if let Some(reply) = serve_manifest(p, from, height, now) {
+                if let Some(reply) = serve_manifest(p, &self.sm, from, height, now) {
                     out.push((from, reply));
                 }
             }
@@ -575,6 +627,9 @@ impl Core {
                 return;
             }
         };
+        // A sync to a height above the latest checkpoint may retain it (at the CUP height).
+        let previous = p.local.take();
+        note_retained(p, previous);
         p.stats.last_sync = done.progress;
         let loaded = match read_files(&mut p.store) {
             Ok(files) => state_from_files(config, &files),
@@ -651,15 +706,61 @@ fn serve_allowed(p: &mut Persist, from: NodeId, now: Time) -> bool {
     true
 }
 
-fn serve_manifest(p: &mut Persist, from: NodeId, height: u64, now: Time) -> Option<UpperMessage> {
+/// The state hash of the store's retained checkpoint at `height`: known, or computed once by
+/// loading its files (after a restart). `None` if there is none at `height` or it is bad.
+fn retained_state_hash(p: &mut Persist, sm: &StateMachine, height: u64) -> Option<CryptoHash> {
+    if p.store.retained_height() != Some(height) {
+        return None;
+    }
+    if let Some(r) = p.retained.filter(|r| r.height == height) {
+        return Some(r.state_hash);
+    }
+    let loaded = match read_files_at(&mut p.store, height) {
+        Ok(files) => state_from_files(sm.config().clone(), &files),
+        Err(e) => {
+            if matches!(e, StoreError::BadChunk(_)) {
+                p.stats.bad_chunks_detected += 1;
+            }
+            return None;
+        }
+    };
+    let state_hash = match loaded {
+        Ok(state) if state.height() == height => state.state_hash(height)?,
+        _ => {
+            p.stats.codec_failures += 1;
+            return None;
+        }
+    };
+    p.retained = Some(LocalCheckpoint { height, state_hash });
+    Some(state_hash)
+}
+
+/// Serves the manifest of the latest checkpoint (if its state is loaded) or of the retained
+/// one, by height.
+fn serve_manifest(
+    p: &mut Persist,
+    sm: &StateMachine,
+    from: NodeId,
+    height: u64,
+    now: Time,
+) -> Option<UpperMessage> {
     if !serve_allowed(p, from, now) {
         return None;
     }
-    let local = p.local.filter(|l| l.height == height && !p.blocked);
-    let manifest = p.store.manifest().filter(|_| local.is_some());
+    let local = p
+        .local
+        .filter(|l| l.height == height && !p.blocked)
+        .or_else(|| {
+            let state_hash = retained_state_hash(p, sm, height)?;
+            Some(LocalCheckpoint { height, state_hash })
+        });
+    let manifest = p.store.manifest_at(height).filter(|_| local.is_some());
     Some(match (local, manifest) {
         (Some(l), Some(m)) => {
             p.stats.served += 1;
+            if p.store.retained_height() == Some(height) {
+                p.stats.served_retained += 1;
+            }
             UpperMessage::Manifest {
                 height,
                 state_hash: l.state_hash,
@@ -680,12 +781,16 @@ fn serve_chunk(
     if !serve_allowed(p, from, now) {
         return None;
     }
-    if p.blocked || p.local.is_none_or(|l| l.height != height) {
+    let latest = !p.blocked && p.local.is_some_and(|l| l.height == height);
+    if !latest && p.store.retained_height() != Some(height) {
         return Some(UpperMessage::Unavailable { height });
     }
-    Some(match p.store.read_chunk(index) {
+    Some(match p.store.read_chunk_of(height, index) {
         Ok(bytes) => {
             p.stats.served += 1;
+            if !latest {
+                p.stats.served_retained += 1;
+            }
             UpperMessage::Chunk {
                 height,
                 index,
