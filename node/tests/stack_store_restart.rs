@@ -6,7 +6,11 @@
 //! (`RECORD_OWN_ARTIFACT`) and gossips it again, which lets the subnet complete the heights
 //! its nodes had signed before the cut. Also a 1-node subnet restarted from its disk, and a
 //! 4-node subnet of which only n − f = 3 nodes come back at first (the fourth, whose own
-//! artifacts the others never logged, boots later and catches up). `SEED=<n>` replays.
+//! artifacts the others never logged, boots later and catches up). And 3 of 4 nodes that
+//! lose power after checkpoint 40 but before its CUP, with the fourth behind the CUP at 30
+//! and one of the three staying down: the restarted nodes must finalize 31..=40 again from
+//! what their logs kept of what made those heights final (`RECORD_FINALITY`). `SEED=<n>`
+//! replays.
 
 #![cfg(feature = "sim")]
 

@@ -247,3 +247,65 @@ pub fn as_state_files(files: &[(String, Vec<u8>)]) -> Vec<StateFile<'_>> {
         .map(|(name, bytes)| StateFile { name, bytes })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consensus::{Aggregate, BlockRef, Share};
+
+    fn finalization(height: u64) -> Artifact {
+        Artifact::Finalization(Aggregate {
+            content: BlockRef {
+                height: Height(height),
+                block: [7; 32],
+            },
+            signers: alloc::vec![0, 1, 2],
+            signature: FixedBytes([3; 48]),
+        })
+    }
+
+    #[test]
+    fn store_finality_records_round_trip_and_bad_ones_are_typed_errors() {
+        let a = finalization(41);
+        let bytes = encode_finality(&a);
+        assert_eq!(decode_finality(41, &bytes), Ok(a));
+        // Another height than the record's.
+        assert_eq!(
+            decode_finality(40, &bytes),
+            Err(FinalityRecordError::Unexpected)
+        );
+        assert_eq!(decode_finality(41, &[]), Err(FinalityRecordError::Version));
+        let mut other_version = bytes.clone();
+        other_version[0] = FINALITY_RECORD_VERSION + 1;
+        assert_eq!(
+            decode_finality(41, &other_version),
+            Err(FinalityRecordError::Version)
+        );
+        // Every truncation and a flipped byte anywhere: an error or another valid artifact
+        // of the kinds allowed, never a panic.
+        for len in 1..bytes.len() {
+            assert!(decode_finality(41, &bytes[..len]).is_err());
+        }
+        for i in 1..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0xff;
+            if let Ok(x) = decode_finality(41, &b) {
+                assert_eq!(x.id().height, 41);
+            }
+        }
+        // A share is not what made a height final.
+        let share = Artifact::FinalizationShare(Share {
+            content: BlockRef {
+                height: Height(41),
+                block: [7; 32],
+            },
+            signer: 1,
+            signature: FixedBytes([3; 48]),
+        });
+        assert_eq!(
+            decode_finality(41, &encode_finality(&share)),
+            Err(FinalityRecordError::Unexpected)
+        );
+        assert!(!FinalityRecordError::Decode.to_string().is_empty());
+    }
+}
