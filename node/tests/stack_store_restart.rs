@@ -6,7 +6,11 @@
 //! (`RECORD_OWN_ARTIFACT`) and gossips it again, which lets the subnet complete the heights
 //! its nodes had signed before the cut. Also a 1-node subnet restarted from its disk, and a
 //! 4-node subnet of which only n − f = 3 nodes come back at first (the fourth, whose own
-//! artifacts the others never logged, boots later and catches up). `SEED=<n>` replays.
+//! artifacts the others never logged, boots later and catches up). And 3 of 4 nodes that
+//! lose power after checkpoint 40 but before its CUP, with the fourth behind the CUP at 30
+//! and one of the three staying down: the restarted nodes must finalize 31..=40 again from
+//! what their logs kept of what made those heights final (`RECORD_FINALITY`). `SEED=<n>`
+//! replays.
 
 #![cfg(feature = "sim")]
 
@@ -141,4 +145,90 @@ fn all_four_nodes_cut_three_come_back_and_go_on_then_the_fourth_catches_up() {
 #[test]
 fn all_four_nodes_cut_one_after_the_other_three_come_back() {
     whole_subnet_restart(4, 3, seed() + 4, 37);
+}
+
+/// Nodes 0–2 of a 4-node subnet lose power right after they wrote checkpoint 40 (the CUP is
+/// still 30); node 3 has been down since before 30. Nodes 0, 1 and 3 boot (2 stays down):
+/// node 3 syncs the CUP's state (30), and the three must finalize the heights the cut nodes
+/// had finalized (31..=40, whose blocks may be proposals of node 2) and go on. What a node
+/// finalization-signed must survive its restart with what made it final, or no node may
+/// sign anything at those heights again.
+#[test]
+fn three_of_four_restart_after_checkpoint_before_its_cup_and_go_on() {
+    let t0 = Instant::now();
+    let seed = seed();
+    let mut sim = StackSim::new(4, seed, DISK_BYTES);
+    sim.install_counter(0).expect("counter installed");
+    sim.set_call_interval(Some(150));
+    assert!(sim.run_until(RUN_LIMIT_MS, |s| s.min_executed() >= 22));
+    sim.power_cut(3);
+    // Each of nodes 0–2 loses power as soon as it wrote checkpoint 40, before the CUP at 40.
+    for _ in 0..3 {
+        let cut = |s: &StackSim| {
+            (0..3).find(|&i| {
+                s.is_up(i)
+                    && s.node(i)
+                        .store_stats()
+                        .is_some_and(|st| st.checkpoint_height >= 40)
+            })
+        };
+        assert!(
+            sim.run_until(RUN_LIMIT_MS, |s| cut(s).is_some()),
+            "checkpoint 40 written"
+        );
+        let Some(i) = cut(&sim) else { unreachable!() };
+        assert_eq!(sim.node(i).replica().cup_height().0, 30, "CUP still 30");
+        sim.power_cut(i);
+    }
+    sim.set_call_interval(None);
+    sim.run_for(2_000);
+    for i in [0, 1, 3] {
+        sim.start(i).expect("node boots from its disk");
+    }
+    let cups: Vec<u64> = [0, 1, 3]
+        .iter()
+        .map(|&i| sim.node(i).replica().cup_height().0)
+        .collect();
+    let executed: Vec<u64> = [0, 1, 3]
+        .iter()
+        .map(|&i| sim.node(i).executed_height())
+        .collect();
+    eprintln!("seed {seed}: restarted with CUPs {cups:?}, executed {executed:?}");
+    // What made 31..=40 final came back from the pool logs (blocks, notarizations, the
+    // finalization), not only the own shares.
+    for i in [0, 1] {
+        let st = sim.node(i).store_stats().unwrap_or_default();
+        assert!(
+            st.finality_restored >= 10 && st.bad_finality_records == 0,
+            "node {i}: {st:?}"
+        );
+    }
+    let target = 40 + NEW_HEIGHTS;
+    let ok = sim.run_until(RUN_LIMIT_MS, |s| s.min_executed() >= target);
+    let finalized: Vec<u64> = [0, 1, 3]
+        .iter()
+        .map(|&i| sim.node(i).finalized_height().0)
+        .collect();
+    let executed: Vec<u64> = [0, 1, 3]
+        .iter()
+        .map(|&i| sim.node(i).executed_height())
+        .collect();
+    assert!(
+        ok,
+        "seed {seed}: the three nodes finalize past 40: finalized {finalized:?}, executed {executed:?}, sync {:?}",
+        sim.node(3).store_stats().map(|s| (s.syncs_completed, s.last_sync))
+    );
+    sim.check().expect("state hashes agree");
+    sim.set_call_interval(Some(150));
+    let target = sim.max_executed() + 4;
+    assert!(sim.run_until(RUN_LIMIT_MS, |s| s.min_executed() >= target));
+    sim.start(2).expect("node 2 boots from its disk");
+    let target = sim.max_executed() + 4;
+    assert!(sim.run_until(RUN_LIMIT_MS, |s| s.min_executed() >= target));
+    sim.check().expect("state hashes agree");
+    eprintln!(
+        "seed {seed}: finalized {finalized:?} → executed {}; {:?}",
+        sim.node(0).executed_height(),
+        t0.elapsed()
+    );
 }

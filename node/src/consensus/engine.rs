@@ -114,6 +114,9 @@ pub struct Consensus {
     /// What this node signed (and the blocks it notarized), for the driver's persistent log;
     /// kept only while [`Consensus::set_record_signed`] is on.
     signed_log: VecDeque<Artifact>,
+    /// What made heights final (beacons, notarizations, the finalization), for the driver's
+    /// persistent log; kept only while [`Consensus::set_record_signed`] is on.
+    finality_log: VecDeque<Artifact>,
     record_signed: bool,
     deadline: Option<Time>,
     stats: ConsensusStats,
@@ -196,6 +199,7 @@ impl Consensus {
             signing_floor,
             signed_up_to: signing_floor,
             signed_log: VecDeque::new(),
+            finality_log: VecDeque::new(),
             record_signed: false,
             deadline: None,
             stats: ConsensusStats::default(),
@@ -1195,6 +1199,9 @@ impl Consensus {
             });
             cursor = (cursor.0.prev(), parent);
         }
+        if self.record_signed {
+            self.log_finality(&chain, h, &hash);
+        }
         for fb in chain.into_iter().rev() {
             self.finalized_hashes.insert(fb.height, fb.hash);
             self.finalized_out.push_back(fb);
@@ -1248,6 +1255,36 @@ impl Consensus {
         self.record_signed = on;
         if !on {
             self.signed_log.clear();
+            self.finality_log.clear();
+        }
+    }
+
+    /// The next artifact that made a height final (a finalized block's random beacon and
+    /// notarization, the finalization of the highest one), to log durably with the
+    /// finalized blocks. A restarted node gets them back through
+    /// [`Consensus::restore_signed`] (with the blocks), so it finalizes those heights again
+    /// with the same blocks and serves them to peers: as the IC's persisted pool would.
+    pub fn poll_finality(&mut self) -> Option<Artifact> {
+        self.finality_log.pop_front()
+    }
+
+    /// Queues for [`Consensus::poll_finality`] what makes `chain` (newest first, `top` at
+    /// its head) final.
+    fn log_finality(&mut self, chain: &[FinalizedBlock], top: Height, hash: &CryptoHash) {
+        for fb in chain.iter().rev() {
+            let beacon = self
+                .pool
+                .validated_at(ArtifactKind::RandomBeacon as u8, fb.height.0)
+                .map(|(_, a)| a.clone())
+                .next();
+            let id = Self::aggregate_id(ArtifactKind::Notarization, fb.height, &fb.hash);
+            let notarization = self.pool.validated(&id).cloned();
+            self.finality_log.extend(beacon);
+            self.finality_log.extend(notarization);
+        }
+        let id = Self::aggregate_id(ArtifactKind::Finalization, top, hash);
+        if let Some(f) = self.pool.validated(&id).cloned() {
+            self.finality_log.push_back(f);
         }
     }
 
@@ -1262,6 +1299,8 @@ impl Consensus {
     /// nothing it could not have signed had it not restarted: no second block, no share for
     /// a conflicting block), and the artifacts go back into the pool through validation, to
     /// be gossiped again. Beacon shares are unique signatures: the node signs them again.
+    /// `artifacts` may also hold what [`Consensus::poll_finality`] returned and the finalized
+    /// blocks: they go through validation like any received artifact.
     pub fn restore_signed(&mut self, artifacts: Vec<Artifact>) {
         let cup_h = self.cup_height();
         let ranks: BTreeMap<(Height, CryptoHash), Rank> = artifacts

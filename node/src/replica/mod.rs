@@ -313,6 +313,12 @@ impl Replica {
         self.consensus.poll_signed()
     }
 
+    /// The next artifact that made a height final, to log with the finalized blocks and pass
+    /// back (with them) in `signed` after a restart ([`Consensus::poll_finality`]).
+    pub fn poll_finality(&mut self) -> Option<Artifact> {
+        self.consensus.poll_finality()
+    }
+
     pub fn signing_watermark(&self) -> Height {
         self.consensus.signing_watermark()
     }

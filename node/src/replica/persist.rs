@@ -8,6 +8,7 @@
 //! | [`RECORD_SIGNING_WATERMARK`] | the watermark | the watermark, u64 little-endian |
 //! | [`RECORD_OWN_ARTIFACT`] | the artifact's height | `Artifact::encode` of what this node signed, or of a block it notarized |
 //! | [`RECORD_SIGNING_FLOOR`] | a height | that height, u64 LE: an own artifact there was too large to log |
+//! | [`RECORD_FINALITY`] | the artifact's height | [`FINALITY_RECORD_VERSION`] ‖ `Artifact::encode` of a finalized block's random beacon or notarization, or of the finalization that finalized it ([`encode_finality`]) |
 //!
 //! The stack appends a finalized block when consensus delivers it, every artifact consensus
 //! signed (`Replica::poll_signed`), and the signing watermark whenever it rose. Before any
@@ -23,6 +24,18 @@
 //! completes the heights they had signed. The signing floor is then the CUP (and any
 //! [`RECORD_SIGNING_FLOOR`]); a log without own artifacts up to the watermark (an older
 //! format) keeps the watermark as the floor: nothing at or below it is signed again.
+//!
+//! What made the heights above the CUP final is persistent too: with the finalized blocks the
+//! log keeps their random beacons, notarizations and the finalizations
+//! (`Consensus::poll_finality`), and a restarted node puts them back into its pool with the
+//! finalized blocks as block proposals (through validation, like received artifacts). So it
+//! finalizes those heights again with the same blocks, and serves them to peers that did not
+//! see them. Without them a subnet of which some nodes restarted (with the CUP below heights
+//! they had finalized) and one node stayed down could stall for good: the restarted nodes
+//! had finalization-signed blocks of the absent node, a node that was behind notarized
+//! another block at the same height first, and no block could gather n − f finalization
+//! shares any more (`three_of_four_restart_after_checkpoint_before_its_cup_and_go_on` in
+//! `tests/stack_store_restart.rs`).
 //!
 //! # Checkpoints and what the CUP certifies
 //!
@@ -47,7 +60,7 @@
 //! restart. The pool log keeps every finalized block above `min(checkpoint, CUP)`, so the
 //! blocks above the retained height stay too.
 
-use crate::consensus::{Block, FinalizedBlock};
+use crate::consensus::{Artifact, ArtifactKind, Block, FinalizedBlock};
 use crate::execution::ExecutionConfig;
 use crate::routing::StateMachine;
 use crate::store::{StateFile, StoreError, CHUNK_BYTES_DEFAULT};
@@ -66,6 +79,10 @@ pub const RECORD_OWN_ARTIFACT: u32 = 3;
 /// Pool log record: a height at and below which the node signs nothing after a restart (u64
 /// LE), written when an own artifact there was too large for a record.
 pub const RECORD_SIGNING_FLOOR: u32 = 4;
+/// Pool log record: what made a finalized height final ([`encode_finality`]).
+pub const RECORD_FINALITY: u32 = 5;
+/// Version of [`RECORD_FINALITY`] records (their first byte).
+pub const FINALITY_RECORD_VERSION: u8 = 1;
 /// Version of [`LoggedBlock`].
 pub const LOGGED_BLOCK_VERSION: u8 = 2;
 /// Chunk size every store of a subnet must be formatted with: the manifest root, and so the
@@ -139,6 +156,56 @@ impl LoggedBlock {
     }
 }
 
+/// Why a [`RECORD_FINALITY`] record was not used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinalityRecordError {
+    /// Empty, or of a version this build does not know.
+    Version,
+    /// The artifact does not decode.
+    Decode,
+    /// Not a random beacon, notarization or finalization, or not of the record's height.
+    Unexpected,
+}
+
+impl fmt::Display for FinalityRecordError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FinalityRecordError::Version => f.write_str("finality record of an unknown version"),
+            FinalityRecordError::Decode => f.write_str("finality record does not decode"),
+            FinalityRecordError::Unexpected => {
+                f.write_str("finality record holds an unexpected artifact")
+            }
+        }
+    }
+}
+
+/// The bytes of a [`RECORD_FINALITY`] record.
+pub fn encode_finality(artifact: &Artifact) -> Vec<u8> {
+    let mut v = Vec::from([FINALITY_RECORD_VERSION]);
+    v.extend_from_slice(&artifact.encode());
+    v
+}
+
+/// A [`RECORD_FINALITY`] record of height `height`.
+pub fn decode_finality(height: u64, bytes: &[u8]) -> Result<Artifact, FinalityRecordError> {
+    let Some((&version, rest)) = bytes.split_first() else {
+        return Err(FinalityRecordError::Version);
+    };
+    if version != FINALITY_RECORD_VERSION {
+        return Err(FinalityRecordError::Version);
+    }
+    let artifact = Artifact::decode(rest).map_err(|_| FinalityRecordError::Decode)?;
+    let id = artifact.id();
+    let kind_ok = matches!(
+        ArtifactKind::from_u8(id.kind),
+        Some(ArtifactKind::RandomBeacon | ArtifactKind::Notarization | ArtifactKind::Finalization)
+    );
+    if !kind_ok || id.height != height {
+        return Err(FinalityRecordError::Unexpected);
+    }
+    Ok(artifact)
+}
+
 /// Why the state could not be written as files or read back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StateFilesError {
@@ -179,4 +246,66 @@ pub fn as_state_files(files: &[(String, Vec<u8>)]) -> Vec<StateFile<'_>> {
         .iter()
         .map(|(name, bytes)| StateFile { name, bytes })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consensus::{Aggregate, BlockRef, Share};
+
+    fn finalization(height: u64) -> Artifact {
+        Artifact::Finalization(Aggregate {
+            content: BlockRef {
+                height: Height(height),
+                block: [7; 32],
+            },
+            signers: alloc::vec![0, 1, 2],
+            signature: FixedBytes([3; 48]),
+        })
+    }
+
+    #[test]
+    fn store_finality_records_round_trip_and_bad_ones_are_typed_errors() {
+        let a = finalization(41);
+        let bytes = encode_finality(&a);
+        assert_eq!(decode_finality(41, &bytes), Ok(a));
+        // Another height than the record's.
+        assert_eq!(
+            decode_finality(40, &bytes),
+            Err(FinalityRecordError::Unexpected)
+        );
+        assert_eq!(decode_finality(41, &[]), Err(FinalityRecordError::Version));
+        let mut other_version = bytes.clone();
+        other_version[0] = FINALITY_RECORD_VERSION + 1;
+        assert_eq!(
+            decode_finality(41, &other_version),
+            Err(FinalityRecordError::Version)
+        );
+        // Every truncation and a flipped byte anywhere: an error or another valid artifact
+        // of the kinds allowed, never a panic.
+        for len in 1..bytes.len() {
+            assert!(decode_finality(41, &bytes[..len]).is_err());
+        }
+        for i in 1..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0xff;
+            if let Ok(x) = decode_finality(41, &b) {
+                assert_eq!(x.id().height, 41);
+            }
+        }
+        // A share is not what made a height final.
+        let share = Artifact::FinalizationShare(Share {
+            content: BlockRef {
+                height: Height(41),
+                block: [7; 32],
+            },
+            signer: 1,
+            signature: FixedBytes([3; 48]),
+        });
+        assert_eq!(
+            decode_finality(41, &encode_finality(&share)),
+            Err(FinalityRecordError::Unexpected)
+        );
+        assert!(!FinalityRecordError::Decode.to_string().is_empty());
+    }
 }

@@ -2,12 +2,12 @@
 //! sync (see the module docs of `stack` and `persist`).
 
 use super::{Core, Stack, StackConfig, UpperMessage};
-use crate::consensus::{Artifact, CatchUpPackage, FinalizedBlock};
+use crate::consensus::{Artifact, BlockProposal, CatchUpPackage, FinalizedBlock};
 use crate::replica::persist::{
-    as_state_files, bind_checkpoint, is_checkpoint_height, state_files, state_from_files,
-    LoggedBlock, StateFilesError, BUFFERED_BLOCKS_MAX, BUFFERED_BLOCK_BYTES_MAX,
-    CHECKPOINT_CHUNK_BYTES, RECORD_FINALIZED_BLOCK, RECORD_OWN_ARTIFACT, RECORD_SIGNING_FLOOR,
-    RECORD_SIGNING_WATERMARK,
+    as_state_files, bind_checkpoint, decode_finality, encode_finality, is_checkpoint_height,
+    state_files, state_from_files, LoggedBlock, StateFilesError, BUFFERED_BLOCKS_MAX,
+    BUFFERED_BLOCK_BYTES_MAX, CHECKPOINT_CHUNK_BYTES, RECORD_FINALITY, RECORD_FINALIZED_BLOCK,
+    RECORD_OWN_ARTIFACT, RECORD_SIGNING_FLOOR, RECORD_SIGNING_WATERMARK,
 };
 use crate::replica::state_sync::{SyncClient, SyncProgress, SyncTarget};
 use crate::replica::ReplicaError;
@@ -62,6 +62,15 @@ pub struct StoreStats {
     pub served_retained: u64,
     /// The state could not be turned into files (or back): a codec failure.
     pub codec_failures: u64,
+    /// Artifacts that made heights final (beacons, notarizations, finalizations) appended to
+    /// the pool log.
+    pub finality_logged: u64,
+    /// Of those, too large for a pool record (not logged).
+    pub finality_not_logged: u64,
+    /// Finality records and finalized blocks put back into the consensus pool on start.
+    pub finality_restored: u64,
+    /// Finality records found unusable on start (`FinalityRecordError`), skipped.
+    pub bad_finality_records: u64,
 }
 
 /// The node's own checkpoint.
@@ -151,6 +160,31 @@ pub(super) fn start(
         .filter_map(|r| Artifact::decode(&r.bytes).ok())
         .collect();
     let signed_up_to = signed.iter().map(|a| a.id().height).max().unwrap_or(0);
+    // What made the heights above the CUP final, and the blocks finalized there (as the
+    // proposals they were): restored with the own artifacts, through validation.
+    let mut bad_finality_records = 0u64;
+    let mut finality: Vec<Artifact> = Vec::new();
+    for r in &recovery.pool_records {
+        if r.height < purged_below || r.height <= stored_cup_height {
+            continue;
+        }
+        match r.kind {
+            RECORD_FINALITY => match decode_finality(r.height, &r.bytes) {
+                Ok(a) => finality.push(a),
+                Err(_) => bad_finality_records += 1,
+            },
+            RECORD_FINALIZED_BLOCK => {
+                if let Some(b) = LoggedBlock::decode(r.height, &r.bytes) {
+                    finality.push(Artifact::Block(BlockProposal {
+                        block: b.block,
+                        signature: b.signature,
+                    }));
+                }
+            }
+            _ => {}
+        }
+    }
+    let finality_restored = finality.len() as u64;
     // Consensus resumes above the stored CUP and signs nothing at or below it. Above it, the
     // logged own artifacts say what the node signed; a log that does not cover the
     // watermark (older format) keeps the watermark as the floor.
@@ -165,7 +199,9 @@ pub(super) fn start(
         .max(Height(logged_floor))
         .max(Height(stored_cup_height));
     let cup_interval = config.replica.params.cup_interval_heights;
-    let mut stack = Stack::start(config, now, Some(signed))?;
+    let mut restored = signed;
+    restored.extend(finality);
+    let mut stack = Stack::start(config, now, Some(restored))?;
     let logged_up_to = recovery
         .pool_records
         .iter()
@@ -180,6 +216,8 @@ pub(super) fn start(
         sync: None,
         stats: StoreStats {
             retained_height,
+            finality_restored,
+            bad_finality_records,
             ..StoreStats::default()
         },
         durable_watermark: watermark,
@@ -424,6 +462,21 @@ impl Core {
                 return false;
             }
             p.stats.own_artifacts_logged += 1;
+        }
+        while let Some(artifact) = self.replica.poll_finality() {
+            let height = artifact.id().height;
+            match p
+                .store
+                .pool_append(height, RECORD_FINALITY, &encode_finality(&artifact))
+            {
+                Ok(()) => p.stats.finality_logged += 1,
+                // Not needed for safety: peers have it, or the node re-finalizes from shares.
+                Err(StoreError::RecordTooLarge) => p.stats.finality_not_logged += 1,
+                Err(e) => {
+                    p.failed = Some(e);
+                    return false;
+                }
+            }
         }
         if watermark > p.durable_watermark {
             let bytes = watermark.to_le_bytes();
