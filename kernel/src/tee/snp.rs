@@ -59,8 +59,6 @@ pub enum AttestError {
     BadSecretsPage,
     /// The VMPCK for our VMPL is absent (zero) or was wiped after an earlier failure.
     NoKey,
-    /// PVALIDATE failed with this status.
-    Pvalidate(u32),
     /// The GHCB protocol failed.
     Ghcb(GhcbError),
     /// The request/response pages could not be made shared.
@@ -74,7 +72,6 @@ impl core::fmt::Display for AttestError {
             AttestError::NoSecretsPage => f.write_str("no SNP secrets page from the firmware"),
             AttestError::BadSecretsPage => f.write_str("SNP secrets page not understood"),
             AttestError::NoKey => f.write_str("no usable VMPCK for this VMPL"),
-            AttestError::Pvalidate(s) => write!(f, "PVALIDATE failed: {s}"),
             AttestError::Ghcb(e) => write!(f, "{e}"),
             AttestError::Share(e) => write!(f, "guest request pages: {e}"),
         }

@@ -473,26 +473,3 @@ pub fn make_shared(vaddr: u64, len: u64) -> Result<(), ShareError> {
     }
     Ok(())
 }
-
-/// Makes a range [`make_shared`] shared private again: set the C-bit, page state change to
-/// private, `PVALIDATE`. Its contents are lost. No-op without SNP.
-#[allow(
-    dead_code,
-    reason = "the way back from make_shared; today's shared pages (GHCB, DMA pool, guest-request pages) stay shared"
-)]
-pub fn make_private(vaddr: u64, len: u64) -> Result<(), ShareError> {
-    if c_bit() == 0 {
-        return Ok(());
-    }
-    if !vaddr.is_multiple_of(PAGE_4K) || !len.is_multiple_of(PAGE_4K) {
-        return Err(ShareError::Unaligned);
-    }
-    let mut page = vaddr;
-    while page < vaddr + len {
-        set_encrypted(page, true).map_err(ShareError::Map)?;
-        page += PAGE_4K;
-    }
-    // SAFETY: the range was shared by `make_shared`, identity-mapped once, and is private
-    // in the page tables now.
-    unsafe { sev::rmp_to_private(vaddr, vaddr + len) }.map_err(ShareError::PageState)
-}

@@ -34,6 +34,8 @@ use raw_cpuid::native_cpuid::cpuid_count;
 
 /// `SEV_STATUS` MSR.
 pub const MSR_SEV_STATUS: u32 = 0xC001_0131;
+/// `SEV_STATUS` bit 0: SEV is active.
+const SEV_STATUS_SEV_BIT: u64 = 1 << 0;
 /// `SEV_STATUS` bit 1: SEV-ES is active.
 const SEV_STATUS_ES_BIT: u64 = 1 << 1;
 /// `SEV_STATUS` bit 2: SEV-SNP is active.
@@ -44,8 +46,69 @@ const CPUID_LEAF_MAX_EXTENDED: u32 = 0x8000_0000;
 const CPUID_LEAF_SEV: u32 = 0x8000_001F;
 /// CPUID `0x8000_001F` EAX bit 1: SEV supported.
 const CPUID_SEV_BIT: u32 = 1 << 1;
+/// CPUID `0x8000_001F` EAX bit 4: SEV-SNP supported.
+const CPUID_SNP_BIT: u32 = 1 << 4;
 /// CPUID `0x8000_001F` EBX bits 5:0: the C-bit position.
 const CPUID_CBIT_MASK: u32 = 0x3F;
+
+/// What CPUID `0x8000_001F` and `SEV_STATUS` say about memory encryption (AMD APM vol. 3,
+/// CPUID Fn8000_001F; vol. 2 §15.34.10).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Probe {
+    /// CPUID `0x8000_001F` exists.
+    pub leaf_present: bool,
+    /// CPUID says SEV is supported.
+    pub sev_supported: bool,
+    /// CPUID says SEV-SNP is supported.
+    pub snp_supported: bool,
+    /// The C-bit position (CPUID `0x8000_001F` EBX[5:0]).
+    pub c_bit: u8,
+    /// `SEV_STATUS`, read only when CPUID says SEV exists (elsewhere the MSR does not exist
+    /// and `rdmsr` would raise #GP).
+    pub sev_status: Option<u64>,
+}
+
+impl Probe {
+    /// SEV-SNP is active for this guest.
+    pub fn snp_active(&self) -> bool {
+        self.sev_status.is_some_and(|s| s & SEV_STATUS_SNP_BIT != 0)
+    }
+
+    /// SEV-ES is active for this guest.
+    pub fn es_active(&self) -> bool {
+        self.sev_status.is_some_and(|s| s & SEV_STATUS_ES_BIT != 0)
+    }
+
+    /// SEV is active for this guest.
+    pub fn sev_active(&self) -> bool {
+        self.sev_status.is_some_and(|s| s & SEV_STATUS_SEV_BIT != 0)
+    }
+}
+
+/// Reads CPUID and, only when CPUID says SEV exists, the `SEV_STATUS` MSR. Under SEV-ES/SNP
+/// the CPUID raises #VC (the firmware's handler or ours serves it); `SEV_STATUS` is never
+/// intercepted.
+pub fn probe() -> Probe {
+    if cpuid_count(CPUID_LEAF_MAX_EXTENDED, 0).eax < CPUID_LEAF_SEV {
+        return Probe::default();
+    }
+    let leaf = cpuid_count(CPUID_LEAF_SEV, 0);
+    let sev_supported = leaf.eax & CPUID_SEV_BIT != 0;
+    let sev_status = if sev_supported {
+        // SAFETY: CPUID says the processor implements SEV, so SEV_STATUS exists (APM vol. 2
+        // §15.34.10); reading it has no side effects and is never intercepted.
+        Some(unsafe { native_rdmsr(MSR_SEV_STATUS) })
+    } else {
+        None
+    };
+    Probe {
+        leaf_present: true,
+        sev_supported,
+        snp_supported: leaf.eax & CPUID_SNP_BIT != 0,
+        c_bit: (leaf.ebx & CPUID_CBIT_MASK) as u8,
+        sev_status,
+    }
+}
 
 /// The C-bit mask ORed into every private page-table entry: 0 without SNP.
 static C_BIT_MASK: AtomicU64 = AtomicU64::new(0);
@@ -57,20 +120,11 @@ static SEV_STATUS: AtomicU64 = AtomicU64::new(0);
 /// else 0. Records the answer for [`c_bit_mask`]. Called once by the UEFI entry before
 /// ExitBootServices (the firmware's #VC handler serves the CPUID under SEV-ES/SNP).
 pub fn detect_c_bit_mask() -> u64 {
-    if cpuid_count(CPUID_LEAF_MAX_EXTENDED, 0).eax < CPUID_LEAF_SEV {
+    let probe = probe();
+    let (true, Some(status)) = (probe.snp_active(), probe.sev_status) else {
         return 0;
-    }
-    let leaf = cpuid_count(CPUID_LEAF_SEV, 0);
-    if leaf.eax & CPUID_SEV_BIT == 0 {
-        return 0;
-    }
-    // SAFETY: CPUID says the processor implements SEV, so SEV_STATUS exists (APM vol. 2
-    // §15.34.10); reading it has no side effects and is never intercepted.
-    let status = unsafe { native_rdmsr(MSR_SEV_STATUS) };
-    if status & SEV_STATUS_SNP_BIT == 0 {
-        return 0;
-    }
-    let mask = 1u64 << (leaf.ebx & CPUID_CBIT_MASK);
+    };
+    let mask = 1u64 << probe.c_bit;
     SEV_STATUS.store(status, Ordering::SeqCst);
     C_BIT_MASK.store(mask, Ordering::SeqCst);
     mask
@@ -489,7 +543,7 @@ fn pvalidate_range(start: u64, end: u64, validate: bool) -> Result<(), PageState
     let mut page = start;
     while page < end {
         if page.is_multiple_of(PAGE_2M) && end - page >= PAGE_2M {
-            // SAFETY: the caller (`make_shared`/`make_private`/`accept`) owns the range.
+            // SAFETY: the caller (`make_shared`/`accept`) owns the range.
             match unsafe { pvalidate(page, PageSize::Huge, validate) } {
                 Ok(_) => {
                     page += PAGE_2M;
