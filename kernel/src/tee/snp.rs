@@ -6,7 +6,7 @@
 //! and is tested on the host against recorded exchanges; this file only drives it:
 //!
 //! - the secrets page comes from OVMF's confidential-computing blob (EFI configuration table,
-//!   `kernel/src/efi.rs`, parsed by `node::attest::snp_boot::CcBlob`), as Linux's EFI stub
+//!   `kernel/src/efi.rs`, parsed by the `sev` crate's `snp_boot::CcBlob`), as Linux's EFI stub
 //!   finds it;
 //! - the request and response pages are heap pages made shared with `arch::paging::make_shared`
 //!   (rescind, page state change, C-bit cleared); the exit goes through the GHCB page that
@@ -16,7 +16,7 @@
 //! without it): the UEFI entry sets the C-bit in every private page-table entry
 //! (`arch::paging`), MMIO and shared pages have it clear; the GHCB is shared and registered
 //! before the first port access; a #VC handler serves CPUID from the SNP CPUID page and
-//! IN/OUT, RDMSR/WRMSR and RDTSC(P) through the GHCB (`node::attest::vc` decodes them), while
+//! IN/OUT, RDMSR/WRMSR and RDTSC(P) through the GHCB (the `sev` crate's `vc` decodes them), while
 //! the serial console, MSR accessors and the local APIC use the GHCB directly; virtio DMA
 //! goes through a shared pool with bounce buffers (`drivers::virtio`); unaccepted memory is
 //! accepted before the heap takes it (`heap`).
@@ -26,19 +26,19 @@
 //! protocols in `node::attest` on the host, and that every existing boot path still boots
 //! with the SNP code present and inactive. MMIO (PCI ECAM, the virtio BARs) raises #VC
 //! with the NPF exit; the handler emulates the MOV/MOVZX forms compiled volatile accesses
-//! use (`node::attest::vc`) and refuses others. The virtio devices QEMU gives an SEV guest
+//! use (the `sev` crate's `vc`) and refuses others. The virtio devices QEMU gives an SEV guest
 //! (`iommu_platform=on`) are negotiated through `drivers::virtio::PlatformTransport`, and
 //! `testnet-uefi` runs its VMs that way (without SEV). Known gaps: a 4 KiB rescind inside a page the firmware validated as 2 MiB would need a
 //! PSMASH request; CPUID leaves are not post-processed as Linux does (APIC IDs, OSXSAVE,
 //! XSAVE sizes); only one CPU. Only the path into [`attestation_report`] reaches the
 //! firmware, and it refuses when [`super::detect`] found no SNP.
 
+use ::sev::snp_boot::{CcBlob, CC_BLOB_BYTES};
 use node::attest::ghcb::{
     self, request_report, GhcbError, GuestRequestPages, SecretsPage, SECRETS_PAGE_BYTES,
 };
 use node::attest::guest_msg::{GuestChannel, GUEST_MESSAGE_PAGE_BYTES};
 use node::attest::report::REPORT_SIZE_BYTES;
-use node::attest::snp_boot::{CcBlob, CC_BLOB_BYTES};
 use spin::Mutex;
 
 use crate::arch::paging::{self, ShareError};

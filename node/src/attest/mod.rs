@@ -17,24 +17,22 @@
 //! The guest side's pure part, the encrypted SNP guest-message channel that carries
 //! MSG_REPORT_REQ/RSP (AES-256-GCM under a VMPCK, sequence numbers, fail-closed on any error),
 //! is [`guest_msg`]; the kernel drives it through the GHCB, whose protocol (MSR protocol, page
-//! state changes, the SNP guest request exit, the secrets page) is [`ghcb`].
+//! state changes, the SNP guest request exit, the secrets page) is [`ghcb`]. The rest of the
+//! guest's machine protocols (GHCB page exits, #VC decoding, the CPUID page) are the `sev`
+//! crate's.
 //!
 //! Everything here is pure computation over byte slices: no clock (the time is a parameter),
 //! no I/O, no panics on input bytes.
 
 pub mod binding;
 pub mod cert;
-pub mod cpuid_page;
 pub mod ghcb;
-pub mod ghcb_page;
 pub mod guest_msg;
 pub mod measure;
 #[cfg(test)]
 mod no_fake;
 pub mod report;
 pub mod roots;
-pub mod snp_boot;
-pub mod vc;
 pub mod verify;
 
 pub use report::{AttestationReport, Product, ReportError, Tcb};

@@ -9,7 +9,7 @@ use core::arch::asm;
 use core::marker::PhantomData;
 
 use super::sev;
-use node::attest::ghcb_page::IoSize;
+use ::sev::ghcb_page::IoSize;
 
 /// A value that can be moved through an I/O port.
 pub trait PortValue: Copy {

@@ -5,7 +5,7 @@
 //! ([`detect_c_bit_mask`], before ExitBootServices): the PVH and multiboot2 paths never set
 //! the mask, and every caller checks [`snp_active`] / [`es_active`] first. The byte layouts
 //! and encodings (GHCB page, NAE exit codes, the #VC instruction decoder, the CPUID page) are
-//! pure code in `node::attest::{ghcb, ghcb_page, vc, cpuid_page}`, unit-tested on the host;
+//! pure code in `node::attest::ghcb` and the `sev` crate, unit-tested on the host;
 //! this file only executes them. Policy (attestation) lives in `crate::tee`.
 //!
 //! Facts (AMD APM vol. 2 §15.34–15.36; GHCB spec #56421 rev 2.03):
@@ -23,12 +23,12 @@
 use core::arch::asm;
 use core::sync::atomic::{compiler_fence, AtomicBool, AtomicU64, Ordering};
 
-use node::attest::cpuid_page::CpuidPage;
-use node::attest::ghcb::{self, Ghcb, PageState};
-use node::attest::ghcb_page::{self, GhcbExit, IoDirection, IoSize, NaeError};
-use node::attest::vc::{
+use ::sev::cpuid_page::CpuidPage;
+use ::sev::ghcb_page::{self, GhcbExit, IoDirection, IoSize, NaeError};
+use ::sev::vc::{
     self, MmioAccess, MmioOp, PortOperand, Register, VcError, VcRequest, MAX_INSTRUCTION_BYTES,
 };
+use node::attest::ghcb::{self, Ghcb, PageState};
 
 use raw_cpuid::native_cpuid::cpuid_count;
 
@@ -402,7 +402,7 @@ pub fn early_init(info_paddr: u64, protocol: u64) {
     if let Some(blob) = crate::efi::cc_blob_paddr() {
         // SAFETY: OVMF's blob, in firmware-reserved memory the boot identity map covers.
         let bytes = unsafe { core::slice::from_raw_parts(blob as *const u8, 40) };
-        if let Ok(b) = node::attest::snp_boot::CcBlob::parse(bytes) {
+        if let Ok(b) = ::sev::snp_boot::CcBlob::parse(bytes) {
             CPUID_PAGE_PADDR.store(b.cpuid_phys, Ordering::SeqCst);
             SECRETS_PAGE_PADDR.store(b.secrets_phys, Ordering::SeqCst);
         }
@@ -421,7 +421,7 @@ fn record_unaccepted(info_paddr: u64) {
     let info = unsafe { core::slice::from_raw_parts(info_paddr as *const u8, len) };
     let mut list = UNACCEPTED.lock();
     let (ranges, n) = &mut *list;
-    let _ = node::attest::snp_boot::for_each_unaccepted(info, |base, len| {
+    let _ = ::sev::snp_boot::for_each_unaccepted(info, |base, len| {
         if *n < MAX_UNACCEPTED_RANGES {
             ranges[*n] = (base, base + len);
             *n += 1;
@@ -643,7 +643,7 @@ fn cpuid_page() -> Option<CpuidPage<'static>> {
     CpuidPage::parse(bytes).ok()
 }
 
-/// Handles a #VC: decodes the instruction at RIP with `node::attest::vc`, performs it (CPUID
+/// Handles a #VC: decodes the instruction at RIP with the `sev` crate's `vc`, performs it (CPUID
 /// from the CPUID page, the rest through the GHCB), writes the results into the interrupted
 /// registers and moves RIP past the instruction.
 pub fn handle_vc(frame: &mut super::idt::TrapFrame) -> Result<(), VcFailure> {

@@ -34,12 +34,14 @@
 //! The hypervisor advances `cur_entry`; the guest re-issues the exit until it passes
 //! `end_entry`.
 //!
-//! GHCB registration (MSR protocol 0x012/0x013) is [`super::ghcb::register_ghcb`]; this
+//! GHCB registration (MSR protocol 0x012/0x013) is [`node::attest::ghcb::register_ghcb`]; this
 //! module re-exports it and pins its encoding in tests.
 
 use core::fmt;
 
-pub use super::ghcb::{register_ghcb, Ghcb, PageState, GHCB_PAGE_BYTES, GHCB_PROTOCOL_VERSION};
+pub use node::attest::ghcb::{
+    register_ghcb, Ghcb, PageState, GHCB_PAGE_BYTES, GHCB_PROTOCOL_VERSION,
+};
 
 /// GHCB save-area offsets (Table 3; `struct ghcb_save_area`).
 pub mod field {
@@ -624,8 +626,8 @@ pub fn psc_batches<E>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::attest::ghcb::Hypervisor;
     use alloc::vec::Vec;
+    use node::attest::ghcb::Hypervisor;
 
     const GHCB_GPA: u64 = 0x0012_3000;
 
@@ -707,7 +709,7 @@ mod tests {
         assert_eq!(field::GHCB_USAGE, 0xFFC);
         assert_eq!(PSC_MAX_ENTRIES, (SHARED_BUFFER_BYTES - 8) / 8);
         // The offsets agree with the ones the guest-request path already uses.
-        use crate::attest::ghcb::offset;
+        use node::attest::ghcb::offset;
         assert_eq!(offset::RAX, field::RAX);
         assert_eq!(offset::SW_SCRATCH, field::SW_SCRATCH);
         assert_eq!(offset::VALID_BITMAP, field::VALID_BITMAP);
@@ -1041,11 +1043,7 @@ mod tests {
                 self.0.push(request);
                 (request & !0xFFF) | 0x013
             }
-            fn vmgexit(
-                &mut self,
-                _: &mut Ghcb,
-                _: &mut crate::attest::ghcb::GuestRequestPages<'_>,
-            ) {
+            fn vmgexit(&mut self, _: &mut Ghcb, _: &mut node::attest::ghcb::GuestRequestPages<'_>) {
                 unreachable!("no guest request here")
             }
         }
