@@ -42,6 +42,8 @@ pub const PAUSE_WATCH_S: u64 = 12;
 /// Settling time after the pause before the watch starts (a block whose shares were already
 /// on the wire may still finalize).
 pub const PAUSE_SETTLE_S: u64 = 4;
+/// How long a query through one node may lag an update that another node already replied to.
+pub const READ_AFTER_WRITE_S: u64 = 30;
 /// Heights the subnet must advance after the resume.
 pub const RESUME_ADVANCE: u64 = 3;
 /// Candid `(42 : nat)`, the counter scenario's `set` argument.
@@ -122,6 +124,28 @@ pub fn counter_get(net: &Testnet, i: usize, id: &Principal) -> Result<u128, Stri
         .query(id, "get", EMPTY_ARGS)
         .map_err(|e| format!("get via node{i}: {e}"))?;
     decode_nat(&reply).ok_or_else(|| format!("get via node{i}: not a nat: {reply:02x?}"))
+}
+
+/// Query the counter through node `i` until it reads `want`, bounded by [`READ_AFTER_WRITE_S`].
+///
+/// A call's certified reply comes from the node that executed it; another replica answers
+/// queries from its own latest state, which may still be a block behind (as on the IC). So a
+/// read through a different node than the write waits for that node to execute, and fails with
+/// the last value it read if it never gets there.
+pub fn counter_reads(net: &Testnet, i: usize, id: &Principal, want: u128) -> Result<u128, String> {
+    let start = Instant::now();
+    loop {
+        let got = counter_get(net, i, id)?;
+        if got == want {
+            return Ok(got);
+        }
+        if start.elapsed() >= Duration::from_secs(READ_AFTER_WRITE_S) {
+            return Err(format!(
+                "get via node{i} = {got} for {READ_AFTER_WRITE_S} s, expected {want}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 pub fn counter_update(net: &Testnet, i: usize, id: &Principal, method: &str) -> Result<(), String> {
@@ -309,12 +333,8 @@ pub fn testnet_faults(paths: &Paths) -> Result<String, String> {
         counter_update(&net, i, &id, "inc")?;
         expected += 1;
     }
-    let got = counter_get(&net, 0, &id)?;
-    if got != expected {
-        return Err(format!(
-            "after {expected} incs with node{victim} down: get = {got}"
-        ));
-    }
+    counter_reads(&net, 0, &id, expected)
+        .map_err(|e| format!("after {expected} incs with node{victim} down: {e}"))?;
     agree.sample(&net, &id, 2);
     report.push(format!(
         "node{victim} killed: {expected} updates via nodes {others:?} ok"
@@ -354,12 +374,8 @@ pub fn testnet_faults(paths: &Paths) -> Result<String, String> {
     let target = top(&mut net, &others)?;
     let t = net.wait_height(&[victim], target, Duration::from_secs(CATCH_UP_TIMEOUT_S))?;
     net.wait_api(victim, Duration::from_secs(BOOT_TIMEOUT_S))?;
-    let got = counter_get(&net, victim, &id)?;
-    if got != expected {
-        return Err(format!(
-            "wiped node{victim}: get = {got}, expected {expected}"
-        ));
-    }
+    let got = counter_reads(&net, victim, &id, expected)
+        .map_err(|e| format!("wiped node{victim}: {e}"))?;
     let synced = net
         .get(victim, "/metrics")
         .ok()
@@ -415,10 +431,7 @@ pub fn testnet_faults(paths: &Paths) -> Result<String, String> {
     counter_update(&net, paused[0], &id, "inc")?;
     expected += 1;
     agree.sample(&net, &id, 3);
-    let got = counter_get(&net, 1, &id)?;
-    if got != expected {
-        return Err(format!("after resume: get = {got}, expected {expected}"));
-    }
+    counter_reads(&net, 1, &id, expected).map_err(|e| format!("after resume: {e}"))?;
     report.push(format!(
         "nodes {paused:?} paused {PAUSE_WATCH_S} s: others stayed at height {during}; after \
          resume all reached {} in {:.0} s",
@@ -460,10 +473,7 @@ pub fn testnet_restart(paths: &Paths) -> Result<String, String> {
     let id = install_counter(paths, &net, 0)?;
     counter_update(&net, 1, &id, "set")?;
     counter_update(&net, 2, &id, "inc")?;
-    let before = counter_get(&net, 3, &id)?;
-    if before != 43 {
-        return Err(format!("set(42); inc: get = {before}, expected 43"));
-    }
+    let before = counter_reads(&net, 3, &id, 43).map_err(|e| format!("set(42); inc: {e}"))?;
     net.poll_all()?;
     let height = top(&mut net, &(0..NODES).collect::<Vec<_>>())?;
     net.kill_all();
@@ -495,10 +505,8 @@ pub fn testnet_restart(paths: &Paths) -> Result<String, String> {
         ));
     }
     counter_update(&net, 0, &id, "inc")?;
-    let next = counter_get(&net, 3, &id)?;
-    if next != before + 1 {
-        return Err(format!("inc after restart: get = {next}"));
-    }
+    let next =
+        counter_reads(&net, 3, &id, before + 1).map_err(|e| format!("inc after restart: {e}"))?;
     let notes = recovery_note(&mut net, 0);
     Ok(format!(
         "counter = {before} at height {height}; all {NODES} VMs killed and restarted from \

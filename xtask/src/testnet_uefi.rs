@@ -17,7 +17,7 @@
 
 use crate::testnet_harness::{NodeBoot, Ports, Spec, Testnet};
 use crate::testnet_steps::{
-    client, counter_get, counter_update, install_counter, wait_serving, NODES, VM_LIMIT_S,
+    client, counter_reads, counter_update, install_counter, wait_serving, NODES, VM_LIMIT_S,
 };
 use crate::testnet_tests::{check_attestation, get_status};
 use crate::Paths;
@@ -115,12 +115,8 @@ pub fn testnet_uefi(paths: &Paths) -> Result<String, String> {
     let id = install_counter(paths, &net, 0)?;
     counter_update(&net, 1, &id, "set")?;
     counter_update(&net, 2, &id, "inc")?;
-    let value = counter_get(&net, 3, &id)?;
-    if value != 43 {
-        return Err(format!(
-            "set(42) via node1, inc via node2: get via node3 = {value}"
-        ));
-    }
+    let value = counter_reads(&net, 3, &id, 43)
+        .map_err(|e| format!("set(42) via node1, inc via node2: {e}"))?;
     for i in 0..NODES {
         client(&net, i)?
             .certified_time(&id)
