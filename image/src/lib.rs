@@ -25,7 +25,7 @@ pub mod gpt;
 mod grub;
 pub mod host_tools;
 
-use gpt::{Gpt, Guid, Partition, SECTOR_BYTES};
+use gpt::{Gpt, Partition, SECTOR_BYTES};
 use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, Seek, SeekFrom, Write};
@@ -127,7 +127,7 @@ pub fn layout(spec_label: &str, store_mib: u64) -> Gpt {
         let sectors = bytes / SECTOR_BYTES;
         partitions.push(Partition {
             type_guid,
-            unique_guid: Guid::derived(&format!("{spec_label}/{name}")),
+            unique_guid: gpt::derived_guid(&format!("{spec_label}/{name}")),
             first_lba: next,
             last_lba: next + sectors - 1,
             attributes: 0,
@@ -138,7 +138,7 @@ pub fn layout(spec_label: &str, store_mib: u64) -> Gpt {
     // One aligned MiB at the end holds the backup GPT.
     let disk_sectors = next + ALIGN_BYTES / SECTOR_BYTES;
     Gpt {
-        disk_guid: Guid::derived(&format!("{spec_label}/disk")),
+        disk_guid: gpt::derived_guid(&format!("{spec_label}/disk")),
         disk_sectors,
         partitions,
     }
