@@ -285,6 +285,29 @@ mod tests {
     use super::config::ConfigError;
     use super::*;
 
+    /// A configuration written at the start of a zeroed partition is found by its header, and
+    /// the bytes the header names decode to it; a zeroed partition holds none.
+    #[test]
+    fn a_configuration_at_the_start_of_a_partition_is_found_by_its_header() {
+        let g = Genesis::new(&[5; 32], 2, 1, ConsensusParams::FAST).unwrap();
+        let bytes = g.nodes[1].encode();
+        let mut partition = vec![0u8; bytes.len() + 4096];
+        assert_eq!(NodeConfig::stored_len(&partition), None);
+        partition[..bytes.len()].copy_from_slice(&bytes);
+        let len = NodeConfig::stored_len(&partition).unwrap().unwrap();
+        assert_eq!(len, bytes.len());
+        assert_eq!(NodeConfig::decode(&partition[..len]).unwrap().index, 1);
+        partition[10..14].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(
+            NodeConfig::stored_len(&partition),
+            Some(Err(ConfigError::TooLarge))
+        );
+        assert_eq!(
+            NodeConfig::stored_len(&bytes[..12]),
+            Some(Err(ConfigError::TooShort))
+        );
+    }
+
     #[test]
     fn configs_round_trip_and_hold_only_their_own_secrets() {
         let g = Genesis::new(&[7; 32], 4, 1, ConsensusParams::FAST).unwrap();

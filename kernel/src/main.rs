@@ -107,17 +107,14 @@ extern "C" fn cairn_boot64(info_paddr: u64, protocol: u64) -> ! {
     };
     print_banner(info, &mapped, &heap, tsc_hz, clock_source);
     tee::init();
-    let node_config = match runtime::find_config(info) {
-        Some(Ok(c)) => Some(c),
-        Some(Err(e)) => {
-            log::error!("runtime: node configuration module rejected: {e}");
-            None
-        }
-        None => None,
-    };
     let mut devices = drivers::virtio::probe();
+    let mut disk = report_devices(info, &mut devices).map(|d| {
+        let mut d = store_device::StoreDevice::new(d);
+        let layout = runtime::disk::layout(&mut d);
+        (d, layout)
+    });
+    let node_config = node_config(info, disk.as_mut());
     let network = start_network(info, &mut devices, node_config.as_ref());
-    let disk = report_devices(info, &mut devices);
     crash_if_asked(info.option("cairn.crash").or(info.option("cairn.test")));
     serial::write_fmt(format_args!(
         "boot: ready in {} us after kernel entry\n",
@@ -125,6 +122,47 @@ extern "C" fn cairn_boot64(info_paddr: u64, protocol: u64) -> ! {
     ));
     serial::write_fmt(format_args!("{READY_LINE}\n"));
     after_ready(info, network, node_config, disk)
+}
+
+/// The node configuration: from a boot module (PVH `-initrd`, fw_cfg under `kernel.efi`),
+/// else from the disk's `cairn-config` partition (a node booted from its disk image).
+fn node_config(
+    info: &BootInfo,
+    disk: Option<&mut (store_device::StoreDevice, runtime::disk::Layout)>,
+) -> Option<runtime::NodeConfig> {
+    match runtime::find_config(info) {
+        Some(Ok(c)) => return Some(c),
+        Some(Err(e)) => {
+            log::error!("runtime: node configuration module rejected: {e}");
+            return None;
+        }
+        None => {}
+    }
+    let (
+        dev,
+        runtime::disk::Layout::Gpt {
+            config: Some(part), ..
+        },
+    ) = disk?
+    else {
+        return None;
+    };
+    match runtime::disk::config(dev, part)? {
+        Ok((c, bytes)) => {
+            serial::write_fmt(format_args!(
+                "cairn: node config from disk partition {} ({bytes} bytes)\n",
+                runtime::disk::CONFIG_PARTITION,
+            ));
+            Some(c)
+        }
+        Err(e) => {
+            log::error!(
+                "runtime: node configuration in partition {} rejected: {e}",
+                runtime::disk::CONFIG_PARTITION
+            );
+            None
+        }
+    }
 }
 
 /// Brings up smoltcp on every virtio-net card, if any: the first (primary) card addressed
@@ -229,7 +267,7 @@ fn after_ready(
     info: &BootInfo,
     network: Option<net::Network>,
     node_config: Option<runtime::NodeConfig>,
-    disk: Option<drivers::block::VirtioBlock>,
+    disk: Option<(store_device::StoreDevice, runtime::disk::Layout)>,
 ) -> ! {
     #[cfg(feature = "kernel-tests")]
     if !tests::run_all() {
@@ -244,7 +282,9 @@ fn after_ready(
     match (network, node_config) {
         (Some(mut network), Some(config)) => {
             let nonce = entropy::rdrand64().unwrap_or_else(|_| cpu::rdtsc());
-            let store = disk.and_then(|d| runtime::store::open(d, nonce));
+            let store = disk
+                .and_then(|(d, layout)| runtime::disk::store_device(d, &layout))
+                .and_then(|d| runtime::store::open(d, nonce));
             match runtime::Runtime::new(&mut network, config, store) {
                 Ok(node) => node.run(network),
                 Err(e) => {

@@ -16,7 +16,7 @@ pub fn build_all(paths: &Paths) -> Result<(PathBuf, PathBuf), String> {
         .map_err(|e| format!("create {}: {e}", paths.out.display()))?;
     let kernel = paths.kernel();
     let test_kernel = paths.test_kernel();
-    build_kernel(paths, &[], &kernel)?;
+    build_kernel(paths, &["--features", "image"], &kernel)?;
     build_kernel(paths, &["--features", "kernel-tests"], &test_kernel)?;
     for elf in [&kernel, &test_kernel] {
         guard(elf)?;

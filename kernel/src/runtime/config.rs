@@ -234,6 +234,31 @@ impl NodeConfig {
         Some(report_data_for_node(node))
     }
 
+    /// The length of the configuration that a region of a disk (the `cairn-config` partition)
+    /// starts with, read from its header (`head`: at least the first 14 bytes): `None` when
+    /// the region does not start with [`CONFIG_MAGIC`] (a zeroed partition holds no
+    /// configuration), [`ConfigError::TooLarge`] when the header claims more than
+    /// [`CONFIG_MAX_BYTES`] in all. [`NodeConfig::decode`] then checks those bytes.
+    #[allow(
+        dead_code,
+        reason = "the kernel reads disks; the host only writes them"
+    )]
+    pub fn stored_len(head: &[u8]) -> Option<Result<usize, ConfigError>> {
+        if !head.starts_with(CONFIG_MAGIC) {
+            return None;
+        }
+        let Some(len) = head.get(10..HEADER_BYTES) else {
+            return Some(Err(ConfigError::TooShort));
+        };
+        let body = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        let total = body.saturating_add(HEADER_BYTES + CHECKSUM_BYTES);
+        Some(if total > CONFIG_MAX_BYTES {
+            Err(ConfigError::TooLarge)
+        } else {
+            Ok(total)
+        })
+    }
+
     /// Parses and checks a file.
     pub fn decode(bytes: &[u8]) -> Result<NodeConfig, ConfigError> {
         if bytes.len() > CONFIG_MAX_BYTES {

@@ -30,6 +30,7 @@
 //! dropped when its queue exceeds [`CLIENT_QUEUE_MAX_BYTES`].
 
 pub mod config;
+pub mod disk;
 pub mod store;
 
 use crate::arch::{apic, clock, entropy, rtc};

@@ -1,5 +1,6 @@
-//! The node's state store in the runtime: the virtio-blk disk (the whole disk, behind
-//! `store_device::StoreDevice`) opened at boot and handed to `Stack::with_store`.
+//! The node's state store in the runtime: the virtio-blk disk (the whole disk or its
+//! `cairn-store` partition, as `super::disk` decides, behind `store_device::StoreDevice`)
+//! opened at boot and handed to `Stack::with_store`.
 //!
 //! What boot does with the disk, and why:
 //! - a store that opens, with the chunk size the node checkpoints in: recovered as it is
@@ -16,8 +17,6 @@
 //! Nothing here panics on what the disk holds: every failure is a logged value.
 
 use crate::arch::clock;
-use crate::drivers::block::VirtioBlock;
-use crate::store_device::StoreDevice;
 use alloc::boxed::Box;
 use node::replica::stack::store_config;
 use node::store::{BlockDevice, OpenError, Recovery, Store, StoreError, Verify, SUPERBLOCK_COPIES};
@@ -66,11 +65,11 @@ pub struct Opened {
     pub device_bytes: u64,
 }
 
-/// Opens (or formats) the store on `disk`; `None` when the disk is unusable even for a
-/// format. `format_nonce` must differ for every format (entropy or the TSC).
-pub fn open(disk: VirtioBlock, format_nonce: u64) -> Option<Opened> {
+/// Opens (or formats) the store on `dev` (the disk, or its store partition:
+/// `super::disk::store_device`); `None` when it is unusable even for a format.
+/// `format_nonce` must differ for every format (entropy or the TSC).
+pub fn open(dev: Box<dyn BlockDevice>, format_nonce: u64) -> Option<Opened> {
     let started = clock::now_ns();
-    let dev: Box<dyn BlockDevice> = Box::new(StoreDevice::new(disk));
     let device_bytes = dev.sector_count() * dev.sector_bytes() as u64;
     let config = store_config(format_nonce);
     let (device, origin) = match Store::open(dev, Verify::Lazy) {

@@ -92,6 +92,66 @@ impl<D: BlockDevice + ?Sized> BlockDevice for alloc::boxed::Box<D> {
     }
 }
 
+/// A run of sectors of a device seen as a device of its own: a partition.
+///
+/// Sector `lba` of the window is sector `first + lba` of the device; a request that would
+/// reach past the window is [`DeviceError::OutOfRange`] and never touches the device, so a
+/// store in a partition cannot write over its neighbours (a disk's boot partitions).
+#[derive(Debug)]
+pub struct Window<D> {
+    dev: D,
+    first: u64,
+    sectors: u64,
+}
+
+impl<D: BlockDevice> Window<D> {
+    /// Sectors `first..first + sectors` of `dev`; `None` if that run is empty or does not lie
+    /// on the device.
+    pub fn new(dev: D, first: u64, sectors: u64) -> Option<Window<D>> {
+        let end = first.checked_add(sectors)?;
+        (sectors > 0 && end <= dev.sector_count()).then_some(Window {
+            dev,
+            first,
+            sectors,
+        })
+    }
+
+    /// The device's sector where the window starts.
+    pub fn first(&self) -> u64 {
+        self.first
+    }
+
+    /// The whole device back.
+    pub fn into_inner(self) -> D {
+        self.dev
+    }
+
+    fn device_lba(&self, lba: u64, buf_len: usize) -> Result<u64, DeviceError> {
+        check_request(self.dev.sector_bytes(), self.sectors, lba, buf_len)?;
+        self.first.checked_add(lba).ok_or(DeviceError::OutOfRange)
+    }
+}
+
+impl<D: BlockDevice> BlockDevice for Window<D> {
+    fn sector_bytes(&self) -> usize {
+        self.dev.sector_bytes()
+    }
+    fn sector_count(&self) -> u64 {
+        self.sectors
+    }
+    fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
+        let at = self.device_lba(lba, buf.len())?;
+        self.dev.read(at, buf)
+    }
+    fn write(&mut self, lba: u64, buf: &[u8]) -> Result<(), DeviceError> {
+        let at = self.device_lba(lba, buf.len())?;
+        self.dev.write(at, buf)
+    }
+    fn flush(&mut self) -> Result<(), DeviceError> {
+        self.dev.flush()
+    }
+}
+
 /// Checks a request against the device geometry; returns the byte offset and length.
 ///
 /// Shared by the device implementations in this crate so they reject misuse identically.

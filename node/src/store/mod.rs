@@ -149,7 +149,7 @@ mod space;
 mod sync;
 
 pub use checkpoint::REHASH_EVERY_NTH_CHUNK;
-pub use device::{check_request, BlockDevice, DeviceError, SECTOR_BYTES_ALLOWED};
+pub use device::{check_request, BlockDevice, DeviceError, Window, SECTOR_BYTES_ALLOWED};
 pub use format::{
     hash_with_domain, Hash, BLOCK_BYTES, FORMAT_VERSION, SUPERBLOCK_COPIES, SUPERBLOCK_QUORUM,
 };

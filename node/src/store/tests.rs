@@ -482,3 +482,60 @@ fn meta_version_1_is_read_and_unknown_versions_are_refused() {
         Err(format::MetaDecodeError::Malformed)
     );
 }
+
+/// A store in a partition (`Window`) works as on a whole disk, and no write of its format,
+/// checkpoints, pool or reopen reaches a sector outside the partition.
+#[test]
+fn a_store_in_a_window_never_touches_the_sectors_around_it() {
+    const SENTINEL: u8 = 0xa5;
+    let mut whole = disk(512, 12);
+    let sectors = whole.sector_count();
+    let (first, len) = (2048u64, (8u64 << 20) / 512);
+    let mut fill = vec![SENTINEL; 512 * 64];
+    let mut lba = 0;
+    while lba < sectors {
+        let n = (sectors - lba).min(64);
+        fill.truncate(512 * n as usize);
+        whole.write(lba, &fill).unwrap();
+        lba += n;
+    }
+    whole.flush().unwrap();
+
+    let window = Window::new(whole, first, len).unwrap();
+    assert_eq!(window.sector_count(), len);
+    let mut store = Store::format(window, config()).unwrap();
+    let s = state(5, &[200_000, 3000]);
+    store.checkpoint(10, &as_files(&s)).unwrap();
+    store.pool_append(11, 1, &[7; 9000]).unwrap();
+    store.pool_sync().unwrap();
+    let (mut store, rec) = Store::open(store.into_device(), Verify::Eager).unwrap();
+    assert_eq!(rec.checkpoint.map(|c| c.0), Some(10));
+    assert_eq!(store.read_file("file0").unwrap(), s[0].1);
+
+    let mut window = store.into_device();
+    let mut sector = [0u8; 512];
+    assert_eq!(window.read(len, &mut sector), Err(DeviceError::OutOfRange));
+    assert_eq!(
+        window.write(len - 1, &[0; 1024]),
+        Err(DeviceError::OutOfRange)
+    );
+    assert_eq!(
+        window.read(u64::MAX, &mut sector),
+        Err(DeviceError::OutOfRange)
+    );
+    let whole = window.into_inner();
+    let image = whole.durable_image();
+    let inside = (first as usize * 512)..((first + len) as usize * 512);
+    assert!(image[..inside.start].iter().all(|&b| b == SENTINEL));
+    assert!(image[inside.end..].iter().all(|&b| b == SENTINEL));
+    assert!(image[inside].iter().any(|&b| b != SENTINEL));
+}
+
+#[test]
+fn windows_off_the_device_are_refused() {
+    let sectors = disk(512, 1).sector_count();
+    assert!(Window::new(disk(512, 1), 0, sectors).is_some());
+    assert!(Window::new(disk(512, 1), 1, sectors).is_none());
+    assert!(Window::new(disk(512, 1), 0, 0).is_none());
+    assert!(Window::new(disk(512, 1), u64::MAX, 2).is_none());
+}
