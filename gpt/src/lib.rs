@@ -245,6 +245,37 @@ pub fn mbr_kind(mbr: &[u8]) -> MbrKind {
     }
 }
 
+/// What a disk's first sectors say it holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Disk {
+    /// No MBR signature and no GPT: a blank disk (or one only cairn's store wrote).
+    Blank,
+    /// A GPT that passes [`read`]'s checks.
+    Gpt(Table),
+    /// A classic MBR with partitions: another system's disk.
+    Mbr,
+    /// A protective MBR or a GPT signature, but the table fails its checks.
+    BadGpt(ReadError),
+    /// A partitioned disk whose sectors are not [`SECTOR_BYTES`] long.
+    SectorBytes(usize),
+}
+
+/// Classify a disk of `disk_sectors` sectors of `sector_bytes` from its first sectors
+/// (`head`: [`GPT_HEAD_SECTORS`] of them, or the whole disk if it is smaller).
+pub fn classify(head: &[u8], sector_bytes: usize, disk_sectors: u64) -> Disk {
+    let signed = head.get(SECTOR_BYTES as usize..SECTOR_BYTES as usize + SIGNATURE.len())
+        == Some(&SIGNATURE[..]);
+    match (mbr_kind(head), signed) {
+        (MbrKind::None, false) => Disk::Blank,
+        (MbrKind::Classic, false) => Disk::Mbr,
+        _ if sector_bytes != SECTOR_BYTES as usize => Disk::SectorBytes(sector_bytes),
+        _ => match read(head, disk_sectors) {
+            Ok(table) => Disk::Gpt(table),
+            Err(e) => Disk::BadGpt(e),
+        },
+    }
+}
+
 /// Read and check the primary table from the first [`GPT_HEAD_SECTORS`] sectors of a disk of
 /// `disk_sectors` sectors: signature, both CRC32s, the header's geometry, and that every
 /// partition lies in the usable area, which lies on the disk.
@@ -392,6 +423,29 @@ mod tests {
         mbr[446 + 4] = MBR_TYPE_GPT_PROTECTIVE;
         assert_eq!(mbr_kind(&mbr), MbrKind::Protective);
         assert_eq!(mbr_kind(&mbr[..511]), MbrKind::None);
+    }
+
+    #[test]
+    fn blank_foreign_and_odd_disks_are_told_apart() {
+        let mut head = alloc::vec![0u8; (GPT_HEAD_SECTORS * SECTOR_BYTES) as usize];
+        assert_eq!(classify(&head, 512, 8192), Disk::Blank);
+        assert_eq!(classify(&head[..512], 512, 1), Disk::Blank);
+        head[510..512].copy_from_slice(&MBR_SIGNATURE);
+        head[446 + 4] = 0x07;
+        assert_eq!(classify(&head, 512, 8192), Disk::Mbr);
+        head[446 + 4] = MBR_TYPE_GPT_PROTECTIVE;
+        assert_eq!(
+            classify(&head, 512, 8192),
+            Disk::BadGpt(ReadError::BadSignature)
+        );
+        assert_eq!(classify(&head, 4096, 8192), Disk::SectorBytes(4096));
+        // A GPT signature without a protective MBR still counts as a table.
+        head[..512].fill(0);
+        head[512..520].copy_from_slice(SIGNATURE);
+        assert_eq!(
+            classify(&head, 512, 8192),
+            Disk::BadGpt(ReadError::BadHeaderCrc)
+        );
     }
 
     #[test]

@@ -332,6 +332,26 @@ mod tests {
         );
     }
 
+    /// What the kernel concludes from a cairn disk's first sectors: its config and store
+    /// partitions; and, with the table damaged, that the disk is not to be written.
+    #[test]
+    fn a_written_disk_classifies_as_a_gpt_with_its_partitions() {
+        let gpt = sample();
+        let mut head = gpt.to_sectors().unwrap().head;
+        match ::gpt::classify(&head, 512, gpt.disk_sectors) {
+            ::gpt::Disk::Gpt(table) => {
+                assert_eq!(table.find(TYPE_CAIRN_STORE), Some(&gpt.partitions[1]));
+                assert_eq!(table.find(TYPE_CAIRN_CONFIG), None);
+            }
+            other => panic!("{other:?}"),
+        }
+        head[1024 + 40] ^= 1;
+        assert_eq!(
+            ::gpt::classify(&head, 512, gpt.disk_sectors),
+            ::gpt::Disk::BadGpt(ReadError::BadEntriesCrc)
+        );
+    }
+
     #[test]
     fn entries_outside_the_usable_area_or_reversed_are_errors() {
         let gpt = sample();

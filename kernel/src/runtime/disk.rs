@@ -20,7 +20,7 @@ use crate::store_device::StoreDevice;
 use alloc::boxed::Box;
 use alloc::vec;
 use core::fmt;
-use gpt::{MbrKind, Partition, ReadError, GPT_HEAD_SECTORS, SIGNATURE};
+use gpt::{Partition, ReadError, GPT_HEAD_SECTORS};
 use node::store::{BlockDevice, DeviceError, Window};
 
 /// The partitions' names in the console lines (the images name them so; the kernel finds
@@ -66,7 +66,7 @@ impl fmt::Display for Foreign {
     }
 }
 
-/// Reads the disk's first sectors and classifies them (module table).
+/// Reads the disk's first sectors and classifies them (module table; `gpt::classify`).
 pub fn layout(disk: &mut impl BlockDevice) -> Layout {
     let sector = disk.sector_bytes();
     let sectors = disk.sector_count();
@@ -78,18 +78,15 @@ pub fn layout(disk: &mut impl BlockDevice) -> Layout {
     if let Err(e) = disk.read(0, &mut head) {
         return Layout::Foreign(Foreign::Read(e));
     }
-    let gpt_signature = head.get(512..520) == Some(&SIGNATURE[..]);
-    match (gpt::mbr_kind(&head), gpt_signature) {
-        (MbrKind::None, false) => Layout::Whole,
-        (MbrKind::Classic, false) => Layout::Foreign(Foreign::Mbr),
-        _ if sector != gpt::SECTOR_BYTES as usize => Layout::Foreign(Foreign::SectorBytes(sector)),
-        _ => match gpt::read(&head, sectors) {
-            Ok(table) => Layout::Gpt {
-                config: table.find(gpt::TYPE_CAIRN_CONFIG).cloned(),
-                store: table.find(gpt::TYPE_CAIRN_STORE).cloned(),
-            },
-            Err(e) => Layout::Foreign(Foreign::BadGpt(e)),
+    match gpt::classify(&head, sector, sectors) {
+        gpt::Disk::Blank => Layout::Whole,
+        gpt::Disk::Gpt(table) => Layout::Gpt {
+            config: table.find(gpt::TYPE_CAIRN_CONFIG).cloned(),
+            store: table.find(gpt::TYPE_CAIRN_STORE).cloned(),
         },
+        gpt::Disk::Mbr => Layout::Foreign(Foreign::Mbr),
+        gpt::Disk::BadGpt(e) => Layout::Foreign(Foreign::BadGpt(e)),
+        gpt::Disk::SectorBytes(n) => Layout::Foreign(Foreign::SectorBytes(n)),
     }
 }
 
