@@ -137,6 +137,7 @@ pub fn write_fleet(paths: &Paths, spec: &FleetSpec) -> Result<Fleet, String> {
         tables.push(gpt);
     }
     let _ = std::fs::remove_dir_all(&work);
+    remove_stale_nodes(dir, spec.nodes)?;
     Ok(Fleet {
         dir: dir.clone(),
         images,
@@ -146,6 +147,24 @@ pub fn write_fleet(paths: &Paths, spec: &FleetSpec) -> Result<Fleet, String> {
         registry: genesis.join(image::genesis::REGISTRY_FILE),
         took: started.elapsed(),
     })
+}
+
+/// Remove the images and configurations of nodes `n..` that an earlier, larger fleet left in
+/// `dir`, so the directory holds exactly this genesis's nodes.
+fn remove_stale_nodes(dir: &Path, n: usize) -> Result<(), String> {
+    for i in n.. {
+        let stale = [
+            dir.join(format!("node-{i}.img")),
+            dir.join("genesis").join(format!("node-{i}.cfg")),
+        ];
+        if !stale.iter().any(|p| p.exists()) {
+            return Ok(());
+        }
+        for path in stale.iter().filter(|p| p.exists()) {
+            std::fs::remove_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+    }
+    Ok(())
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -199,7 +218,7 @@ fn print_fleet(fleet: &Fleet) {
         fleet.registry.display()
     );
     match registry_measurement(&fleet.registry) {
-        Ok(m) => println!("  expected launch measurement: {m}"),
+        Ok(m) => println!("  expected launch measurement (every node's): {m}"),
         Err(e) => println!("  expected launch measurement: unreadable registry: {e}"),
     }
     println!(
