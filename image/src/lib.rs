@@ -13,7 +13,10 @@
 //! 2  cairn-esp     EFI system (FAT32)       64 MiB               EFI/BOOT/BOOTX64.EFI,
 //!                                                                boot/grub/grub.cfg,
 //!                                                                boot/cairn/kernel.elf
-//! 3  cairn-config  TYPE_CAIRN_CONFIG        16 MiB               node configuration (zeroed)
+//! 3  cairn-config  TYPE_CAIRN_CONFIG        16 MiB               the node's configuration at
+//!                                                                byte 0 (`DiskSpec::config`),
+//!                                                                the rest zeroed; all zeroed
+//!                                                                without one
 //! 4  cairn-store   TYPE_CAIRN_STORE         store_mib (256 MiB)  the state store (zeroed,
 //!                                                                sparse in the file)
 //! ```
@@ -61,16 +64,31 @@ pub struct DiskSpec {
     pub store_mib: u64,
     /// Seeds the disk's and partitions' unique GUIDs (e.g. `"node0"`): images are reproducible.
     pub label: String,
+    /// The node's configuration (an encoded `genesis::config::NodeConfig`), written at byte 0
+    /// of the `cairn-config` partition; `None` leaves the partition zeroed (a node without
+    /// configuration). At most [`CONFIG_BYTES`].
+    pub config: Option<Vec<u8>>,
 }
 
 /// Why an image could not be made.
 #[derive(Debug)]
 pub enum ImageError {
     Tools(host_tools::MissingTools),
-    Io { context: String, error: io::Error },
-    Command { command: String, detail: String },
+    Io {
+        context: String,
+        error: io::Error,
+    },
+    Command {
+        command: String,
+        detail: String,
+    },
     Grub(String),
     Gpt(gpt::GptError),
+    /// The node configuration does not fit the `cairn-config` partition.
+    ConfigTooLarge {
+        bytes: u64,
+        partition_bytes: u64,
+    },
 }
 
 impl fmt::Display for ImageError {
@@ -81,6 +99,14 @@ impl fmt::Display for ImageError {
             ImageError::Command { command, detail } => write!(f, "`{command}` failed: {detail}"),
             ImageError::Grub(msg) => write!(f, "GRUB: {msg}"),
             ImageError::Gpt(err) => write!(f, "GPT: {err}"),
+            ImageError::ConfigTooLarge {
+                bytes,
+                partition_bytes,
+            } => write!(
+                f,
+                "the node configuration ({bytes} bytes) does not fit the {PART_CONFIG} \
+                 partition ({partition_bytes} bytes)"
+            ),
         }
     }
 }
@@ -151,6 +177,9 @@ pub fn partition<'a>(gpt: &'a Gpt, name: &str) -> Option<&'a Partition> {
 
 /// Write the bootable disk image `out`, using `work_dir` for intermediate files.
 pub fn build_disk_image(spec: &DiskSpec, out: &Path, work_dir: &Path) -> Result<Gpt, ImageError> {
+    let gpt = layout(&spec.label, spec.store_mib);
+    let config = spec.config.as_deref().unwrap_or_default();
+    config_partition(&gpt, config)?;
     host_tools::ensure(host_tools::IMAGE_TOOLS).map_err(ImageError::Tools)?;
     let tool = |t: host_tools::HostTool| {
         t.locate()
@@ -193,9 +222,16 @@ pub fn build_disk_image(spec: &DiskSpec, out: &Path, work_dir: &Path) -> Result<
     ];
     make_esp(&esp, &files)?;
 
-    let gpt = layout(&spec.label, spec.store_mib);
+    let read = |p: &Path| fs::read(p).map_err(io_err(format!("read {}", p.display())));
+    let boot_img = read(&Path::new(grub::GRUB_PC_DIR).join("boot.img"))?;
+    let parts = Parts {
+        boot_img: &boot_img,
+        core_img: &read(&core_img)?,
+        esp: &read(&esp)?,
+        config,
+    };
     let tmp = out.with_extension("img.partial");
-    assemble(&gpt, &tmp, &core_img, &esp)?;
+    assemble(&gpt, &tmp, &parts)?;
     fs::rename(&tmp, out).map_err(io_err(format!("rename to {}", out.display())))?;
     Ok(gpt)
 }
@@ -247,23 +283,48 @@ fn parent_dirs<'a>(paths: impl Iterator<Item = &'a str>) -> Vec<String> {
     dirs
 }
 
-/// Write the GPT, GRUB's MBR code, core.img and the ESP into a sparse image file.
-fn assemble(gpt: &Gpt, out: &Path, core_img: &Path, esp: &Path) -> Result<(), ImageError> {
-    let read = |p: &Path| fs::read(p).map_err(io_err(format!("read {}", p.display())));
+/// The `cairn-config` partition of `gpt`, if `config` fits it.
+fn config_partition<'a>(gpt: &'a Gpt, config: &[u8]) -> Result<&'a Partition, ImageError> {
+    let part = partition(gpt, PART_CONFIG)
+        .ok_or_else(|| ImageError::Grub(format!("no {PART_CONFIG} partition")))?;
+    let bytes = config.len() as u64;
+    if bytes > part.size_bytes() {
+        return Err(ImageError::ConfigTooLarge {
+            bytes,
+            partition_bytes: part.size_bytes(),
+        });
+    }
+    Ok(part)
+}
+
+/// What [`assemble`] writes besides the GPT.
+struct Parts<'a> {
+    /// GRUB's `boot.img` (one sector; its first 440 bytes become the MBR's code).
+    boot_img: &'a [u8],
+    /// GRUB's `core.img`, for the BIOS boot partition.
+    core_img: &'a [u8],
+    /// The FAT32 ESP, exactly the ESP partition's size.
+    esp: &'a [u8],
+    /// The node configuration (empty: none) for byte 0 of `cairn-config`.
+    config: &'a [u8],
+}
+
+/// Write the GPT, GRUB's MBR code, core.img, the ESP and the node configuration into a sparse
+/// image file; everything else (the rest of `cairn-config`, `cairn-store`) stays zero.
+fn assemble(gpt: &Gpt, out: &Path, parts: &Parts<'_>) -> Result<(), ImageError> {
     let bios = partition(gpt, PART_BIOS_BOOT)
         .ok_or_else(|| ImageError::Grub("no BIOS boot partition".into()))?;
     let esp_part = partition(gpt, PART_ESP).ok_or_else(|| ImageError::Grub("no ESP".into()))?;
-    let core = grub::patch_core_img(&read(core_img)?, bios.first_lba)?;
+    let config_part = config_partition(gpt, parts.config)?;
+    let core = grub::patch_core_img(parts.core_img, bios.first_lba)?;
     if core.len() as u64 > bios.size_bytes() {
         return Err(ImageError::Grub(format!(
             "core.img ({} bytes) exceeds the BIOS boot partition",
             core.len()
         )));
     }
-    let boot_img = read(&Path::new(grub::GRUB_PC_DIR).join("boot.img"))?;
-    let mbr_code = grub::patch_boot_img(&boot_img, bios.first_lba)?;
-    let esp_bytes = read(esp)?;
-    if esp_bytes.len() as u64 != esp_part.size_bytes() {
+    let mbr_code = grub::patch_boot_img(parts.boot_img, bios.first_lba)?;
+    if parts.esp.len() as u64 != esp_part.size_bytes() {
         return Err(ImageError::Grub(
             "ESP file size differs from its partition".into(),
         ));
@@ -283,7 +344,10 @@ fn assemble(gpt: &Gpt, out: &Path, core_img: &Path, esp: &Path) -> Result<(), Im
     put(0, &sectors.head)?;
     put(sectors.tail_lba * SECTOR_BYTES, &sectors.tail)?;
     put(bios.offset_bytes(), &core)?;
-    put(esp_part.offset_bytes(), &esp_bytes)?;
+    put(esp_part.offset_bytes(), parts.esp)?;
+    if !parts.config.is_empty() {
+        put(config_part.offset_bytes(), parts.config)?;
+    }
     file.sync_all().map_err(io_err(&context))
 }
 
@@ -329,5 +393,91 @@ mod tests {
         );
         assert_ne!(layout("node1", 256).disk_guid, gpt.disk_guid);
         assert!(gpt.to_sectors().is_ok());
+    }
+
+    /// A scratch file path unique to this test process.
+    fn scratch(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("cairn-image-{}-{name}", std::process::id()))
+    }
+
+    #[test]
+    fn node_config_is_written_at_the_config_partitions_offset() {
+        use std::io::Read;
+        let gpt = layout("node3", 8);
+        let esp = vec![0xe5u8; ESP_BYTES as usize];
+        let config: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8 + 1).collect();
+        let parts = Parts {
+            boot_img: &[0x33u8; 512],
+            core_img: &[0x44u8; 1500],
+            esp: &esp,
+            config: &config,
+        };
+        let out = scratch("config.img");
+        assemble(&gpt, &out, &parts).unwrap();
+        let mut image = Vec::new();
+        File::open(&out).unwrap().read_to_end(&mut image).unwrap();
+        let _ = fs::remove_file(&out);
+        assert_eq!(image.len() as u64, gpt.disk_sectors * SECTOR_BYTES);
+        let part = partition(&gpt, PART_CONFIG).unwrap();
+        let at = part.offset_bytes() as usize;
+        let end = at + part.size_bytes() as usize;
+        assert_eq!(&image[at..at + config.len()], &config[..]);
+        assert!(image[at + config.len()..end].iter().all(|&b| b == 0));
+        // Its neighbours are what they should be: the ESP before it, the zeroed store after.
+        assert!(image[at - 512..at].iter().all(|&b| b == 0xe5));
+        let store = partition(&gpt, PART_STORE).unwrap();
+        assert_eq!(store.offset_bytes() as usize, end);
+        assert!(image[end..end + store.size_bytes() as usize]
+            .iter()
+            .all(|&b| b == 0));
+        // The table reads back and still names the partition the kernel looks for.
+        let head = (gpt::GPT_HEAD_SECTORS * SECTOR_BYTES) as usize;
+        let read = ::gpt::read(&image[..head], gpt.disk_sectors).unwrap();
+        let found = read.find(gpt::TYPE_CAIRN_CONFIG).unwrap();
+        assert_eq!(found.offset_bytes(), part.offset_bytes());
+
+        // Without a configuration the partition is all zeros.
+        let none = Parts {
+            config: &[],
+            ..parts
+        };
+        assemble(&gpt, &out, &none).unwrap();
+        let mut image = Vec::new();
+        File::open(&out).unwrap().read_to_end(&mut image).unwrap();
+        let _ = fs::remove_file(&out);
+        assert!(image[at..end].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn a_config_larger_than_its_partition_is_a_typed_error() {
+        let gpt = layout("node0", 8);
+        let fits = vec![1u8; CONFIG_BYTES as usize];
+        assert!(config_partition(&gpt, &fits).is_ok());
+        let spec = DiskSpec {
+            kernel: PathBuf::from("/nonexistent/kernel.elf"),
+            cmdline: String::new(),
+            store_mib: 8,
+            label: "node0".into(),
+            config: Some(vec![1u8; CONFIG_BYTES as usize + 1]),
+        };
+        let out = scratch("too-large.img");
+        // Refused before any tool runs or any file is written.
+        match build_disk_image(&spec, &out, &scratch("too-large-work")) {
+            Err(ImageError::ConfigTooLarge {
+                bytes,
+                partition_bytes,
+            }) => {
+                assert_eq!(bytes, CONFIG_BYTES + 1);
+                assert_eq!(partition_bytes, CONFIG_BYTES);
+            }
+            other => panic!("expected ConfigTooLarge, got {other:?}"),
+        }
+        assert!(!out.exists());
+        let text = ImageError::ConfigTooLarge {
+            bytes: 5,
+            partition_bytes: 4,
+        }
+        .to_string();
+        assert!(text.contains(PART_CONFIG), "{text}");
     }
 }

@@ -3,6 +3,7 @@
 //! ```text
 //! cargo xtask build             kernel ELFs in target/cairn/, checked by the build guard
 //! cargo xtask image             target/cairn/disk.img: GPT, GRUB for BIOS and UEFI
+//! cargo xtask image --genesis   a subnet's genesis and one disk image per node (fleet/)
 //! cargo xtask qemu              boot a 4-node testnet, print its URLs and agent snippets
 //! cargo xtask qemu --console    boot one node (PVH) and stream its console; Ctrl-C stops it
 //! cargo xtask test              every check, in order, stopping at the first failure
@@ -16,6 +17,7 @@ mod bench_blk;
 mod bench_net;
 mod boot_paths;
 mod disk_tests;
+mod image_fleet;
 mod kernel_build;
 mod net_robust;
 mod net_tests;
@@ -27,6 +29,7 @@ mod testnet;
 mod testnet_bench;
 mod testnet_client;
 mod testnet_harness;
+mod testnet_image;
 mod testnet_qemu;
 mod testnet_steps;
 mod testnet_tests;
@@ -42,6 +45,12 @@ commands:
   build                 build target/cairn/kernel.elf and kernel-test.elf (+ build guard)
   image [--store-mib N] [--append CMDLINE]
                         write target/cairn/disk.img (GPT; GRUB multiboot2 for BIOS and UEFI)
+  image --genesis [--nodes N] [--out DIR] [--store-mib N] [--cup-interval H] [--append CMDLINE]
+                        a genesis for an N-node subnet (default 4) and one disk image per
+                        node, DIR/node-<i>.img (default DIR target/cairn/fleet/), each with its
+                        node's configuration in cairn-config; prints the images, the root key
+                        and registry.json (its measurement is the OVMF + kernel.efi boot's;
+                        GRUB boots are not measured by SEV-SNP)
   qemu [--nodes N] [--fresh] [--uefi-kernel] [--timeout SECS]
                         boot a testnet of N nodes (default 4; --uefi-kernel: kernel.efi under
                         OVMF, configs through fw_cfg) with disks kept in

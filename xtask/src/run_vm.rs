@@ -23,8 +23,12 @@ extern "C" fn on_sigint(_signal: libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
 }
 
-/// `cargo xtask image [--store-mib N] [--append CMDLINE]`: build the kernel and the disk image.
+/// `cargo xtask image [--store-mib N] [--append CMDLINE]`: build the kernel and the disk image;
+/// with `--genesis`, a subnet's images, one per node ([`crate::image_fleet`]).
 pub fn image_command(paths: &Paths, args: &[String]) -> Result<(), String> {
+    if crate::image_fleet::wants_fleet(args) {
+        return crate::image_fleet::fleet_command(paths, args);
+    }
     let store_mib = match option_value(args, "--store-mib") {
         Some(v) => v
             .parse()
@@ -43,6 +47,7 @@ pub fn build_image(paths: &Paths, cmdline: &str, store_mib: u64) -> Result<(), S
         cmdline: cmdline.to_string(),
         store_mib,
         label: "node0".into(),
+        config: None,
     };
     let out = paths.disk_image();
     let gpt = image::build_disk_image(&spec, &out, &paths.out.join("image-work"))

@@ -214,6 +214,15 @@ const STEPS: &[Step] = &[
         needs: &["build"],
         run: crate::testnet_uefi::testnet_uefi,
     },
+    Step {
+        name: "testnet-image",
+        what: "4-VM subnet booted from `cargo xtask image --genesis` disk images (SeaBIOS → GRUB \
+               from virtio-blk): configs from cairn-config, store on cairn-store, report_data \
+               as in registry.json; counter through different nodes; all killed and rebooted \
+               from the same images: GRUB still boots, the counter survives",
+        needs: &["build"],
+        run: crate::testnet_image::testnet_image,
+    },
 ];
 
 /// Run the steps; print the summary; exit code 0 only if all selected steps passed.

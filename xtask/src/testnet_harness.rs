@@ -11,14 +11,20 @@
 //! genesis/root_key.der     the subnet's (root) public key
 //! genesis/nodes            the node count, as text
 //! node-<i>.disk            node i's state store: a sparse raw disk on virtio-blk
+//! node-<i>.img             node i's whole disk when it boots from an image (NodeBoot::Disk)
 //! logs/node-<i>.log        node i's serial console (this boot)
 //! ```
 //!
-//! A node boots the kernel one of two ways ([`NodeBoot`]): PVH (`-kernel kernel.elf` with its
-//! configuration as `-initrd`), or as the UEFI application `kernel.efi` under OVMF, the shape
+//! A node boots the kernel one of three ways ([`NodeBoot`]): PVH (`-kernel kernel.elf` with its
+//! configuration as `-initrd`); as the UEFI application `kernel.efi` under OVMF, the shape
 //! of SEV-SNP measured direct boot, with its configuration in the fw_cfg file
 //! `opt/cairn/node.cfg` (QEMU refuses `-initrd` for a non-Linux PE image) and its own copy of
-//! OVMF's variable store (`ovmf/node-<i>.vars.fd`).
+//! OVMF's variable store (`ovmf/node-<i>.vars.fd`); or from its disk image `node-<i>.img`
+//! (`cargo xtask image --genesis`, [`crate::image_fleet`]) as a data-centre machine does:
+//! SeaBIOS → GRUB → multiboot2 from virtio-blk, the configuration in the image's
+//! `cairn-config` partition and the store in its `cairn-store` partition. That image is the
+//! node's only disk and is written in place (no snapshot), so the node keeps its state across
+//! restarts; its kernel command line is the one in the image's grub.cfg.
 //!
 //! Each VM has two network cards, in this order: (0) the testnet segment, a `dgram` port of the
 //! qemu crate's [`Switch`] (P2P between the nodes), and (1) QEMU user-mode networking with one
@@ -83,6 +89,9 @@ pub enum NodeBoot {
     Pvh,
     /// OVMF boots `kernel.efi` from `-kernel`, configuration through fw_cfg.
     UefiKernel,
+    /// SeaBIOS boots `node-<i>.img` through GRUB; configuration and store are partitions of
+    /// it. The testnet's directory must hold a fleet ([`crate::image_fleet::write_fleet`]).
+    Disk,
 }
 
 /// What to boot.
@@ -203,8 +212,9 @@ pub fn testnet_launch(paths: &Paths, append: &str) -> Launch {
 /// The vCPU type the registry's measurements assume (an SNP host runs the node as an EPYC).
 pub const REGISTRY_VCPU_TYPE: &str = "EPYC-v4";
 
-/// Writes a new genesis (configs and registry) into `dir/genesis` and returns the root key.
-fn write_genesis(
+/// Writes a new genesis (configs and registry) into `dir/genesis` and returns the root key
+/// (the testnet's and `cargo xtask image --genesis`'s).
+pub fn write_genesis(
     paths: &Paths,
     dir: &Path,
     n: usize,
@@ -242,6 +252,14 @@ impl Testnet {
         let n = spec.nodes;
         let kept = kept_nodes(&spec.dir);
         let created = spec.fresh || kept.is_none();
+        if created && spec.boot == NodeBoot::Disk {
+            return Err(format!(
+                "{} holds no disk images to boot; write them with `cargo xtask image --genesis \
+                 --out {}`",
+                spec.dir.display(),
+                spec.dir.display()
+            ));
+        }
         if !created && kept != Some(n) {
             return Err(format!(
                 "{} holds a testnet of {} nodes, not {n}; add --fresh to replace it",
@@ -266,7 +284,17 @@ impl Testnet {
             if !config.exists() {
                 return Err(format!("missing {}; try --fresh", config.display()));
             }
-            let disk = spec.dir.join(format!("node-{i}.disk"));
+            let disk = match spec.boot {
+                NodeBoot::Disk => spec.dir.join(format!("node-{i}.img")),
+                NodeBoot::Pvh | NodeBoot::UefiKernel => spec.dir.join(format!("node-{i}.disk")),
+            };
+            if spec.boot == NodeBoot::Disk && !disk.exists() {
+                return Err(format!(
+                    "missing {}; write the images with `cargo xtask image --genesis --out {}`",
+                    disk.display(),
+                    spec.dir.display()
+                ));
+            }
             // Number this run's boots after the logs kept from earlier runs.
             let boots = (0..)
                 .find(|k| {
@@ -310,7 +338,7 @@ impl Testnet {
             created,
             hashes: BTreeMap::new(),
             kernel: match spec.boot {
-                NodeBoot::Pvh => paths.kernel(),
+                NodeBoot::Pvh | NodeBoot::Disk => paths.kernel(),
                 NodeBoot::UefiKernel => crate::kernel_build::kernel_efi(paths),
             },
             boot: spec.boot,
@@ -335,10 +363,17 @@ impl Testnet {
     /// The QEMU command of node `i` (see the module doc for the boot and the two cards).
     pub fn command(&self, i: usize) -> Result<QemuCommand, String> {
         let node = &self.nodes[i];
-        let mut cmd = QemuCommand::pvh(&self.kernel)
-            .accel(accel())
-            .memory_mib(NODE_MEMORY_MIB);
+        let mut cmd = match self.boot {
+            // The firmware boots the image, which is also the node's disk (written in place).
+            NodeBoot::Disk => QemuCommand::disk(&node.disk),
+            NodeBoot::Pvh | NodeBoot::UefiKernel => {
+                QemuCommand::pvh(&self.kernel).drive(Drive::raw(&node.disk))
+            }
+        }
+        .accel(accel())
+        .memory_mib(NODE_MEMORY_MIB);
         match self.boot {
+            NodeBoot::Disk => {}
             NodeBoot::Pvh => cmd = cmd.initrd(&node.config),
             NodeBoot::UefiKernel => {
                 let firmware = Firmware::find_ovmf()
@@ -353,7 +388,6 @@ impl Testnet {
             }
         }
         let mut cmd = cmd
-            .drive(Drive::raw(&node.disk))
             .nic(Nic {
                 netdev: self.switch.netdev(i),
                 mac: MacAddr::local(MAC_SEGMENT_BASE + i as u16),
@@ -422,7 +456,13 @@ impl Testnet {
     }
 
     /// Kill node `i` and give it an empty disk (it must rejoin by state sync when started).
+    /// Not for a node that boots its disk image (that would erase its boot partitions).
     pub fn wipe(&mut self, i: usize) -> Result<(), String> {
+        if self.boot == NodeBoot::Disk {
+            return Err(format!(
+                "node{i} boots its disk image, which wipe would erase"
+            ));
+        }
         self.kill(i);
         empty_disk(&self.nodes[i].disk)
     }
@@ -752,6 +792,60 @@ mod tests {
         drop(again);
         let wrong = Spec { nodes: 3, ..spec };
         assert!(Testnet::create(&paths, &wrong).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn disk_boot_needs_the_images_and_boots_them_in_place() {
+        let dir = std::env::temp_dir().join(format!("cairn-harness-disk-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let paths = Paths {
+            root: dir.clone(),
+            out: dir.clone(),
+        };
+        let spec = Spec {
+            boot: NodeBoot::Disk,
+            nodes: 2,
+            dir: dir.join("fleet"),
+            fresh: false,
+            ports: Ports::Ephemeral,
+            limit: Duration::from_secs(1),
+            append: String::new(),
+            cup_interval_heights: ConsensusParams::IC_APPLICATION_SUBNET.cup_interval_heights,
+        };
+        // No genesis, then a genesis without images: refused, with the command that makes them.
+        let err = Testnet::create(&paths, &spec).err().unwrap();
+        assert!(err.contains("cargo xtask image --genesis"), "{err}");
+        write_genesis(&paths, &spec.dir, 2, spec.cup_interval_heights, "").unwrap();
+        let err = Testnet::create(&paths, &spec).err().unwrap();
+        assert!(err.contains("node-0.img"), "{err}");
+        for i in 0..2 {
+            std::fs::write(spec.dir.join(format!("node-{i}.img")), b"image").unwrap();
+        }
+        let mut net = Testnet::create(&paths, &spec).unwrap();
+        let args = net.command(1).unwrap().args();
+        let image = spec.dir.join("node-1.img");
+        let drive = format!("file={},format=raw,if=virtio,index=0", image.display());
+        assert!(args.contains(&drive), "{args:?}");
+        assert_eq!(
+            args.iter().filter(|a| *a == "-drive").count(),
+            1,
+            "{args:?}"
+        );
+        assert!(!args.iter().any(|a| a.contains("snapshot")), "{args:?}");
+        let boot = args.iter().position(|a| a == "-boot").unwrap();
+        assert_eq!(args[boot + 1], "order=c,strict=on");
+        for direct in ["-kernel", "-initrd", "-fw_cfg"] {
+            assert!(!args.contains(&direct.to_string()), "{args:?}");
+        }
+        assert_eq!(args.iter().filter(|a| *a == "-netdev").count(), 2);
+        // Wiping would erase the boot partitions: refused, and the image is untouched.
+        assert!(net.wipe(0).is_err());
+        drop(net);
+        assert_eq!(
+            std::fs::read(spec.dir.join("node-0.img")).unwrap(),
+            b"image"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -127,6 +127,7 @@ pub fn run(paths: &Paths, args: &[String]) -> Result<(), String> {
         match boot {
             NodeBoot::Pvh => "PVH kernel.elf, config as -initrd",
             NodeBoot::UefiKernel => "OVMF + kernel.efi, config through fw_cfg",
+            NodeBoot::Disk => "SeaBIOS + GRUB from node-<i>.img, config in cairn-config",
         },
         net.dir.join("logs").display()
     );

@@ -99,17 +99,7 @@ pub fn testnet_uefi(paths: &Paths) -> Result<String, String> {
                 return Err(format!("node{i}: `{mark}` {seen} times, not {want}"));
             }
         }
-        let said = console
-            .iter()
-            .find_map(|l| l.split(REPORT_DATA_MARK).nth(1))
-            .map(str::trim)
-            .ok_or_else(|| format!("node{i}: no `{REPORT_DATA_MARK}…` line"))?;
-        if expected.get(i).map(String::as_str) != Some(said) {
-            return Err(format!(
-                "node{i}: report_data {said} is not the registry's {:?}",
-                expected.get(i)
-            ));
-        }
+        check_report_data(i, &console, &expected)?;
     }
     let calls = Instant::now();
     let id = install_counter(paths, &net, 0)?;
@@ -144,8 +134,25 @@ pub fn testnet_uefi(paths: &Paths) -> Result<String, String> {
     ))
 }
 
+/// Node `i`'s `runtime: report_data …` console line must carry the report_data the registry
+/// lists for node `i` (`expected`: [`registry_report_data`]).
+pub fn check_report_data(i: usize, console: &[String], expected: &[String]) -> Result<(), String> {
+    let said = console
+        .iter()
+        .find_map(|l| l.split(REPORT_DATA_MARK).nth(1))
+        .map(str::trim)
+        .ok_or_else(|| format!("node{i}: no `{REPORT_DATA_MARK}…` line"))?;
+    if expected.get(i).map(String::as_str) != Some(said) {
+        return Err(format!(
+            "node{i}: report_data {said} is not the registry's {:?}",
+            expected.get(i)
+        ));
+    }
+    Ok(())
+}
+
 /// Node `i`'s console lines of this boot (empty if it is not running).
-fn console_lines(net: &mut Testnet, i: usize) -> Vec<String> {
+pub fn console_lines(net: &mut Testnet, i: usize) -> Vec<String> {
     net.nodes[i]
         .vm
         .as_mut()
