@@ -378,15 +378,7 @@ pub fn le64(b: &[u8]) -> u64 {
 
 /// CRC-32 (IEEE 802.3, reflected, polynomial 0xEDB88320), as GPT uses.
 pub fn crc32(data: &[u8]) -> u32 {
-    let mut crc = 0xffff_ffffu32;
-    for &byte in data {
-        crc ^= u32::from(byte);
-        for _ in 0..8 {
-            let mask = (crc & 1).wrapping_neg();
-            crc = (crc >> 1) ^ (0xedb8_8320 & mask);
-        }
-    }
-    !crc
+    crc32fast::hash(data)
 }
 
 #[cfg(test)]

@@ -736,25 +736,32 @@ mod tests {
         assert_eq!(line_hash("hash= x"), None);
     }
 
-    #[test]
-    fn genesis_is_kept_and_reused() {
-        let dir = std::env::temp_dir().join(format!("cairn-harness-test-{}", std::process::id()));
+    /// A fresh scratch directory `name-<pid>` under the temp dir, its `Paths`, and a 2-node
+    /// spec booting `boot` from `dir/sub`.
+    fn scratch(name: &str, boot: NodeBoot, sub: &str) -> (PathBuf, Paths, Spec) {
+        let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        assert_eq!(kept_nodes(&dir), None);
         let paths = Paths {
             root: dir.clone(),
             out: dir.clone(),
         };
         let spec = Spec {
-            boot: NodeBoot::Pvh,
+            boot,
             nodes: 2,
-            dir: dir.join("net"),
+            dir: dir.join(sub),
             fresh: false,
             ports: Ports::Ephemeral,
             limit: Duration::from_secs(1),
             append: String::new(),
             cup_interval_heights: ConsensusParams::IC_APPLICATION_SUBNET.cup_interval_heights,
         };
+        (dir, paths, spec)
+    }
+
+    #[test]
+    fn genesis_is_kept_and_reused() {
+        let (dir, paths, spec) = scratch("cairn-harness-test", NodeBoot::Pvh, "net");
+        assert_eq!(kept_nodes(&dir), None);
         let first = Testnet::create(&paths, &spec).unwrap();
         assert!(first.created);
         let key = first.root_key_der.clone();
@@ -797,22 +804,7 @@ mod tests {
 
     #[test]
     fn disk_boot_needs_the_images_and_boots_them_in_place() {
-        let dir = std::env::temp_dir().join(format!("cairn-harness-disk-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let paths = Paths {
-            root: dir.clone(),
-            out: dir.clone(),
-        };
-        let spec = Spec {
-            boot: NodeBoot::Disk,
-            nodes: 2,
-            dir: dir.join("fleet"),
-            fresh: false,
-            ports: Ports::Ephemeral,
-            limit: Duration::from_secs(1),
-            append: String::new(),
-            cup_interval_heights: ConsensusParams::IC_APPLICATION_SUBNET.cup_interval_heights,
-        };
+        let (dir, paths, spec) = scratch("cairn-harness-disk", NodeBoot::Disk, "fleet");
         // No genesis, then a genesis without images: refused, with the command that makes them.
         let err = Testnet::create(&paths, &spec).err().unwrap();
         assert!(err.contains("cargo xtask image --genesis"), "{err}");

@@ -238,15 +238,7 @@ fn base32_decode(text: &[u8]) -> Option<Vec<u8>> {
 
 /// CRC-32 (IEEE 802.3, reflected, polynomial 0xEDB88320), as the principal checksum uses.
 pub fn crc32(data: &[u8]) -> u32 {
-    let mut crc = 0xFFFF_FFFFu32;
-    for &byte in data {
-        crc ^= u32::from(byte);
-        for _ in 0..8 {
-            let mask = (crc & 1).wrapping_neg();
-            crc = (crc >> 1) ^ (0xEDB8_8320 & mask);
-        }
-    }
-    !crc
+    crc32fast::hash(data)
 }
 
 #[cfg(test)]
