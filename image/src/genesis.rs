@@ -126,6 +126,8 @@ pub enum GenesisError {
     Io(PathBuf, std::io::Error),
     /// A node's keys cannot be bound into report_data.
     Binding(node::attest::binding::BindingError),
+    /// The addresses given for the nodes are not usable ([`Addressing`]).
+    Addressing(String),
 }
 
 impl fmt::Display for GenesisError {
@@ -135,11 +137,83 @@ impl fmt::Display for GenesisError {
             GenesisError::Record(e) => write!(f, "subnet record: {e}"),
             GenesisError::Io(p, e) => write!(f, "{}: {e}", p.display()),
             GenesisError::Binding(e) => write!(f, "report_data: {e}"),
+            GenesisError::Addressing(why) => write!(f, "addresses: {why}"),
         }
     }
 }
 
 impl std::error::Error for GenesisError {}
+
+/// The nodes' IPv4 addresses on their common segment (P2P runs there), one per node in node
+/// order, and the segment's prefix length.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Addressing {
+    pub ips: Vec<[u8; 4]>,
+    pub prefix_len: u8,
+}
+
+impl Addressing {
+    /// The testnet's: node `i` at [`node_ip`]`(i)`, /[`TESTNET_PREFIX_LEN`].
+    pub fn testnet(n: usize) -> Addressing {
+        Addressing {
+            ips: (0..n).map(node_ip).collect(),
+            prefix_len: TESTNET_PREFIX_LEN,
+        }
+    }
+
+    /// Parses `a.b.c.d,a.b.c.d,…` (one address per node) and a prefix length, and checks
+    /// them ([`Addressing::check`]).
+    pub fn parse(ips: &str, prefix_len: u8) -> Result<Addressing, GenesisError> {
+        let ips = ips
+            .split(',')
+            .map(|a| {
+                a.trim()
+                    .parse::<std::net::Ipv4Addr>()
+                    .map(|ip| ip.octets())
+                    .map_err(|_| GenesisError::Addressing(format!("{a:?} is not an IPv4 address")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let addressing = Addressing { ips, prefix_len };
+        addressing.check(addressing.ips.len())?;
+        Ok(addressing)
+    }
+
+    /// `n` addresses, distinct, on one segment of `prefix_len` (1..=30), none of them the
+    /// segment's network or broadcast address.
+    pub fn check(&self, n: usize) -> Result<(), GenesisError> {
+        let bad = |why: String| Err(GenesisError::Addressing(why));
+        if self.ips.len() != n {
+            return bad(format!("{} addresses for {n} nodes", self.ips.len()));
+        }
+        if !(1..=30).contains(&self.prefix_len) {
+            return bad(format!(
+                "prefix length {} (expected 1..=30)",
+                self.prefix_len
+            ));
+        }
+        let mask = u32::MAX << (32 - u32::from(self.prefix_len));
+        let as_u32: Vec<u32> = self.ips.iter().map(|ip| u32::from_be_bytes(*ip)).collect();
+        let net = as_u32.first().map_or(0, |a| a & mask);
+        for (i, &a) in as_u32.iter().enumerate() {
+            let ip = std::net::Ipv4Addr::from(a);
+            if a & mask != net {
+                return bad(format!(
+                    "node {i}'s {ip} is not on node 0's /{} segment",
+                    self.prefix_len
+                ));
+            }
+            if a & !mask == 0 || a & !mask == !mask {
+                return bad(format!(
+                    "node {i}'s {ip} is the segment's network or broadcast"
+                ));
+            }
+            if as_u32[..i].contains(&a) {
+                return bad(format!("{ip} is given twice"));
+            }
+        }
+        Ok(())
+    }
+}
 
 /// The address of node `i` on the testnet segment.
 pub fn node_ip(i: usize) -> [u8; 4] {
@@ -170,19 +244,29 @@ impl Genesis {
         }
         let (record, secrets) =
             deal_subnet(seed, n, Time(genesis_time_ns)).map_err(GenesisError::Record)?;
-        let ips: Vec<[u8; 4]> = (0..n).map(node_ip).collect();
+        let Addressing { ips, prefix_len } = Addressing::testnet(n);
         let nodes = secrets
             .into_iter()
             .map(|s| NodeConfig {
                 index: s.index,
                 ips: ips.clone(),
-                prefix_len: TESTNET_PREFIX_LEN,
+                prefix_len,
                 record: record.clone(),
                 secrets: s,
                 params,
             })
             .collect();
         Ok(Genesis { record, nodes })
+    }
+
+    /// The nodes at `addressing` instead of the testnet's addresses (checked first).
+    pub fn with_addressing(mut self, addressing: &Addressing) -> Result<Genesis, GenesisError> {
+        addressing.check(self.nodes.len())?;
+        for node in &mut self.nodes {
+            node.ips.clone_from(&addressing.ips);
+            node.prefix_len = addressing.prefix_len;
+        }
+        Ok(self)
     }
 
     /// DER of the subnet (root) public key, as `/api/v2/status` serves it.
@@ -223,7 +307,11 @@ impl Genesis {
         let _ = writeln!(out, "  \"nodes\": [");
         for (i, node) in self.record.nodes.iter().enumerate() {
             let report_data = config::report_data_for_node(node).map_err(GenesisError::Binding)?;
-            let ip = node_ip(i);
+            let ip = self
+                .nodes
+                .first()
+                .and_then(|c| c.ips.get(i).copied())
+                .unwrap_or_else(|| node_ip(i));
             let mut key_list = vec![(NODE_SIGNING_KEY_LABEL, hex(&node.node_key.0))];
             key_list.extend(
                 config::report_keys(node)
@@ -306,6 +394,67 @@ mod tests {
             NodeConfig::stored_len(&bytes[..12]),
             Some(Err(ConfigError::TooShort))
         );
+    }
+
+    #[test]
+    fn nodes_can_be_given_their_own_addresses_on_one_segment() {
+        let addr = Addressing::parse("192.0.2.10, 192.0.2.11,192.0.2.12,192.0.2.200", 24).unwrap();
+        let g = Genesis::new(&[9; 32], 4, 1, ConsensusParams::FAST)
+            .unwrap()
+            .with_addressing(&addr)
+            .unwrap();
+        for (i, node) in g.nodes.iter().enumerate() {
+            let back = NodeConfig::decode(&node.encode()).unwrap();
+            assert_eq!(back.ips, addr.ips);
+            assert_eq!(back.prefix_len, 24);
+            assert_eq!(back.index as usize, i);
+        }
+        let launch = Launch {
+            firmware: None,
+            kernel_efi: PathBuf::from("kernel.efi"),
+            vcpus: 1,
+            vcpu_type: "EPYC-v4".into(),
+            cmdline: None,
+        };
+        let json = g.registry_json(&launch).unwrap();
+        let ips: Vec<&str> = json
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("\"ip\": "))
+            .collect();
+        assert_eq!(
+            ips,
+            [
+                "\"192.0.2.10\",",
+                "\"192.0.2.11\",",
+                "\"192.0.2.12\",",
+                "\"192.0.2.200\","
+            ]
+        );
+
+        let refused = [
+            ("192.0.2.10,192.0.2.11", 24, 4, "2 addresses for 4 nodes"),
+            ("192.0.2.10,192.0.3.11", 24, 2, "not on node 0's /24"),
+            ("192.0.2.10,192.0.2.10", 24, 2, "given twice"),
+            ("192.0.2.0,192.0.2.1", 24, 2, "network or broadcast"),
+            ("192.0.2.1,192.0.2.255", 24, 2, "network or broadcast"),
+            ("192.0.2.1,192.0.2.2", 31, 2, "prefix length 31"),
+            (
+                "192.0.2.1,banana",
+                24,
+                2,
+                "\"banana\" is not an IPv4 address",
+            ),
+        ];
+        for (ips, prefix, n, why) in refused {
+            let err = Addressing::parse(ips, prefix)
+                .and_then(|a| a.check(n))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(why), "{ips}/{prefix} for {n}: {err}");
+        }
+        let three = Addressing::parse("192.0.2.1,192.0.2.2,192.0.2.3", 24).unwrap();
+        let two = Genesis::new(&[9; 32], 2, 1, ConsensusParams::FAST).unwrap();
+        assert!(two.with_addressing(&three).is_err());
     }
 
     #[test]

@@ -204,14 +204,25 @@ fn start_network(
     Some(network)
 }
 
-/// The addressing of card `i` (see [`start_network`]); a bad option falls back to DHCP.
+/// The addressing of card `i` (see [`start_network`]); a bad option falls back to DHCP,
+/// except beside a node configuration, whose address stands.
 fn nic_config(
     info: &BootInfo,
     i: usize,
     node_config: Option<&runtime::NodeConfig>,
 ) -> net::NetConfig {
     let parsed = match (i, node_config) {
-        (0, Some(c)) => Ok(runtime::net_config(c)),
+        (0, Some(c)) => {
+            // The configuration's address stands; a bad route only loses the route.
+            let gateway = net::NetConfig::gateway_from_boot(info).unwrap_or_else(|e| {
+                log::error!("net: {e}; no default route");
+                None
+            });
+            Ok(net::NetConfig {
+                gateway,
+                ..runtime::net_config(c)
+            })
+        }
         (0, None) => net::NetConfig::from_boot(info),
         (1, _) => net::NetConfig::second_from_boot(info),
         _ => Ok(net::NetConfig::default()),

@@ -1,5 +1,11 @@
-//! `cargo xtask image --genesis [--nodes N] [--out DIR] [--store-mib N] [--cup-interval H]
-//! [--append CMDLINE]`: the disk images of a data-centre subnet, one per node.
+//! `cargo xtask image --genesis [--nodes N] [--out DIR] [--ips A,B,… [--prefix LEN]]
+//! [--gateway G] [--store-mib N] [--cup-interval H] [--append CMDLINE]`: the disk images of a
+//! data-centre subnet, one per node.
+//!
+//! The nodes sit on one segment (P2P runs there): at the testnet's addresses (`10.0.0.<i+1>/24`)
+//! unless `--ips` gives one address per node (and `--prefix` the segment's length, default 24).
+//! `--gateway G` adds `cairn.gw=G` to every image's kernel command line: the nodes' default
+//! route, so that clients off the segment reach their API.
 //!
 //! It writes into `DIR` (default `target/cairn/fleet/`) the same genesis the testnet writes
 //! ([`crate::testnet_harness::write_genesis`]: keys, one configuration per node, the root key,
@@ -40,6 +46,8 @@ pub struct Fleet {
     /// Each image's partition table (node order).
     pub tables: Vec<image::gpt::Gpt>,
     pub root_key_der: Vec<u8>,
+    /// The nodes' addresses (node order) and the segment's prefix length.
+    pub addressing: image::genesis::Addressing,
     pub registry: PathBuf,
     /// Host time the genesis and the images took.
     pub took: Duration,
@@ -54,6 +62,8 @@ pub struct FleetSpec {
     pub cup_interval_heights: u64,
     /// The kernel command line, in each image's grub.cfg and in the registry's launch.
     pub cmdline: String,
+    /// The nodes' addresses; `None`: the testnet's.
+    pub addressing: Option<image::genesis::Addressing>,
 }
 
 /// Whether `cargo xtask image <args>` asks for a fleet.
@@ -70,8 +80,32 @@ fn number<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> Resu
 
 /// `cargo xtask image --genesis …` (module doc).
 pub fn fleet_command(paths: &Paths, args: &[String]) -> Result<(), String> {
+    let mut cmdline = option_value(args, "--append")
+        .unwrap_or(crate::run_vm::DEFAULT_CMDLINE)
+        .to_string();
+    if let Some(gw) = option_value(args, "--gateway") {
+        gw.parse::<std::net::Ipv4Addr>()
+            .map_err(|_| format!("--gateway {gw}: not an IPv4 address"))?;
+        cmdline = format!("{cmdline} cairn.gw={gw}").trim().to_string();
+    }
+    let addressing = match option_value(args, "--ips") {
+        Some(ips) => Some(
+            image::genesis::Addressing::parse(ips, number(args, "--prefix", 24u8)?)
+                .map_err(|e| format!("--ips: {e}"))?,
+        ),
+        None if option_value(args, "--prefix").is_some() => {
+            return Err("--prefix needs --ips".into());
+        }
+        None => None,
+    };
     let spec = FleetSpec {
-        nodes: number(args, "--nodes", DEFAULT_FLEET_NODES)?,
+        nodes: number(
+            args,
+            "--nodes",
+            addressing
+                .as_ref()
+                .map_or(DEFAULT_FLEET_NODES, |a| a.ips.len()),
+        )?,
         dir: option_value(args, "--out")
             .map(PathBuf::from)
             .unwrap_or_else(|| paths.out.join("fleet")),
@@ -81,9 +115,8 @@ pub fn fleet_command(paths: &Paths, args: &[String]) -> Result<(), String> {
             "--cup-interval",
             image::genesis::ConsensusParams::IC_APPLICATION_SUBNET.cup_interval_heights,
         )?,
-        cmdline: option_value(args, "--append")
-            .unwrap_or(crate::run_vm::DEFAULT_CMDLINE)
-            .to_string(),
+        cmdline,
+        addressing,
     };
     kernel_build::build_all(paths)?;
     let fleet = write_fleet(paths, &spec)?;
@@ -113,6 +146,7 @@ pub fn write_fleet(paths: &Paths, spec: &FleetSpec) -> Result<Fleet, String> {
         spec.nodes,
         spec.cup_interval_heights,
         &spec.cmdline,
+        spec.addressing.as_ref(),
     )?;
     let genesis = dir.join("genesis");
     let work = dir.join(".image-work");
@@ -144,6 +178,10 @@ pub fn write_fleet(paths: &Paths, spec: &FleetSpec) -> Result<Fleet, String> {
         config_bytes,
         tables,
         root_key_der,
+        addressing: spec
+            .addressing
+            .clone()
+            .unwrap_or_else(|| image::genesis::Addressing::testnet(spec.nodes)),
         registry: genesis.join(image::genesis::REGISTRY_FILE),
         took: started.elapsed(),
     })
@@ -199,17 +237,18 @@ fn print_fleet(fleet: &Fleet) {
         fleet.took.as_secs_f64()
     );
     for (i, img) in fleet.images.iter().enumerate() {
-        let ip = image::genesis::node_ip(i);
         let size = fleet.tables[i].disk_sectors * image::gpt::SECTOR_BYTES / mib;
+        let ip = fleet
+            .addressing
+            .ips
+            .get(i)
+            .map_or_else(String::new, |ip| std::net::Ipv4Addr::from(*ip).to_string());
         println!(
-            "  node{i}: {} ({size} MiB; its configuration, {} bytes, in {}; ip {}.{}.{}.{})",
+            "  node{i}: {} ({size} MiB; its configuration, {} bytes, in {}; ip {ip}/{})",
             img.display(),
             fleet.config_bytes[i],
             image::PART_CONFIG,
-            ip[0],
-            ip[1],
-            ip[2],
-            ip[3]
+            fleet.addressing.prefix_len,
         );
     }
     println!("  root key (DER, hex): {}", hex(&fleet.root_key_der));

@@ -42,7 +42,7 @@
 
 use crate::boot_paths::{accel, failure_report};
 use crate::Paths;
-use image::genesis::{ConsensusParams, Genesis, Launch};
+use image::genesis::{Addressing, ConsensusParams, Genesis, Launch};
 use qemu::{
     Drive, Echo, Firmware, HostForward, Line, MacAddr, Netdev, Nic, Protocol, QemuCommand,
     RunConfig, Switch, Vm,
@@ -213,15 +213,22 @@ pub fn testnet_launch(paths: &Paths, append: &str) -> Launch {
 pub const REGISTRY_VCPU_TYPE: &str = "EPYC-v4";
 
 /// Writes a new genesis (configs and registry) into `dir/genesis` and returns the root key
-/// (the testnet's and `cargo xtask image --genesis`'s).
+/// (the testnet's and `cargo xtask image --genesis`'s); the nodes at `addressing`, else at
+/// the testnet's addresses.
 pub fn write_genesis(
     paths: &Paths,
     dir: &Path,
     n: usize,
     cup_interval_heights: u64,
     append: &str,
+    addressing: Option<&Addressing>,
 ) -> Result<Vec<u8>, String> {
-    let genesis = new_genesis(n, cup_interval_heights)?;
+    let mut genesis = new_genesis(n, cup_interval_heights)?;
+    if let Some(addressing) = addressing {
+        genesis = genesis
+            .with_addressing(addressing)
+            .map_err(|e| e.to_string())?;
+    }
     let root_key = genesis.root_key_der().map_err(|e| e.to_string())?;
     let gdir = dir.join("genesis");
     genesis.write(&gdir).map_err(|e| e.to_string())?;
@@ -272,7 +279,14 @@ impl Testnet {
                 std::fs::remove_dir_all(&spec.dir).map_err(|e| io_err(&spec.dir, e))?;
             }
             std::fs::create_dir_all(&spec.dir).map_err(|e| io_err(&spec.dir, e))?;
-            write_genesis(paths, &spec.dir, n, spec.cup_interval_heights, &spec.append)?
+            write_genesis(
+                paths,
+                &spec.dir,
+                n,
+                spec.cup_interval_heights,
+                &spec.append,
+                None,
+            )?
         } else {
             let key = spec.dir.join("genesis").join("root_key.der");
             std::fs::read(&key).map_err(|e| io_err(&key, e))?
@@ -808,7 +822,7 @@ mod tests {
         // No genesis, then a genesis without images: refused, with the command that makes them.
         let err = Testnet::create(&paths, &spec).err().unwrap();
         assert!(err.contains("cargo xtask image --genesis"), "{err}");
-        write_genesis(&paths, &spec.dir, 2, spec.cup_interval_heights, "").unwrap();
+        write_genesis(&paths, &spec.dir, 2, spec.cup_interval_heights, "", None).unwrap();
         let err = Testnet::create(&paths, &spec).err().unwrap();
         assert!(err.contains("node-0.img"), "{err}");
         for i in 0..2 {

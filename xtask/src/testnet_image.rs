@@ -2,8 +2,12 @@
 //! writes, as data-centre machines would boot them ([`NodeBoot::Disk`]: SeaBIOS → GRUB →
 //! multiboot2 from virtio-blk, each image also the node's only disk, written in place).
 //!
+//! The images are written as a data centre would ask for them: the nodes at their own addresses
+//! ([`TEST_IPS`], not the testnet's) with a default route ([`TEST_GATEWAY`], `--gateway`).
+//!
 //! What it requires:
-//! - the fleet's `registry.json` lists the 4 nodes;
+//! - the fleet's `registry.json` lists the 4 nodes at those addresses;
+//! - on every node's console: its primary card at its address with the gateway as its route;
 //! - on every node's console: the multiboot2 boot (GRUB), its configuration read from the
 //!   image's `cairn-config` partition (as many bytes as genesis wrote for it), the store on the
 //!   `cairn-store` partition (the size and first sector of the image's table), and the
@@ -32,6 +36,11 @@ const DISK_CONFIG_MARK: &str = "cairn: node config from disk partition cairn-con
 const STORE_PARTITION_MARK: &str = "store: partition cairn-store";
 /// The banner line of a kernel GRUB started (multiboot2).
 const MULTIBOOT2_MARK: &str = "boot: Multiboot2 protocol";
+/// The nodes' addresses in this test (`--ips`), on a /[`TEST_PREFIX_LEN`] segment.
+const TEST_IPS: &str = "192.168.77.10,192.168.77.11,192.168.77.12,192.168.77.13";
+const TEST_PREFIX_LEN: u8 = 24;
+/// The nodes' default route in this test (`--gateway`).
+const TEST_GATEWAY: &str = "192.168.77.1";
 /// Store partition of the test's images (sparse, so its size costs nothing).
 const TEST_STORE_MIB: u64 = image::DEFAULT_STORE_MIB;
 
@@ -50,7 +59,11 @@ pub fn testnet_image(paths: &Paths) -> Result<String, String> {
             dir: dir.clone(),
             store_mib: TEST_STORE_MIB,
             cup_interval_heights,
-            cmdline: crate::run_vm::DEFAULT_CMDLINE.to_string(),
+            cmdline: format!("cairn.gw={TEST_GATEWAY}"),
+            addressing: Some(
+                image::genesis::Addressing::parse(TEST_IPS, TEST_PREFIX_LEN)
+                    .map_err(|e| e.to_string())?,
+            ),
         },
     )?;
     let expected = registry_report_data(&fleet.registry)?;
@@ -61,6 +74,7 @@ pub fn testnet_image(paths: &Paths) -> Result<String, String> {
             expected.len()
         ));
     }
+    check_registry_ips(&fleet)?;
     let pristine = boot_area_hashes(&fleet)?;
     let spec = Spec {
         boot: NodeBoot::Disk,
@@ -112,7 +126,8 @@ pub fn testnet_image(paths: &Paths) -> Result<String, String> {
     let (lba, mib) = store_partition(&fleet, 0)?;
     Ok(format!(
         "{NODES} disk images written in {:.1} s ({} MiB each, config {} bytes in cairn-config; \
-         registry.json lists {NODES} nodes); SeaBIOS → GRUB → multiboot2 from virtio-blk: \
+         registry.json lists {NODES} nodes at {TEST_IPS}/{TEST_PREFIX_LEN}, consoles show them \
+         with gw {TEST_GATEWAY}); SeaBIOS → GRUB → multiboot2 from virtio-blk: \
          serving in {:.1} s, every node's config from its cairn-config partition, store on \
          cairn-store ({mib} MiB at sector {lba}), report_data = registry.json's; counter set/inc \
          via node1/2, get via node3 = {before} (heights {height:?}); all VMs killed and booted \
@@ -125,6 +140,25 @@ pub fn testnet_image(paths: &Paths) -> Result<String, String> {
         serving.as_secs_f64(),
         serving_again.as_secs_f64(),
     ))
+}
+
+/// registry.json lists every node at the address the fleet gave it.
+fn check_registry_ips(fleet: &Fleet) -> Result<(), String> {
+    let path = &fleet.registry;
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    for (i, ip) in fleet.addressing.ips.iter().enumerate() {
+        let want = std::net::Ipv4Addr::from(*ip).to_string();
+        let listed = json["nodes"][i]["ip"].as_str();
+        if listed != Some(want.as_str()) {
+            return Err(format!(
+                "{}: node {i} listed at {listed:?}, not {want}",
+                path.display()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Node `i`'s store partition in its image: (first sector, MiB).
@@ -148,7 +182,19 @@ fn check_consoles(
         let (lba, mib) = store_partition(fleet, i)?;
         let config = format!("{DISK_CONFIG_MARK}{} bytes)", fleet.config_bytes[i]);
         let store = format!("{STORE_PARTITION_MARK}, {mib} MiB at sector {lba}");
-        for want in [MULTIBOOT2_MARK, config.as_str(), store.as_str()] {
+        let ip = fleet
+            .addressing
+            .ips
+            .get(i)
+            .map(|ip| std::net::Ipv4Addr::from(*ip))
+            .ok_or_else(|| format!("node{i}: no address in the fleet"))?;
+        let address = format!("ipv4 {ip}/{TEST_PREFIX_LEN} gw {TEST_GATEWAY}");
+        for want in [
+            MULTIBOOT2_MARK,
+            config.as_str(),
+            store.as_str(),
+            address.as_str(),
+        ] {
             if !has(want) {
                 return Err(format!(
                     "{when}: node{i}: no `{want}` line on its console{}",

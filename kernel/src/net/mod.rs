@@ -1,5 +1,6 @@
 //! The network stack: smoltcp on every virtio-net card (one `Interface` per card), the
-//! primary card addressed from the kernel command line (`cairn.ip=10.0.0.2/24
+//! primary card addressed by the node configuration (with `cairn.gw=` from the command line
+//! as its default route, if given) or from the kernel command line (`cairn.ip=10.0.0.2/24
 //! cairn.gw=10.0.0.1`, optional `cairn.ip6=fd00::2/64`) or by DHCPv4, a second card from
 //! `cairn.ip2=`/`cairn.gw2=` or slirp's defaults (see [`NetConfig::second_from_boot`]),
 //! the services that prove it (TCP/UDP echo on port 7, `GET /health` on port 8080), the
@@ -69,9 +70,7 @@ impl NetConfig {
         let ipv4 = parse("cairn.ip")
             .map(|s| Ipv4Cidr::from_str(s).map_err(|_| NetConfigError::BadIpv4(s.into())))
             .transpose()?;
-        let gateway = parse("cairn.gw")
-            .map(|s| Ipv4Address::from_str(s).map_err(|_| NetConfigError::BadGateway(s.into())))
-            .transpose()?;
+        let gateway = Self::gateway_from_boot(info)?;
         let ipv6 = parse("cairn.ip6")
             .map(|s| Ipv6Cidr::from_str(s).map_err(|_| NetConfigError::BadIpv6(s.into())))
             .transpose()?;
@@ -80,6 +79,18 @@ impl NetConfig {
             gateway,
             ipv6,
         })
+    }
+}
+
+impl NetConfig {
+    /// The primary card's default route from `cairn.gw=a.b.c.d`, if the command line gives
+    /// one: with `cairn.ip` when the command line addresses the card, or beside the node
+    /// configuration's address (a data-centre node whose clients are off its segment).
+    pub fn gateway_from_boot(info: &BootInfo) -> Result<Option<Ipv4Address>, NetConfigError> {
+        info.option("cairn.gw")
+            .filter(|v| !v.is_empty())
+            .map(|s| Ipv4Address::from_str(s).map_err(|_| NetConfigError::BadGateway(s.into())))
+            .transpose()
     }
 }
 
