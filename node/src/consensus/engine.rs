@@ -1269,9 +1269,22 @@ impl Consensus {
     }
 
     /// Queues for [`Consensus::poll_finality`] what makes `chain` (newest first, `top` at
-    /// its head) final.
+    /// its head) final, and the blocks of it the signed log does not hold (this node
+    /// notarized none of them: it finalized them from its peers' shares). A driver logs a
+    /// block again when it delivers it, but delivery waits for the next beacon: until then
+    /// the finalization is only useful with the block beside it.
     fn log_finality(&mut self, chain: &[FinalizedBlock], top: Height, hash: &CryptoHash) {
         for fb in chain.iter().rev() {
+            let logged_as_signed = self
+                .supported
+                .get(&fb.height)
+                .is_some_and(|ranks| ranks.values().any(|h| *h == fb.hash));
+            if !logged_as_signed {
+                self.finality_log.push_back(Artifact::Block(BlockProposal {
+                    block: fb.block.clone(),
+                    signature: fb.signature,
+                }));
+            }
             let beacon = self
                 .pool
                 .validated_at(ArtifactKind::RandomBeacon as u8, fb.height.0)
@@ -1864,5 +1877,102 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A node that finalized heights purely from its peers' shares (it notarization-signed
+    /// none of those blocks) and whose newest finalized block was not yet delivered (the
+    /// beacon above it had not come) restarts with no peer reachable: its log alone (what it
+    /// signed, what made its heights final, and the blocks it delivered, as a driver with a
+    /// store keeps them) finalizes every height it had finalized, the undelivered block's
+    /// included.
+    #[test]
+    fn finalized_but_undelivered_blocks_are_final_again_from_the_log_alone() {
+        let genesis = Time::from_millis(1_700_000_000_000);
+        let (record, secrets) = deal_subnet(&[5; 32], 4, genesis).unwrap();
+        let keys = SubnetKeys::from_record(&record).unwrap();
+        let node = |i: usize| {
+            let me = NodeKeys::from_secrets(&secrets[i]).unwrap();
+            let mut c = Consensus::new(keys.clone(), me, ConsensusParams::FAST, None, Height(0));
+            c.set_record_signed(true);
+            c
+        };
+        // Nodes 0..3 finalize on their own; node 3 only listens, and what it hears is kept.
+        let mut nodes: Vec<Consensus> = (0..3).map(node).collect();
+        let mut heard: Vec<Artifact> = Vec::new();
+        let mut now = genesis;
+        while now.as_millis() < genesis.as_millis() + RUN_MS {
+            now = now.plus_millis(TICK_MS);
+            for i in 0..nodes.len() {
+                nodes[i].step(now);
+                while let Some(out) = nodes[i].poll_outgoing() {
+                    let artifact = match out {
+                        Outgoing::Push { artifact, .. } => *artifact,
+                        Outgoing::Advert(id) => match nodes[i].pool.validated(&id) {
+                            Some(a) => a.clone(),
+                            None => continue,
+                        },
+                    };
+                    for (j, peer) in nodes.iter_mut().enumerate() {
+                        if j != i {
+                            peer.on_artifact(i as NodeIndex, artifact.clone());
+                        }
+                    }
+                    heard.push(artifact);
+                }
+                while nodes[i].poll_finalized().is_some() {}
+            }
+        }
+        let top = nodes.iter().map(|n| n.finalized_height()).min().unwrap();
+        assert!(top.0 >= 4, "the three finalized only {top:?}");
+        // Node 3 hears everything up to `top` and nothing above: block `top` is final for
+        // it but not deliverable (no beacon at `top + 1`).
+        let mut listener = node(3);
+        let mut log: Vec<Artifact> = Vec::new();
+        for _ in 0..=top.0 {
+            for a in heard.iter().filter(|a| a.id().height <= top.0) {
+                listener.on_artifact(0, a.clone());
+            }
+            listener.step(now);
+            while listener.poll_outgoing().is_some() {}
+            while let Some(b) = listener.poll_finalized() {
+                log.push(Artifact::Block(BlockProposal {
+                    block: b.block,
+                    signature: b.signature,
+                }));
+            }
+        }
+        assert_eq!(listener.finalized_height(), top);
+        assert!(
+            log.iter().all(|a| a.id().height < top.0),
+            "block {top:?} was delivered without a beacon above it"
+        );
+        while let Some(a) = listener.poll_signed() {
+            assert!(
+                !matches!(a, Artifact::NotarizationShare(_)) || a.id().height > top.0,
+                "node 3 notarization-signed at a height it finalized from its peers: {:?}",
+                a.id()
+            );
+            log.push(a);
+        }
+        while let Some(a) = listener.poll_finality() {
+            log.push(a);
+        }
+        // Restarted from the CUP it held (as a store keeps it) with that log, and nobody to
+        // talk to.
+        let me = NodeKeys::from_secrets(&secrets[3]).unwrap();
+        let cup = listener.cup().clone();
+        let mut restarted = Consensus::new(
+            keys.clone(),
+            me,
+            ConsensusParams::FAST,
+            Some(cup),
+            Height(0),
+        );
+        restarted.set_record_signed(true);
+        restarted.restore_signed(log);
+        for _ in 0..=top.0 {
+            restarted.step(now);
+        }
+        assert_eq!(restarted.finalized_height(), top);
     }
 }

@@ -8,7 +8,7 @@
 //! | [`RECORD_SIGNING_WATERMARK`] | the watermark | the watermark, u64 little-endian |
 //! | [`RECORD_OWN_ARTIFACT`] | the artifact's height | `Artifact::encode` of what this node signed, or of a block it notarized |
 //! | [`RECORD_SIGNING_FLOOR`] | a height | that height, u64 LE: an own artifact there was too large to log |
-//! | [`RECORD_FINALITY`] | the artifact's height | [`FINALITY_RECORD_VERSION`] ‖ `Artifact::encode` of a finalized block's random beacon or notarization, or of the finalization that finalized it ([`encode_finality`]) |
+//! | [`RECORD_FINALITY`] | the artifact's height | [`FINALITY_RECORD_VERSION`] ‖ `Artifact::encode` of a finalized block's random beacon or notarization, of the finalization that finalized it, or of the block itself when this node did not notarize it ([`encode_finality`]) |
 //!
 //! The stack appends a finalized block when consensus delivers it, every artifact consensus
 //! signed (`Replica::poll_signed`), and the signing watermark whenever it rose. Before any
@@ -30,7 +30,12 @@
 //! (`Consensus::poll_finality`), and a restarted node puts them back into its pool with the
 //! finalized blocks as block proposals (through validation, like received artifacts). So it
 //! finalizes those heights again with the same blocks, and serves them to peers that did not
-//! see them. Without them a subnet of which some nodes restarted (with the CUP below heights
+//! see them. A finalized block is delivered (and logged as [`RECORD_FINALIZED_BLOCK`]) only
+//! once the beacon above it exists; a block this node did not notarize (it finalized it from
+//! its peers' shares) goes into the log with its finalization, so a node that lost power in
+//! between does not depend on its peers for it
+//! (`finalized_but_undelivered_blocks_are_final_again_from_the_log_alone` in
+//! `consensus::engine`). Without them a subnet of which some nodes restarted (with the CUP below heights
 //! they had finalized) and one node stayed down could stall for good: the restarted nodes
 //! had finalization-signed blocks of the absent node, a node that was behind notarized
 //! another block at the same height first, and no block could gather n − f finalization
@@ -163,7 +168,8 @@ pub enum FinalityRecordError {
     Version,
     /// The artifact does not decode.
     Decode,
-    /// Not a random beacon, notarization or finalization, or not of the record's height.
+    /// Not a block, random beacon, notarization or finalization, or not of the record's
+    /// height.
     Unexpected,
 }
 
@@ -198,7 +204,12 @@ pub fn decode_finality(height: u64, bytes: &[u8]) -> Result<Artifact, FinalityRe
     let id = artifact.id();
     let kind_ok = matches!(
         ArtifactKind::from_u8(id.kind),
-        Some(ArtifactKind::RandomBeacon | ArtifactKind::Notarization | ArtifactKind::Finalization)
+        Some(
+            ArtifactKind::Block
+                | ArtifactKind::RandomBeacon
+                | ArtifactKind::Notarization
+                | ArtifactKind::Finalization
+        )
     );
     if !kind_ok || id.height != height {
         return Err(FinalityRecordError::Unexpected);
@@ -251,7 +262,7 @@ pub fn as_state_files(files: &[(String, Vec<u8>)]) -> Vec<StateFile<'_>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::consensus::{Aggregate, BlockRef, Share};
+    use crate::consensus::{Aggregate, BlockProposal, BlockRef, Share};
 
     fn finalization(height: u64) -> Artifact {
         Artifact::Finalization(Aggregate {
@@ -304,6 +315,25 @@ mod tests {
         });
         assert_eq!(
             decode_finality(41, &encode_finality(&share)),
+            Err(FinalityRecordError::Unexpected)
+        );
+        // A block this node finalized without notarizing it is logged with its finality.
+        let block = Artifact::Block(BlockProposal {
+            block: Block {
+                version: crate::consensus::BLOCK_VERSION,
+                parent: [1; 32],
+                height: Height(41),
+                rank: crate::types::Rank(2),
+                maker: 3,
+                time: crate::types::Time::from_millis(1_700_000_000_000),
+                payload: crate::consensus::Payload::default(),
+            },
+            signature: FixedBytes([4; 64]),
+        });
+        let bytes = encode_finality(&block);
+        assert_eq!(decode_finality(41, &bytes), Ok(block));
+        assert_eq!(
+            decode_finality(42, &bytes),
             Err(FinalityRecordError::Unexpected)
         );
         assert!(!FinalityRecordError::Decode.to_string().is_empty());
