@@ -28,9 +28,13 @@
 //! with the NPF exit; the handler emulates the MOV/MOVZX forms compiled volatile accesses
 //! use (the `sev` crate's `vc`) and refuses others. The virtio devices QEMU gives an SEV guest
 //! (`iommu_platform=on`) are negotiated through `drivers::virtio::PlatformTransport`, and
-//! `testnet-uefi` runs its VMs that way (without SEV). Known gaps: a 4 KiB rescind inside a page the firmware validated as 2 MiB would need a
-//! PSMASH request; CPUID leaves are not post-processed as Linux does (APIC IDs, OSXSAVE,
-//! XSAVE sizes); only one CPU. Only the path into [`attestation_report`] reaches the
+//! `testnet-uefi` runs its VMs that way (without SEV). A 4 KiB rescind inside a page the firmware
+//! validated as 2 MiB needs no guest PSMASH request: the RMP check raises a nested page fault
+//! with the size-mismatch bit (bit 35 of the #NPF error code), which the hypervisor resolves
+//! by PSMASH and a retry (KVM's RMP fault handler); PVALIDATE's own FAIL_SIZEMISMATCH is the
+//! reverse case (2 MiB over 4 KiB RMP entries), where `arch::sev` falls back to 4 KiB. Known
+//! gaps: CPUID leaves are not post-processed as Linux does (APIC IDs, OSXSAVE, XSAVE sizes);
+//! only one CPU. Only the path into [`attestation_report`] reaches the
 //! firmware, and it refuses when [`super::detect`] found no SNP.
 
 use ::sev::snp_boot::{CcBlob, CC_BLOB_BYTES};
