@@ -40,10 +40,14 @@ pub struct StoreStats {
     pub pool_syncs: u64,
     /// Finalized blocks appended to the pool log.
     pub blocks_logged: u64,
+    /// Record bytes of those blocks.
+    pub block_bytes_logged: u64,
     /// Finalized blocks too large for a pool record (re-fetched from peers after a restart).
     pub blocks_not_logged: u64,
     /// Artifacts this node signed (or blocks it notarized) appended to the pool log.
     pub own_artifacts_logged: u64,
+    /// Record bytes of those artifacts (or of the signing floors logged instead).
+    pub own_artifact_bytes_logged: u64,
     /// Own artifacts too large for a pool record (the node signs nothing at their height
     /// after a restart).
     pub own_artifacts_not_logged: u64,
@@ -65,6 +69,8 @@ pub struct StoreStats {
     /// Artifacts that made heights final (beacons, notarizations, finalizations) appended to
     /// the pool log.
     pub finality_logged: u64,
+    /// Record bytes of those artifacts.
+    pub finality_bytes_logged: u64,
     /// Of those, too large for a pool record (not logged).
     pub finality_not_logged: u64,
     /// Finality records and finalized blocks put back into the consensus pool on start.
@@ -345,6 +351,7 @@ impl Core {
             match p.store.pool_append(height, RECORD_FINALIZED_BLOCK, &bytes) {
                 Ok(()) => {
                     p.stats.blocks_logged += 1;
+                    p.stats.block_bytes_logged += bytes.len() as u64;
                     p.logged_up_to = height;
                 }
                 Err(StoreError::RecordTooLarge) => p.stats.blocks_not_logged += 1,
@@ -454,22 +461,27 @@ impl Core {
                     p.stats.own_artifacts_not_logged += 1;
                     p.store
                         .pool_append(height, RECORD_SIGNING_FLOOR, &height.to_le_bytes())
+                        .map(|()| 8)
                 }
-                r => r,
+                r => r.map(|()| bytes.len()),
             };
-            if let Err(e) = r {
-                p.failed = Some(e);
-                return false;
+            match r {
+                Ok(len) => p.stats.own_artifact_bytes_logged += len as u64,
+                Err(e) => {
+                    p.failed = Some(e);
+                    return false;
+                }
             }
             p.stats.own_artifacts_logged += 1;
         }
         while let Some(artifact) = self.replica.poll_finality() {
             let height = artifact.id().height;
-            match p
-                .store
-                .pool_append(height, RECORD_FINALITY, &encode_finality(&artifact))
-            {
-                Ok(()) => p.stats.finality_logged += 1,
+            let bytes = encode_finality(&artifact);
+            match p.store.pool_append(height, RECORD_FINALITY, &bytes) {
+                Ok(()) => {
+                    p.stats.finality_logged += 1;
+                    p.stats.finality_bytes_logged += bytes.len() as u64;
+                }
                 // Not needed for safety: peers have it, or the node re-finalizes from shares.
                 Err(StoreError::RecordTooLarge) => p.stats.finality_not_logged += 1,
                 Err(e) => {
