@@ -32,9 +32,11 @@
 //! validated as 2 MiB needs no guest PSMASH request: the RMP check raises a nested page fault
 //! with the size-mismatch bit (bit 35 of the #NPF error code), which the hypervisor resolves
 //! by PSMASH and a retry (KVM's RMP fault handler); PVALIDATE's own FAIL_SIZEMISMATCH is the
-//! reverse case (2 MiB over 4 KiB RMP entries), where `arch::sev` falls back to 4 KiB. Known
-//! gaps: CPUID leaves are not post-processed as Linux does (APIC IDs, OSXSAVE, XSAVE sizes);
-//! only one CPU. Only the path into [`attestation_report`] reaches the
+//! reverse case (2 MiB over 4 KiB RMP entries), where `arch::sev` falls back to 4 KiB. CPUID
+//! leaves are served from the CPUID page as they are, without Linux's fix-ups (APIC IDs,
+//! OSXSAVE, XSAVE sizes): the kernel reads only feature, TSC and brand leaves
+//! (`arch::cpu`) and neither XSAVE nor APIC IDs from CPUID, so the fix-ups are due with SMP
+//! or XSAVE. Known gap: only one CPU. Only the path into [`attestation_report`] reaches the
 //! firmware, and it refuses when [`super::detect`] found no SNP.
 
 use ::sev::snp_boot::{CcBlob, CC_BLOB_BYTES};
