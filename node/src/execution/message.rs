@@ -9,12 +9,14 @@
 //! the instructions it used; a trapping callback runs its cleanup closure.
 
 use alloc::boxed::Box;
+use alloc::collections::{BTreeMap, VecDeque};
 use alloc::format;
 use alloc::string::String;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 use super::cycles::{self, execution_cost, freezing_threshold_cycles};
-use super::runtime::{EntryPoint, ExecError, Finished, Outcome, Runtime};
+use super::runtime::{CompiledModule, EntryPoint, ExecError, Finished, Outcome, Runtime};
 use super::stable::WASM_PAGE_BYTES;
 use super::system_api::{ApiContext, Host, Response as HostResponse};
 use super::wasm::ExportedMethod;
@@ -496,6 +498,26 @@ fn execute_response(
     r: Response,
     out: &mut Vec<Output>,
 ) -> u64 {
+    run_callback(env, c, r, CallbackMode::Replicated, out)
+}
+
+/// Where a callback runs.
+#[derive(Clone, Copy)]
+enum CallbackMode {
+    /// In a replicated call context: prepaid from the balance, persisted.
+    Replicated,
+    /// In a composite query (a scratch copy of the canister): free, within what the call
+    /// graph has left.
+    Composite { limit: u64 },
+}
+
+fn run_callback(
+    env: &Env<'_>,
+    c: &mut CanisterState,
+    r: Response,
+    mode: CallbackMode,
+    out: &mut Vec<Output>,
+) -> u64 {
     c.cycles = c.cycles.saturating_add(r.refund);
     let Some(cb) = c.callbacks.remove(&r.originator_callback) else {
         return 0;
@@ -508,17 +530,30 @@ fn execute_response(
         close_if_done(c, ctx, out);
         return 0;
     };
-    let (closure, api) = match &r.payload {
-        Payload::Reply(_) => (cb.on_reply, ApiContext::ReplyCallback),
-        Payload::Reject(_) => (cb.on_reject, ApiContext::RejectCallback),
+    let composite = matches!(mode, CallbackMode::Composite { .. });
+    let (closure, api) = match (&r.payload, composite) {
+        (Payload::Reply(_), false) => (cb.on_reply, ApiContext::ReplyCallback),
+        (Payload::Reject(_), false) => (cb.on_reject, ApiContext::RejectCallback),
+        (Payload::Reply(_), true) => (cb.on_reply, ApiContext::CompositeReplyCallback),
+        (Payload::Reject(_), true) => (cb.on_reject, ApiContext::CompositeRejectCallback),
     };
-    let limit = env.config.instructions_per_message;
-    let prepaid = match prepay(c, limit) {
-        Ok(p) => p,
-        Err(_) => {
-            close_if_done(c, ctx, out);
-            return 0;
+    let cleanup_api = if composite {
+        ApiContext::CompositeCleanup
+    } else {
+        ApiContext::Cleanup
+    };
+    let (limit, prepaid) = match mode {
+        CallbackMode::Replicated => {
+            let limit = env.config.instructions_per_message;
+            match prepay(c, limit) {
+                Ok(p) => (limit, p),
+                Err(_) => {
+                    close_if_done(c, ctx, out);
+                    return 0;
+                }
+            }
         }
+        CallbackMode::Composite { limit } => (limit, 0),
     };
     let mut host = new_host(env, c, api, limit);
     // Callbacks run to completion within the per-message limit (no slicing).
@@ -557,7 +592,13 @@ fn execute_response(
     if ok {
         finish_execution(c, f, ctx, true, out);
     } else if let Some(cleanup) = cb.on_cleanup {
-        let mut host = new_host(env, c, ApiContext::Cleanup, limit);
+        // In a composite query the cleanup gets what the call graph has left.
+        let cleanup_limit = if composite {
+            limit.saturating_sub(instructions)
+        } else {
+            limit
+        };
+        let mut host = new_host(env, c, cleanup_api, cleanup_limit);
         host.slice_fuel = limit;
         host.caller = cb.respondent;
         if let Some(cc) = c.call_contexts.get(&ctx) {
@@ -566,7 +607,7 @@ fn execute_response(
         let outcome = env.runtime.execute(
             &module,
             c.heap.as_ref(),
-            &[(EntryPoint::Closure(cleanup), ApiContext::Cleanup)],
+            &[(EntryPoint::Closure(cleanup), cleanup_api)],
             host,
             memory_limit(env, c),
         );
@@ -663,64 +704,215 @@ pub fn run_system_tasks(env: &Env<'_>, c: &mut CanisterState, out: &mut Vec<Outp
     used
 }
 
-/// A query call (non-replicated): runs on a copy of the canister, persists nothing.
+/// Most levels of calls below the method a user's query call reached (the IC's query call
+/// graph depth limit).
+pub const QUERY_CALL_GRAPH_DEPTH_MAX: usize = 6;
+
+/// A query call (non-replicated): a `canister_query` method, or a `canister_composite_query`
+/// method together with the query calls it makes to canisters of this subnet, their
+/// callbacks, and the calls those make in turn. Everything runs on copies of the canisters
+/// and persists nothing. The whole call graph shares one instruction budget
+/// (`instructions_per_query`); only the method the user called sees the data certificate.
 pub fn execute_query(
     env: &Env<'_>,
-    c: &CanisterState,
+    canisters: &BTreeMap<Principal, CanisterState>,
+    canister: Principal,
     method: &str,
     arg: Vec<u8>,
     caller: Principal,
     data_certificate: Option<Vec<u8>>,
 ) -> Result<Vec<u8>, Reject> {
-    let module = c.module.clone().ok_or_else(|| {
-        reject(
-            RejectCode::DestinationInvalid,
-            "IC0537",
-            format!("Canister {} has no Wasm module", c.id),
-        )
-    })?;
-    if c.status != crate::state::CanisterStatus::Running {
-        return Err(reject(
-            RejectCode::CanisterError,
-            "IC0508",
-            format!("Canister {} is not running", c.id),
-        ));
-    }
-    // A composite query runs as a plain query here (calls from queries are not supported,
-    // so `call_new` traps in this context).
-    let mut export = format!("canister_query {method}");
-    if !module.prepared.methods.contains_key(&export) {
-        export = format!("canister_composite_query {method}");
-    }
-    if !module.prepared.methods.contains_key(&export) {
-        return Err(reject(
-            RejectCode::DestinationInvalid,
-            "IC0536",
-            format!("Canister {} has no query method '{method}'", c.id),
-        ));
-    }
-    let limit = env.config.instructions_per_query;
-    let mut host = new_host(env, c, ApiContext::NonReplicatedQuery, limit);
-    host.slice_fuel = limit;
-    host.caller = caller;
-    host.arg = arg;
-    host.method_name = method.into();
-    host.data_certificate = data_certificate;
-    let outcome = env.runtime.execute(
-        &module,
-        c.heap.as_ref(),
-        &[(EntryPoint::Export(export), ApiContext::NonReplicatedQuery)],
-        host,
-        memory_limit(env, c),
-    );
-    let Outcome::Finished(f) = outcome else {
-        return Err(reject(
-            RejectCode::CanisterError,
-            "IC0522",
-            format!("Canister {} exceeded the query instruction limit", c.id),
-        ));
+    let mut graph = QueryGraph {
+        env,
+        canisters,
+        budget: env.config.instructions_per_query,
     };
-    let f = *f;
+    graph.call(canister, method, arg, caller, 0, data_certificate)
+}
+
+/// One query call graph being evaluated.
+struct QueryGraph<'a, 'e> {
+    env: &'a Env<'e>,
+    canisters: &'a BTreeMap<Principal, CanisterState>,
+    /// Instructions the rest of the graph may use.
+    budget: u64,
+}
+
+impl QueryGraph<'_, '_> {
+    fn spend(&mut self, instructions: u64) {
+        self.budget = self.budget.saturating_sub(instructions);
+    }
+
+    /// Calls `method` of `canister` as a query at `depth` (0: the user's call).
+    fn call(
+        &mut self,
+        canister: Principal,
+        method: &str,
+        arg: Vec<u8>,
+        caller: Principal,
+        depth: usize,
+        data_certificate: Option<Vec<u8>>,
+    ) -> Result<Vec<u8>, Reject> {
+        let Some(c) = self.canisters.get(&canister) else {
+            return Err(reject(
+                RejectCode::DestinationInvalid,
+                "IC0301",
+                format!("Canister {canister} not found"),
+            ));
+        };
+        let module = c.module.clone().ok_or_else(|| {
+            reject(
+                RejectCode::DestinationInvalid,
+                "IC0537",
+                format!("Canister {} has no Wasm module", c.id),
+            )
+        })?;
+        if c.status != crate::state::CanisterStatus::Running {
+            return Err(reject(
+                RejectCode::CanisterError,
+                "IC0508",
+                format!("Canister {} is not running", c.id),
+            ));
+        }
+        let query = format!("canister_query {method}");
+        let composite = format!("canister_composite_query {method}");
+        let (export, api) = if module.prepared.methods.contains_key(&query) {
+            (query, ApiContext::NonReplicatedQuery)
+        } else if module.prepared.methods.contains_key(&composite) {
+            (composite, ApiContext::CompositeQuery)
+        } else {
+            return Err(reject(
+                RejectCode::DestinationInvalid,
+                "IC0536",
+                format!("Canister {} has no query method '{method}'", c.id),
+            ));
+        };
+        if api == ApiContext::CompositeQuery && depth >= QUERY_CALL_GRAPH_DEPTH_MAX {
+            return Err(reject(
+                RejectCode::CanisterError,
+                "IC0529",
+                format!(
+                    "Composite query call graph of canister {} deeper than {QUERY_CALL_GRAPH_DEPTH_MAX} calls",
+                    c.id
+                ),
+            ));
+        }
+        let request = QueryRequest {
+            method,
+            arg,
+            caller,
+            data_certificate,
+        };
+        if api == ApiContext::NonReplicatedQuery {
+            // A plain query makes no calls: it runs on the canister's heap as it is.
+            let f = self.run(c, &module, export, api, request)?;
+            return query_result(c.id, f);
+        }
+        // A scratch copy: the executions of this call and its callbacks see each other's
+        // changes, and nothing else does.
+        let mut scratch = c.scratch_copy();
+        let ctx = open_context(
+            &mut scratch,
+            CallOrigin::Canister {
+                caller,
+                callback: 0,
+            },
+            0,
+            method,
+        );
+        let f = self.run(&scratch, &module, export, api, request)?;
+        let mut pending = Vec::new();
+        finish_execution(&mut scratch, f, ctx, true, &mut pending);
+        close_if_done(&mut scratch, ctx, &mut pending);
+        // Calls run one at a time, in the order they were made; each response runs its
+        // callback, which may answer and may make further calls.
+        let mut pending: VecDeque<Output> = pending.into();
+        while let Some(output) = pending.pop_front() {
+            match output {
+                Output::Response(r) => {
+                    return match r.payload {
+                        Payload::Reply(b) => Ok(b),
+                        Payload::Reject(r) => Err(r),
+                    };
+                }
+                Output::Request(req) => {
+                    let payload = match self.call(
+                        req.receiver,
+                        &req.method,
+                        req.payload,
+                        scratch.id,
+                        depth + 1,
+                        None,
+                    ) {
+                        Ok(b) => Payload::Reply(b),
+                        Err(r) => Payload::Reject(r),
+                    };
+                    let response = Response {
+                        originator: scratch.id,
+                        respondent: req.receiver,
+                        originator_callback: req.sender_callback,
+                        payload,
+                        refund: req.cycles,
+                    };
+                    let mut more = Vec::new();
+                    let mode = CallbackMode::Composite { limit: self.budget };
+                    let used = run_callback(self.env, &mut scratch, response, mode, &mut more);
+                    self.spend(used);
+                    pending.extend(more);
+                }
+                Output::Ingress(..) => {}
+            }
+        }
+        Err(reject(
+            RejectCode::CanisterError,
+            "IC0506",
+            format!("Canister {} did not produce a response", c.id),
+        ))
+    }
+}
+
+/// What a query call graph's node was called with.
+struct QueryRequest<'m> {
+    method: &'m str,
+    arg: Vec<u8>,
+    caller: Principal,
+    data_certificate: Option<Vec<u8>>,
+}
+
+impl QueryGraph<'_, '_> {
+    /// Runs the method `export` of `c` (or of its scratch copy) within the budget.
+    fn run(
+        &mut self,
+        c: &CanisterState,
+        module: &Arc<CompiledModule>,
+        export: String,
+        api: ApiContext,
+        request: QueryRequest<'_>,
+    ) -> Result<Finished, Reject> {
+        let limit = self.budget;
+        let mut host = new_host(self.env, c, api, limit);
+        host.slice_fuel = limit;
+        host.caller = request.caller;
+        host.arg = request.arg;
+        host.method_name = request.method.into();
+        host.data_certificate = request.data_certificate;
+        let outcome = self.env.runtime.execute(
+            module,
+            c.heap.as_ref(),
+            &[(EntryPoint::Export(export), api)],
+            host,
+            memory_limit(self.env, c),
+        );
+        let Outcome::Finished(f) = outcome else {
+            return Err(instruction_limit(c.id));
+        };
+        self.spend(f.instructions);
+        Ok(*f)
+    }
+}
+
+/// The answer of a plain query's execution.
+fn query_result(canister: Principal, f: Finished) -> Result<Vec<u8>, Reject> {
     match f.result {
         Ok(()) => match f.host.response {
             Some(HostResponse::Reply(b)) => Ok(b),
@@ -728,7 +920,7 @@ pub fn execute_query(
             None => Err(reject(
                 RejectCode::CanisterError,
                 "IC0506",
-                format!("Canister {} did not produce a response", c.id),
+                format!("Canister {canister} did not produce a response"),
             )),
         },
         Err(e) => {
@@ -740,10 +932,18 @@ pub fn execute_query(
             Err(reject(
                 RejectCode::CanisterError,
                 code,
-                format!("Error from Canister {}: {e}", c.id),
+                format!("Error from Canister {canister}: {e}"),
             ))
         }
     }
+}
+
+fn instruction_limit(canister: Principal) -> Reject {
+    reject(
+        RejectCode::CanisterError,
+        "IC0522",
+        format!("Canister {canister} exceeded the query instruction limit"),
+    )
 }
 
 /// Runs `canister_inspect_message` (if exported) for an ingress update call; Ok if the

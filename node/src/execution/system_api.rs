@@ -42,6 +42,14 @@ pub enum ApiContext {
     InspectMessage,
     /// `T`: `canister_heartbeat` / `canister_global_timer`.
     SystemTask,
+    /// `CQ`: a composite query method (never persisted).
+    CompositeQuery,
+    /// `CRy`: a reply callback in a composite query.
+    CompositeReplyCallback,
+    /// `CRt`: a reject callback in a composite query.
+    CompositeRejectCallback,
+    /// `CC`: a cleanup callback in a composite query.
+    CompositeCleanup,
 }
 
 const S: u16 = 1;
@@ -55,8 +63,12 @@ const RT: u16 = 1 << 7;
 const C: u16 = 1 << 8;
 const F: u16 = 1 << 9;
 const T: u16 = 1 << 10;
+const CQ: u16 = 1 << 11;
+const CRY: u16 = 1 << 12;
+const CRT: u16 = 1 << 13;
+const CC: u16 = 1 << 14;
 /// `*`: everywhere except the start function.
-const ALL: u16 = I | G | U | RQ | NRQ | RY | RT | C | F | T;
+const ALL: u16 = I | G | U | RQ | NRQ | RY | RT | C | F | T | CQ | CRY | CRT | CC;
 const ALL_S: u16 = ALL | S;
 
 impl ApiContext {
@@ -73,7 +85,25 @@ impl ApiContext {
             ApiContext::Cleanup => C,
             ApiContext::InspectMessage => F,
             ApiContext::SystemTask => T,
+            ApiContext::CompositeQuery => CQ,
+            ApiContext::CompositeReplyCallback => CRY,
+            ApiContext::CompositeRejectCallback => CRT,
+            ApiContext::CompositeCleanup => CC,
         }
+    }
+
+    /// Runs on one node only (a query call, inspect_message, a composite query and its
+    /// callbacks): nothing it does persists.
+    pub fn is_non_replicated(self) -> bool {
+        matches!(
+            self,
+            ApiContext::NonReplicatedQuery
+                | ApiContext::InspectMessage
+                | ApiContext::CompositeQuery
+                | ApiContext::CompositeReplyCallback
+                | ApiContext::CompositeRejectCallback
+                | ApiContext::CompositeCleanup
+        )
     }
 
     fn name(self) -> &'static str {
@@ -89,6 +119,10 @@ impl ApiContext {
             ApiContext::Cleanup => "cleanup",
             ApiContext::InspectMessage => "inspect_message",
             ApiContext::SystemTask => "system task",
+            ApiContext::CompositeQuery => "composite query",
+            ApiContext::CompositeReplyCallback => "composite query reply callback",
+            ApiContext::CompositeRejectCallback => "composite query reject callback",
+            ApiContext::CompositeCleanup => "composite query cleanup",
         }
     }
 }
@@ -227,14 +261,14 @@ const IC0_IMPORTS: &[Ic0Def] = &[
         "msg_arg_data_size",
         &[],
         &[P],
-        I | U | RQ | NRQ | RY | F,
+        I | U | RQ | NRQ | RY | F | CQ | CRY,
         Api::MsgArgDataSize,
     ),
     d(
         "msg_arg_data_copy",
         &[P, P, P],
         &[],
-        I | U | RQ | NRQ | RY | F,
+        I | U | RQ | NRQ | RY | F | CQ | CRY,
         Api::MsgArgDataCopy,
     ),
     d("msg_caller_size", &[], &[P], ALL, Api::MsgCallerSize),
@@ -243,65 +277,77 @@ const IC0_IMPORTS: &[Ic0Def] = &[
         "msg_caller_info_data_size",
         &[],
         &[P],
-        U | RQ | NRQ | RY | RT | C | F,
+        U | RQ | NRQ | RY | RT | C | F | CQ | CRY | CRT | CC,
         Api::MsgCallerInfoDataSize,
     ),
     d(
         "msg_caller_info_data_copy",
         &[P, P, P],
         &[],
-        U | RQ | NRQ | RY | RT | C | F,
+        U | RQ | NRQ | RY | RT | C | F | CQ | CRY | CRT | CC,
         Api::MsgCallerInfoDataCopy,
     ),
     d(
         "msg_caller_info_signer_size",
         &[],
         &[P],
-        U | RQ | NRQ | RY | RT | C | F,
+        U | RQ | NRQ | RY | RT | C | F | CQ | CRY | CRT | CC,
         Api::MsgCallerInfoSignerSize,
     ),
     d(
         "msg_caller_info_signer_copy",
         &[P, P, P],
         &[],
-        U | RQ | NRQ | RY | RT | C | F,
+        U | RQ | NRQ | RY | RT | C | F | CQ | CRY | CRT | CC,
         Api::MsgCallerInfoSignerCopy,
     ),
     d(
         "msg_reject_code",
         &[],
         &[W32],
-        RY | RT | C,
+        RY | RT | C | CRY | CRT | CC,
         Api::MsgRejectCode,
     ),
-    d("msg_reject_msg_size", &[], &[P], RT, Api::MsgRejectMsgSize),
+    d(
+        "msg_reject_msg_size",
+        &[],
+        &[P],
+        RT | CRT,
+        Api::MsgRejectMsgSize,
+    ),
     d(
         "msg_reject_msg_copy",
         &[P, P, P],
         &[],
-        RT,
+        RT | CRT,
         Api::MsgRejectMsgCopy,
     ),
     d(
         "msg_deadline",
         &[],
         &[W64],
-        U | RQ | NRQ | RY | RT,
+        U | RQ | NRQ | RY | RT | CQ | CRY | CRT,
         Api::MsgDeadline,
     ),
     d(
         "msg_reply_data_append",
         &[P, P],
         &[],
-        U | RQ | NRQ | RY | RT,
+        U | RQ | NRQ | RY | RT | CQ | CRY | CRT,
         Api::MsgReplyDataAppend,
     ),
-    d("msg_reply", &[], &[], U | RQ | NRQ | RY | RT, Api::MsgReply),
+    d(
+        "msg_reply",
+        &[],
+        &[],
+        U | RQ | NRQ | RY | RT | CQ | CRY | CRT,
+        Api::MsgReply,
+    ),
     d(
         "msg_reject",
         &[P, P],
         &[],
-        U | RQ | NRQ | RY | RT,
+        U | RQ | NRQ | RY | RT | CQ | CRY | CRT,
         Api::MsgReject,
     ),
     d(
@@ -377,28 +423,28 @@ const IC0_IMPORTS: &[Ic0Def] = &[
         "call_new",
         &[P, P, P, P, P, P, P, P],
         &[],
-        U | RY | RT | T,
+        U | RY | RT | T | CQ | CRY | CRT,
         Api::CallNew,
     ),
     d(
         "call_on_cleanup",
         &[P, P],
         &[],
-        U | RY | RT | T,
+        U | RY | RT | T | CQ | CRY | CRT,
         Api::CallOnCleanup,
     ),
     d(
         "call_data_append",
         &[P, P],
         &[],
-        U | RY | RT | T,
+        U | RY | RT | T | CQ | CRY | CRT,
         Api::CallDataAppend,
     ),
     d(
         "call_with_best_effort_response",
         &[W32],
         &[],
-        U | RY | RT | T,
+        U | RY | RT | T | CQ | CRY | CRT,
         Api::CallWithBestEffortResponse,
     ),
     d(
@@ -412,7 +458,7 @@ const IC0_IMPORTS: &[Ic0Def] = &[
         "call_perform",
         &[],
         &[W32],
-        U | RY | RT | T,
+        U | RY | RT | T | CQ | CRY | CRT,
         Api::CallPerform,
     ),
     d("stable64_size", &[], &[W64], ALL_S, Api::Stable64Size),
@@ -463,14 +509,14 @@ const IC0_IMPORTS: &[Ic0Def] = &[
         "data_certificate_size",
         &[],
         &[P],
-        NRQ,
+        NRQ | CQ,
         Api::DataCertificateSize,
     ),
     d(
         "data_certificate_copy",
         &[P, P, P],
         &[],
-        NRQ,
+        NRQ | CQ,
         Api::DataCertificateCopy,
     ),
     d("time", &[], &[W64], ALL, Api::Time),
@@ -1077,10 +1123,7 @@ fn dispatch(api: Api, c: &mut Caller<'_, Host>, a: &[u64; 8]) -> Result<u64, Err
                 .map_err(|_| trap("is_controller: not a principal"))?;
             Ok(c.data().controllers.contains(&p) as u64)
         }
-        InReplicatedExecution => Ok(!matches!(
-            c.data().context,
-            ApiContext::NonReplicatedQuery | ApiContext::InspectMessage
-        ) as u64),
+        InReplicatedExecution => Ok(!c.data().context.is_non_replicated() as u64),
         CostCall => {
             let h = c.data();
             let v = h.xnet_call_fee_cycles + h.xnet_byte_fee_cycles * (a[0] as u128 + a[1] as u128);

@@ -174,15 +174,16 @@ impl StateMachine {
         caller: Principal,
         data_certificate: Option<Vec<u8>>,
     ) -> Result<Vec<u8>, Reject> {
-        let c = self.state.canisters.get(&canister).ok_or_else(|| {
-            reject(
-                RejectCode::DestinationInvalid,
-                "IC0301",
-                format!("Canister {canister} not found"),
-            )
-        })?;
         let env = self.env();
-        execute_query(&env, c, method, arg, caller, data_certificate)
+        execute_query(
+            &env,
+            &self.state.canisters,
+            canister,
+            method,
+            arg,
+            caller,
+            data_certificate,
+        )
     }
 
     /// `canister_inspect_message` for an ingress update call (the API layer calls it before

@@ -200,6 +200,38 @@ pub struct CanisterState {
 }
 
 impl CanisterState {
+    /// A copy for a composite query to run on: the same code, memories, balance and
+    /// settings, with no queued messages, call contexts, callbacks or paused execution.
+    /// (Memories are shared until written: stable memory chunks are reference-counted.)
+    pub fn scratch_copy(&self) -> CanisterState {
+        CanisterState {
+            id: self.id,
+            controllers: self.controllers.clone(),
+            status: self.status,
+            stop_waiters: Vec::new(),
+            cycles: self.cycles,
+            freezing_threshold_seconds: self.freezing_threshold_seconds,
+            wasm_memory_limit_bytes: self.wasm_memory_limit_bytes,
+            compute_allocation: self.compute_allocation,
+            memory_allocation: self.memory_allocation,
+            wasm: self.wasm.clone(),
+            module: self.module.clone(),
+            heap: self.heap.clone(),
+            heap_hash: self.heap_hash,
+            stable: self.stable.clone(),
+            certified_data: self.certified_data.clone(),
+            global_timer: self.global_timer,
+            version: self.version,
+            input_queue: VecDeque::new(),
+            call_contexts: BTreeMap::new(),
+            next_call_context: self.next_call_context,
+            callbacks: BTreeMap::new(),
+            next_callback: self.next_callback,
+            paused: None,
+            instructions_total: self.instructions_total,
+        }
+    }
+
     pub fn new(id: Principal, controllers: Vec<Principal>, cycles: u128) -> CanisterState {
         CanisterState {
             id,
