@@ -7,7 +7,7 @@
 mod execution_support;
 
 use execution_support::wasm::*;
-use execution_support::{user, Subnet};
+use execution_support::{freezing_arg, user, Subnet};
 use node::execution::message::QUERY_CALL_GRAPH_DEPTH_MAX;
 use node::execution::ExecutionConfig;
 use node::state::RejectCode;
@@ -150,14 +150,15 @@ fn u32s(b: &[u8]) -> Vec<u32> {
 /// a smaller budget keeps the spinning test short).
 const QUERY_BUDGET: u64 = 20_000_000;
 
-/// Two canisters with the composite test canister, counters 1 and 2.
-fn two_canisters() -> (Subnet, Principal, Principal) {
+/// Two canisters with the composite test canister, counters 1 and 2 (`a` created with
+/// `a_cycles`, or the default amount).
+fn two_canisters_with(a_cycles: Option<u128>) -> (Subnet, Principal, Principal) {
     let mut s = Subnet::with_config(ExecutionConfig {
         instructions_per_query: QUERY_BUDGET,
         ..ExecutionConfig::default()
     });
     let wasm = composite_canister();
-    let a = s.create_canister();
+    let a = s.create_canister_with(user(), a_cycles);
     let b = s.create_canister();
     s.install(a, &wasm, &[], "install", false).reply();
     s.install(b, &wasm, &[], "install", false).reply();
@@ -165,6 +166,10 @@ fn two_canisters() -> (Subnet, Principal, Principal) {
     s.update(user(), b, "inc", &[]).reply();
     s.update(user(), b, "inc", &[]).reply();
     (s, a, b)
+}
+
+fn two_canisters() -> (Subnet, Principal, Principal) {
+    two_canisters_with(None)
 }
 
 #[test]
@@ -179,6 +184,22 @@ fn a_composite_query_calls_a_query_of_another_canister_and_sees_its_own_changes(
         u32s(&s.query(user(), a, "cq_read", b.as_slice()).reply()),
         [2, 101]
     );
+}
+
+#[test]
+fn a_frozen_canister_can_still_make_composite_query_calls() {
+    // Queries cost no cycles, nor do a composite query's calls: a canister with no liquid
+    // cycles (its freezing threshold far beyond its balance) still answers.
+    let (mut s, a, b) = two_canisters_with(Some(60_000_000_000));
+    let arg = freezing_arg(a, 1_000_000_000_000);
+    s.update(user(), Principal::MANAGEMENT, "update_settings", &arg)
+        .reply();
+    assert_eq!(
+        s.update(user(), a, "inc", &[]).reject().code,
+        RejectCode::SysTransient
+    );
+    let reply = s.query(user(), a, "cq_read", b.as_slice()).reply();
+    assert_eq!(u32s(&reply), [2, 101]);
 }
 
 #[test]

@@ -9,7 +9,8 @@
 mod execution_support;
 
 use execution_support::{
-    canister_id_arg, install_arg, test_canister, u32_le, user, Outcome, Subnet, EMPTY_ARGS,
+    canister_id_arg, freezing_arg, install_arg, test_canister, u32_le, user, Outcome, Subnet,
+    EMPTY_ARGS,
 };
 use node::execution::ExecutionConfig;
 use node::state::{IngressStatus, RejectCode};
@@ -395,22 +396,6 @@ fn frozen_canister_rejects_until_topped_up() {
         u32_le(&sub.update(user(), id, "inc", EMPTY_ARGS).reply()),
         2
     );
-}
-
-fn freezing_arg(id: Principal, seconds: u128) -> Vec<u8> {
-    use node::candid::{encode_args, field_id, opt, record, Type, Value};
-    let settings_t = record(&[("freezing_threshold", opt(Type::Nat))]);
-    let ty = record(&[("canister_id", Type::Principal), ("settings", settings_t)]);
-    let settings = Value::Record(vec![(
-        field_id("freezing_threshold"),
-        Value::Opt(Some(Box::new(Value::nat(seconds)))),
-    )]);
-    let mut fields = vec![
-        (field_id("canister_id"), Value::Principal(id)),
-        (field_id("settings"), settings),
-    ];
-    fields.sort_by_key(|(i, _)| *i);
-    encode_args(&[(ty, Value::Record(fields))]).expect("encode")
 }
 
 #[test]

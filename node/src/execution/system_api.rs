@@ -1258,7 +1258,12 @@ fn call_perform(h: &mut Host) -> Result<u64, Error> {
         .pending_call
         .take()
         .ok_or_else(|| trap("call_perform: no call is being constructed"))?;
-    let fee = h.xnet_call_fee_cycles + h.xnet_byte_fee_cycles * call.payload.len() as u128;
+    // Calls of a composite query are free, like the query itself.
+    let fee = if h.context.is_non_replicated() {
+        0
+    } else {
+        h.xnet_call_fee_cycles + h.xnet_byte_fee_cycles * call.payload.len() as u128
+    };
     let liquid = h.cycles_balance.saturating_sub(h.cycles_frozen);
     if fee > liquid || h.calls.len() >= CALLS_PER_EXECUTION_MAX {
         // Could not be performed: the attached cycles come back, no callbacks.

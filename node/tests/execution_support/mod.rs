@@ -291,6 +291,23 @@ pub fn canister_id_arg(canister: Principal) -> Vec<u8> {
     encode_args(&[(ty, v)]).expect("encode")
 }
 
+/// The `update_settings` argument that sets `id`'s freezing threshold (seconds).
+pub fn freezing_arg(id: Principal, seconds: u128) -> Vec<u8> {
+    use node::candid::{encode_args, field_id, opt, record, Type, Value};
+    let settings_t = record(&[("freezing_threshold", opt(Type::Nat))]);
+    let ty = record(&[("canister_id", Type::Principal), ("settings", settings_t)]);
+    let settings = Value::Record(vec![(
+        field_id("freezing_threshold"),
+        Value::Opt(Some(Box::new(Value::nat(seconds)))),
+    )]);
+    let mut fields = vec![
+        (field_id("canister_id"), Value::Principal(id)),
+        (field_id("settings"), settings),
+    ];
+    fields.sort_by_key(|(i, _)| *i);
+    encode_args(&[(ty, Value::Record(fields))]).expect("encode")
+}
+
 /// A tiny Wasm module assembler for hand-written test canisters (WAT is not available in
 /// no_std wasmi; the tests build binaries directly).
 pub mod wasm {
