@@ -4,7 +4,10 @@
 //! its scenario with update and query calls through different nodes (query-signature
 //! verification on, as by default), and verify `read_state` of a request status and of
 //! `/canister/<id>/module_hash`. A second test installs the DFINITY ICRC-1 ledger
-//! (`rust-icrc1-ledger`) and replays its scenario, again through different nodes.
+//! (`rust-icrc1-ledger`) and replays its scenario, again through different nodes. A third
+//! installs a module too large for one message (the Motoko counter with a 2 MiB custom
+//! section) with `ic-utils`' own `install`, which uploads it in chunks (`upload_chunk`,
+//! `stored_chunks`, `install_chunked_code`, `clear_chunk_store`), as `dfx` does.
 //!
 //! With `CAIRN_URLS` set (see `e2e::subnet_from_env`) both run against those nodes instead,
 //! e.g. the 4-VM testnet of `cargo xtask test testnet-agent`.
@@ -14,6 +17,7 @@ use e2e::{scenario, start_subnet, testdata};
 use ic_agent::agent::RequestStatusResponse;
 use ic_agent::identity::BasicIdentity;
 use ic_agent::Agent;
+use ic_utils::call::AsyncCall;
 use ic_utils::interfaces::management_canister::builders::{
     CanisterInstallMode, UpgradeFlags, WasmMemoryPersistence,
 };
@@ -295,6 +299,92 @@ async fn ledger_flow(subnet: &e2e::Subnet) {
         .await
         .expect("read_state module_hash");
     assert_eq!(hash, Sha256::digest(&wasm).to_vec());
+}
+
+/// ic-utils switches to chunked installation at this many bytes of module and argument.
+const IC_UTILS_CHUNK_CUTOFF_BYTES: usize = 1_939_865;
+/// Bytes of the custom section that makes the counter too large for one message.
+const PADDING_BYTES: usize = 2 << 20;
+
+/// `wasm` with a custom section `cairn-padding` of `bytes` bytes appended (custom sections
+/// other than `icp:` ones are neither limited nor looked at).
+fn padded(wasm: &[u8], bytes: usize) -> Vec<u8> {
+    let leb = |mut n: usize, out: &mut Vec<u8>| loop {
+        let b = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(b);
+            break;
+        }
+        out.push(b | 0x80);
+    };
+    let name = b"cairn-padding";
+    let mut body = Vec::new();
+    leb(name.len(), &mut body);
+    body.extend_from_slice(name);
+    body.extend((0..bytes).map(|i| (i * 7 % 251) as u8));
+    let mut out = wasm.to_vec();
+    out.push(0);
+    leb(body.len(), &mut out);
+    out.extend(body);
+    out
+}
+
+#[test]
+fn ic_agent_installs_a_module_too_large_for_one_message_in_chunks() {
+    on_subnet(|subnet| async move { chunked_flow(&subnet).await });
+}
+
+async fn chunked_flow(subnet: &e2e::Subnet) {
+    let agents = agents(subnet, [13u8; 32]).await;
+    let nodes = agents.len();
+    let counter = std::fs::read(testdata().join("canisters/motoko-counter/module.wasm"))
+        .expect("motoko counter module");
+    let wasm = padded(&counter, PADDING_BYTES);
+    assert!(wasm.len() > IC_UTILS_CHUNK_CUTOFF_BYTES);
+    let canister = create_canister(&agents[0]).await;
+    ManagementCanister::create(&agents[1 % nodes])
+        .install(&canister, &wasm)
+        .call_and_wait()
+        .await
+        .expect("chunked install");
+    // ic-utils cleared the chunk store after installing.
+    let (chunks,) = ManagementCanister::create(&agents[2 % nodes])
+        .stored_chunks(&canister)
+        .call_and_wait()
+        .await
+        .expect("stored_chunks");
+    assert!(chunks.is_empty(), "{} chunks left", chunks.len());
+    let hash = agents[3 % nodes]
+        .read_state_canister_info(canister, "module_hash")
+        .await
+        .expect("read_state module_hash");
+    assert_eq!(hash, Sha256::digest(&wasm).to_vec());
+    // The module runs: set(42), inc, get = 43 (Candid nat 43 = 0x2b).
+    for (i, (method, arg)) in [
+        ("set", e2e::hex_decode("4449444c00017d2a")),
+        ("inc", b"DIDL\x00\x00".to_vec()),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        agents[i % nodes]
+            .update(&canister, method)
+            .with_arg(arg)
+            .call_and_wait()
+            .await
+            .unwrap_or_else(|e| panic!("update {method}: {e:?}"));
+    }
+    let want = e2e::hex_decode("4449444c00017d2b");
+    let reply = query_caught_up(
+        &agents[2 % nodes],
+        &canister,
+        "get",
+        b"DIDL\x00\x00",
+        &Some(want.clone()),
+    )
+    .await;
+    assert_eq!(reply, want);
 }
 
 async fn wait_replied(

@@ -480,15 +480,87 @@ fn bad_files_give_typed_errors() {
     let mut f = files.clone();
     let sys = f.iter().position(|(n, _)| n == "system").expect("system");
     let mut body = f[sys].1[..f[sys].1.len() - 32].to_vec();
-    body[..4].copy_from_slice(&2u32.to_le_bytes());
+    body[..4].copy_from_slice(&3u32.to_le_bytes());
     f[sys].1 = reseal("system", &body);
     assert_eq!(
         expect_err(&f, "version"),
         CheckpointError::Version {
             file: "system".into(),
-            found: 2,
-            supported: 1
+            found: 3,
+            supported: 2
         }
+    );
+}
+
+/// Version 1 files (written before the Wasm chunk store existed: `meta` ends after
+/// `instructions_total`) still load, as canisters with empty chunk stores, to the same
+/// state hash; a `chunks` file whose chunk does not hash to its key is refused.
+#[test]
+fn version_1_checkpoints_load_and_chunk_files_are_checked() {
+    let (files, hash) = small_checkpoint();
+    let mut v1 = files.clone();
+    for (name, bytes) in v1.iter_mut() {
+        if name != "system" && !name.ends_with("/meta") {
+            continue;
+        }
+        let mut body = bytes[..bytes.len() - 32].to_vec();
+        assert_eq!(body[..4], 2u32.to_le_bytes());
+        body[..4].copy_from_slice(&1u32.to_le_bytes());
+        if name.ends_with("/meta") {
+            // The version 2 tail of a canister without chunks: a zero count.
+            let tail = body.split_off(body.len() - 8);
+            assert_eq!(tail, 0u64.to_le_bytes());
+        }
+        *bytes = reseal(name, &body);
+    }
+    let back = restore(&v1).expect("version 1 restores");
+    assert_eq!(back.state_hash(back.height()), Some(hash));
+    assert!(back
+        .state
+        .canisters
+        .values()
+        .all(|c| c.wasm_chunk_store.is_empty()));
+    // Written again, it is version 2 and the same as a checkpoint written now.
+    assert_eq!(back.checkpoint_files().expect("re-checkpoint"), files);
+
+    // A chunk store: its `chunks` file must hold exactly the chunks `meta` lists.
+    let mut sm = restore(&files).expect("restore");
+    let p0 = Principal::from_canister_index(0);
+    let chunk = vec![7u8; 1000];
+    let key: [u8; 32] = Sha256::digest(&chunk).into();
+    sm.state
+        .canisters
+        .get_mut(&p0)
+        .expect("canister 0")
+        .wasm_chunk_store
+        .insert(key, std::sync::Arc::new(chunk));
+    let want = sm.state.hash();
+    assert_ne!(want, hash, "the chunk store is part of the state hash");
+    let files = sm.checkpoint_files().expect("checkpoint");
+    let chunks_name = format!("canister/{}/chunks", to_hex(p0.as_slice()));
+    let at = files
+        .iter()
+        .position(|(n, _)| *n == chunks_name)
+        .expect("chunks file");
+    let back = restore(&files).expect("restore with chunks");
+    assert_eq!(back.state_hash(back.height()), Some(want));
+    let mut f = files.clone();
+    f[at].1[10] ^= 1;
+    assert!(matches!(
+        expect_err(&f, "chunk flipped"),
+        CheckpointError::Malformed { ref file, .. } if *file == chunks_name
+    ));
+    let mut f = files.clone();
+    f[at].1.push(0);
+    assert!(matches!(
+        expect_err(&f, "chunk longer"),
+        CheckpointError::Malformed { ref file, .. } if *file == chunks_name
+    ));
+    let mut f = files.clone();
+    f.remove(at);
+    assert_eq!(
+        expect_err(&f, "chunks missing"),
+        CheckpointError::Missing(chunks_name)
     );
 }
 
@@ -641,6 +713,11 @@ fn every_field_and_variant_round_trips() {
             ];
         }
         c.heap_hash = None;
+        // A chunk store: an empty chunk and a full-size one.
+        for chunk in [Vec::new(), vec![0xc4; 1 << 20]] {
+            let hash: [u8; 32] = Sha256::digest(&chunk).into();
+            c.wasm_chunk_store.insert(hash, std::sync::Arc::new(chunk));
+        }
         // Sparse stable memory: a hole, a written chunk of zeros, chunks far apart.
         c.stable.grow(3);
         c.stable.write(5 * 4096, &[0; 4096]).expect("in bounds");
@@ -790,6 +867,7 @@ fn every_field_and_variant_round_trips() {
             )
         );
         assert_eq!(c.wasm, d.wasm);
+        assert_eq!(c.wasm_chunk_store, d.wasm_chunk_store);
         assert_eq!(c.module_hash(), d.module_hash());
         assert_eq!(c.heap, d.heap);
         assert_eq!(c.stable, d.stable);

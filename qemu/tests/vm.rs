@@ -11,12 +11,28 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 /// A QEMU stand-in: a shell script that ignores its arguments and runs `body`.
+///
+/// A child process writes the script, never this one: a test thread that forks while this
+/// process holds the script open for writing would pass that descriptor to its child until
+/// the child's exec, and executing the script meanwhile fails with ETXTBSY ("Text file
+/// busy"), as `drop_kills_the_process` once did.
 fn fake_qemu(name: &str, body: &str) -> (QemuCommand, RunConfig) {
-    use std::os::unix::fs::PermissionsExt;
+    use std::io::Write;
+    use std::process::{Command, Stdio};
     let dir = scratch(name);
     let script = dir.join("fake-qemu");
-    std::fs::write(&script, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut writer = Command::new("sh")
+        .args(["-c", "cat > \"$1\" && chmod 755 \"$1\"", "sh"])
+        .arg(&script)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = writer.stdin.take().unwrap();
+    stdin
+        .write_all(format!("#!/bin/sh\n{body}\n").as_bytes())
+        .unwrap();
+    drop(stdin);
+    assert!(writer.wait().unwrap().success(), "writing {script:?}");
     let mut cmd = QemuCommand::pvh("/nonexistent");
     cmd.binary = script;
     let config = RunConfig {

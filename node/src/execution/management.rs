@@ -29,6 +29,10 @@ use crate::types::Principal;
 
 /// Controllers a canister may have.
 pub const CONTROLLERS_MAX: usize = 10;
+/// Largest chunk `upload_chunk` takes (the IC's 1 MiB).
+pub const WASM_CHUNK_BYTES_MAX: usize = 1 << 20;
+/// Most chunks a canister's Wasm chunk store holds (the IC's 100 MiB store).
+pub const WASM_CHUNK_STORE_CHUNKS_MAX: usize = 100;
 
 /// The result of a management call.
 #[derive(Debug, PartialEq, Eq)]
@@ -103,14 +107,14 @@ fn reply_canister_id(id: Principal) -> Vec<u8> {
 /// canister (`create_canister`, `provisional_create_canister_with_cycles`, `raw_rand`) or
 /// an argument that does not decode.
 pub fn target_canister(method: &str, arg: &[u8]) -> Option<Principal> {
-    match method {
-        "create_canister" | "provisional_create_canister_with_cycles" | "raw_rand" => None,
-        _ => {
-            let ty = record(&[("canister_id", Type::Principal)]);
-            let v = decode_args(arg, &[ty], &TypeEnv::default()).ok()?;
-            v.first()?.field("canister_id")?.as_principal()
-        }
-    }
+    let field = match method {
+        "create_canister" | "provisional_create_canister_with_cycles" | "raw_rand" => return None,
+        "install_chunked_code" => "target_canister",
+        _ => "canister_id",
+    };
+    let ty = record(&[(field, Type::Principal)]);
+    let v = decode_args(arg, &[ty], &TypeEnv::default()).ok()?;
+    v.first()?.field(field)?.as_principal()
 }
 
 /// Executes a management call from `caller` with `cycles` attached.
@@ -129,6 +133,10 @@ pub fn execute(
         "provisional_create_canister_with_cycles" => provisional_create(state, caller, arg),
         "provisional_top_up_canister" => top_up(state, arg),
         "install_code" => install_code(env, state, caller, arg),
+        "upload_chunk" => upload_chunk(state, caller, arg),
+        "clear_chunk_store" => clear_chunk_store(state, caller, arg),
+        "stored_chunks" => stored_chunks(state, caller, arg),
+        "install_chunked_code" => install_chunked_code(env, state, caller, arg),
         "uninstall_code" => uninstall_code(state, caller, arg),
         "update_settings" => update_settings(state, caller, arg),
         "canister_status" => canister_status(state, caller, arg),
@@ -511,7 +519,10 @@ fn canister_status(state: &mut ReplicatedState, caller: Principal, arg: &[u8]) -
                 ("wasm_binary_size", nat(wasm)),
                 ("custom_sections_size", nat(0)),
                 ("canister_history_size", nat(0)),
-                ("wasm_chunk_store_size", nat(0)),
+                (
+                    "wasm_chunk_store_size",
+                    nat(c.wasm_chunk_store_bytes() as u128)
+                ),
                 ("snapshots_size", nat(0)),
             ]),
         ),
@@ -604,6 +615,7 @@ fn uninstall_code(state: &mut ReplicatedState, caller: Principal, arg: &[u8]) ->
     c.heap = None;
     c.heap_hash = None;
     c.stable = StableMemory::default();
+    c.wasm_chunk_store.clear();
     c.certified_data.clear();
     c.global_timer = None;
     c.version += 1;
@@ -633,6 +645,170 @@ enum Mode {
         skip_pre_upgrade: bool,
         keep_memory: bool,
     },
+}
+
+/// A canister whose chunk store `caller` may use: its controllers and the canister itself.
+fn chunk_store_mut<'a>(
+    state: &'a mut ReplicatedState,
+    caller: &Principal,
+    id: Principal,
+) -> Result<&'a mut CanisterState, Reject> {
+    let c = state.canisters.get_mut(&id).ok_or_else(|| not_found(&id))?;
+    if !c.is_controller(caller) && *caller != id {
+        return Err(not_controller(&id, caller));
+    }
+    Ok(c)
+}
+
+fn hash_record(hash: &[u8; 32]) -> Value {
+    Value::Record(alloc::vec![(field_id("hash"), Value::Blob(hash.to_vec()))])
+}
+
+fn hash_record_type() -> Type {
+    record(&[("hash", blob())])
+}
+
+/// `upload_chunk`: stores a chunk (at most 1 MiB) under its SHA-256 and replies with the
+/// hash. Uploading a chunk the store holds already changes nothing.
+fn upload_chunk(state: &mut ReplicatedState, caller: Principal, arg: &[u8]) -> MResult {
+    let ty = record(&[("canister_id", Type::Principal), ("chunk", blob())]);
+    let v = decode_one("upload_chunk", arg, ty)?;
+    let bad = || bad_payload("upload_chunk", candid::DecodeError::TypeMismatch);
+    let id = v
+        .field("canister_id")
+        .and_then(Value::as_principal)
+        .ok_or_else(bad)?;
+    let chunk = v.field("chunk").and_then(Value::as_blob).ok_or_else(bad)?;
+    let c = chunk_store_mut(state, &caller, id)?;
+    if chunk.len() > WASM_CHUNK_BYTES_MAX {
+        return Err(reject(
+            RejectCode::CanisterError,
+            "IC0505",
+            format!(
+                "Error from Canister {id}: Wasm chunk size {} exceeds the maximum chunk size of {WASM_CHUNK_BYTES_MAX}",
+                chunk.len()
+            ),
+        ));
+    }
+    let hash: [u8; 32] = Sha256::digest(chunk).into();
+    if !c.wasm_chunk_store.contains_key(&hash) {
+        if c.wasm_chunk_store.len() >= WASM_CHUNK_STORE_CHUNKS_MAX {
+            return Err(reject(
+                RejectCode::CanisterError,
+                "IC0505",
+                format!(
+                    "Error from Canister {id}: Wasm chunk store is full ({WASM_CHUNK_STORE_CHUNKS_MAX} chunks)"
+                ),
+            ));
+        }
+        c.wasm_chunk_store.insert(hash, Arc::new(chunk.to_vec()));
+    }
+    let bytes = encode_args(&[(hash_record_type(), hash_record(&hash))]).unwrap_or_default();
+    Ok((bytes, 0))
+}
+
+/// `clear_chunk_store`: empties a canister's chunk store.
+fn clear_chunk_store(state: &mut ReplicatedState, caller: Principal, arg: &[u8]) -> MResult {
+    let id = arg_canister_id("clear_chunk_store", arg)?;
+    chunk_store_mut(state, &caller, id)?
+        .wasm_chunk_store
+        .clear();
+    Ok((encode_unit(), 0))
+}
+
+/// `stored_chunks`: the hashes in a canister's chunk store.
+fn stored_chunks(state: &mut ReplicatedState, caller: Principal, arg: &[u8]) -> MResult {
+    let id = arg_canister_id("stored_chunks", arg)?;
+    let c = chunk_store_mut(state, &caller, id)?;
+    let list = Value::Vec(c.wasm_chunk_store.keys().map(hash_record).collect());
+    let bytes = encode_args(&[(vec(hash_record_type()), list)]).unwrap_or_default();
+    Ok((bytes, 0))
+}
+
+/// `install_chunked_code`: the module is the concatenation of chunks from the chunk store
+/// of `store_canister` (default: the target), in the order listed, and must hash to
+/// `wasm_module_hash`; then it installs as `install_code` does. The caller must control
+/// the target and be allowed to use the store.
+fn install_chunked_code(
+    env: &Env<'_>,
+    state: &mut ReplicatedState,
+    caller: Principal,
+    arg: &[u8],
+) -> MResult {
+    const METHOD: &str = "install_chunked_code";
+    let Type::Record(mut fields) = install_args_type() else {
+        return Err(bad_payload(METHOD, candid::DecodeError::TypeMismatch));
+    };
+    fields.retain(|(id, _)| *id != field_id("canister_id") && *id != field_id("wasm_module"));
+    fields.push((field_id("target_canister"), Type::Principal));
+    fields.push((field_id("store_canister"), opt(Type::Principal)));
+    fields.push((field_id("chunk_hashes_list"), vec(hash_record_type())));
+    fields.push((field_id("wasm_module_hash"), blob()));
+    fields.sort_by_key(|(id, _)| *id);
+    let v = decode_one(METHOD, arg, Type::Record(fields))?;
+    let bad = || bad_payload(METHOD, candid::DecodeError::TypeMismatch);
+    let mode = parse_mode(&v).ok_or_else(bad)?;
+    let target = v
+        .field("target_canister")
+        .and_then(Value::as_principal)
+        .ok_or_else(bad)?;
+    let store = v
+        .field("store_canister")
+        .and_then(Value::opt)
+        .and_then(Value::as_principal)
+        .unwrap_or(target);
+    let Some(Value::Vec(list)) = v.field("chunk_hashes_list") else {
+        return Err(bad());
+    };
+    let expected = v
+        .field("wasm_module_hash")
+        .and_then(Value::as_blob)
+        .ok_or_else(bad)?;
+    let init_arg = v
+        .field("arg")
+        .and_then(Value::as_blob)
+        .unwrap_or(&[])
+        .to_vec();
+    // The caller must control the target (checked by `install`) and use the store.
+    let chunks = &chunk_store_mut(state, &caller, store)?.wasm_chunk_store;
+    let mut wasm = Vec::new();
+    for entry in list {
+        let hash = entry
+            .field("hash")
+            .and_then(Value::as_blob)
+            .ok_or_else(bad)?;
+        let chunk = <[u8; 32]>::try_from(hash)
+            .ok()
+            .and_then(|h| chunks.get(&h))
+            .ok_or_else(|| {
+                reject(
+                    RejectCode::CanisterError,
+                    "IC0505",
+                    format!(
+                        "Error from Canister {target}: Wasm chunk {} is not in the chunk store of {store}",
+                        hex(hash)
+                    ),
+                )
+            })?;
+        wasm.extend_from_slice(chunk);
+    }
+    let actual: [u8; 32] = Sha256::digest(&wasm).into();
+    if actual.as_slice() != expected {
+        return Err(reject(
+            RejectCode::CanisterError,
+            "IC0505",
+            format!(
+                "Error from Canister {target}: the assembled module hashes to {}, not to the wasm_module_hash {}",
+                hex(&actual),
+                hex(expected)
+            ),
+        ));
+    }
+    install(env, state, caller, target, mode, wasm, init_arg)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn install_args_type() -> Type {
@@ -711,6 +887,20 @@ fn install_code(
         .and_then(Value::as_blob)
         .unwrap_or(&[])
         .to_vec();
+    install(env, state, caller, id, mode, wasm, init_arg)
+}
+
+/// Installs `wasm` into canister `id` as `mode` says (the body of `install_code` and
+/// `install_chunked_code`).
+fn install(
+    env: &Env<'_>,
+    state: &mut ReplicatedState,
+    caller: Principal,
+    id: Principal,
+    mode: Mode,
+    wasm: Vec<u8>,
+    init_arg: Vec<u8>,
+) -> MResult {
     let c = canister_mut(state, &caller, id)?;
     if mode == Mode::Install && c.module.is_some() {
         return Err(reject(

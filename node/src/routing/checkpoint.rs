@@ -12,7 +12,10 @@
 //!   - `stable`: the stable memory, raw and offset-preserving up to the end of its last
 //!     written chunk (never-written chunks in between are zeros; `meta` says which chunks
 //!     exist, since the state hash tells a written zero chunk from an absent one);
-//!   - `wasm`: the module as installed (present iff a module is installed).
+//!   - `wasm`: the module as installed (present iff a module is installed);
+//!   - `chunks`: the Wasm chunk store's chunks, concatenated in the order of their hashes
+//!     (present iff the store holds any; `meta` lists each chunk's hash and length, and
+//!     every chunk must hash to its key).
 //!
 //! Big data sits raw at stable offsets so that the store's content-addressed chunks of
 //! an unchanged heap, stable memory or module are equal between checkpoints.
@@ -34,7 +37,9 @@ use core::fmt;
 use sha2::{Digest, Sha256};
 
 use super::StateMachine;
-use crate::execution::management::CONTROLLERS_MAX;
+use crate::execution::management::{
+    CONTROLLERS_MAX, WASM_CHUNK_BYTES_MAX, WASM_CHUNK_STORE_CHUNKS_MAX,
+};
 use crate::execution::runtime::{CompiledModule, HeapSnapshot, Runtime};
 use crate::execution::stable::{StableMemory, CHUNK_BYTES, WASM_PAGE_BYTES};
 use crate::execution::system_api::CERTIFIED_DATA_BYTES_MAX;
@@ -44,8 +49,12 @@ use crate::state::codec::{DecodeError, Reader, Writer};
 use crate::state::{CanisterState, ReplicatedState};
 use crate::types::Principal;
 
-/// The version written at the start of `system` and `meta` files.
-pub const CHECKPOINT_VERSION: u32 = 1;
+/// The version written at the start of `system` and `meta` files. Version 2 added the
+/// Wasm chunk store (at the end of `meta`, and the `chunks` file); version 1 files are
+/// still read (their canisters have empty chunk stores).
+pub const CHECKPOINT_VERSION: u32 = 2;
+/// The oldest version this node reads.
+pub const CHECKPOINT_VERSION_MIN: u32 = 1;
 /// The file with the subnet-wide part of the state.
 pub const SYSTEM_FILE: &str = "system";
 /// The directory prefix of per-canister files.
@@ -54,6 +63,7 @@ pub const META_FILE: &str = "meta";
 pub const HEAP_FILE: &str = "heap";
 pub const STABLE_FILE: &str = "stable";
 pub const WASM_FILE: &str = "wasm";
+pub const CHUNKS_FILE: &str = "chunks";
 /// Longest file name a checkpoint may have (the longest real one, a 29-byte id's
 /// `canister/<58 hex digits>/stable`, is 74 bytes).
 pub const FILE_NAME_BYTES_MAX: usize = 200;
@@ -164,8 +174,8 @@ fn seal(name: &str, body: Vec<u8>) -> Vec<u8> {
     out
 }
 
-/// The body of a sealed file, after its version and checksum are checked.
-fn open<'a>(name: &str, bytes: &'a [u8]) -> Result<&'a [u8], CheckpointError> {
+/// The version and body of a sealed file, after both are checked.
+fn open<'a>(name: &str, bytes: &'a [u8]) -> Result<(u32, &'a [u8]), CheckpointError> {
     if bytes.len() < VERSION_BYTES + CHECKSUM_BYTES {
         return Err(malformed(name, "shorter than its version and checksum"));
     }
@@ -174,7 +184,7 @@ fn open<'a>(name: &str, bytes: &'a [u8]) -> Result<&'a [u8], CheckpointError> {
     let mut v = [0u8; VERSION_BYTES];
     v.copy_from_slice(version);
     let found = u32::from_le_bytes(v);
-    if found != CHECKPOINT_VERSION {
+    if !(CHECKPOINT_VERSION_MIN..=CHECKPOINT_VERSION).contains(&found) {
         return Err(CheckpointError::Version {
             file: name.into(),
             found,
@@ -184,7 +194,7 @@ fn open<'a>(name: &str, bytes: &'a [u8]) -> Result<&'a [u8], CheckpointError> {
     if checksum(name, versioned).as_slice() != sum {
         return Err(malformed(name, "checksum mismatch"));
     }
-    Ok(body)
+    Ok((found, body))
 }
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -225,6 +235,7 @@ fn encode_meta(c: &CanisterState, stable_runs: &[(u64, u64)], stable_sha: &[u8; 
         memory_allocation,
         wasm,
         module: _, // a cache, rebuilt from `wasm`
+        wasm_chunk_store,
         heap,
         heap_hash: _, // a cache, recomputed from `heap`
         stable: _,    // the `stable` file; its chunk runs and hash are passed in
@@ -302,6 +313,12 @@ fn encode_meta(c: &CanisterState, stable_runs: &[(u64, u64)], stable_sha: &[u8; 
         w.callback(cb);
     }
     w.u64(*instructions_total);
+    // Version 2: the chunk store's hashes and lengths (the bytes are the `chunks` file).
+    w.len(wasm_chunk_store.len());
+    for (hash, chunk) in wasm_chunk_store {
+        w.fixed(hash);
+        w.u64(chunk.len() as u64);
+    }
     w.out
 }
 
@@ -361,9 +378,15 @@ struct RawFiles {
     stable_pages: u64,
     stable_runs: Vec<(u64, u64)>,
     stable_sha: [u8; 32],
+    /// The chunk store's (hash, length), in hash order (empty before version 2).
+    chunks: Vec<([u8; 32], u64)>,
 }
 
-fn decode_meta(r: &mut Reader<'_>, c: &mut CanisterState) -> Result<RawFiles, DecodeError> {
+fn decode_meta(
+    r: &mut Reader<'_>,
+    version: u32,
+    c: &mut CanisterState,
+) -> Result<RawFiles, DecodeError> {
     c.id = r.principal()?;
     c.controllers = r.vec(PRINCIPAL_MIN_BYTES, |r| r.principal())?;
     c.status = r.status()?;
@@ -407,7 +430,22 @@ fn decode_meta(r: &mut Reader<'_>, c: &mut CanisterState) -> Result<RawFiles, De
     c.next_callback = r.u64()?;
     c.callbacks = r.map(8, |r| Ok((r.u64()?, r.callback()?)))?;
     c.instructions_total = r.u64()?;
+    let chunks = if version >= 2 {
+        r.vec(40, |r| Ok((r.hash()?, r.u64()?)))?
+    } else {
+        Vec::new()
+    };
     r.finish()?;
+    if chunks.len() > WASM_CHUNK_STORE_CHUNKS_MAX
+        || chunks.windows(2).any(|w| w[0].0 >= w[1].0)
+        || chunks
+            .iter()
+            .any(|(_, len)| *len > WASM_CHUNK_BYTES_MAX as u64)
+    {
+        return Err(DecodeError(
+            "chunk store: too many chunks, a chunk too large, or hashes out of order",
+        ));
+    }
     // What execution relies on: ids below their counters, counters that can still count,
     // and the limits execution enforces when it writes these fields.
     if c.controllers.len() > CONTROLLERS_MAX {
@@ -445,6 +483,7 @@ fn decode_meta(r: &mut Reader<'_>, c: &mut CanisterState) -> Result<RawFiles, De
         stable_pages,
         stable_runs,
         stable_sha,
+        chunks,
     })
 }
 
@@ -577,6 +616,33 @@ fn decode_stable(
     Ok(s)
 }
 
+/// The chunk store from the `chunks` file and the (hash, length) list in `meta`.
+fn decode_chunks(
+    name: &str,
+    bytes: &[u8],
+    list: &[([u8; 32], u64)],
+) -> Result<BTreeMap<[u8; 32], Arc<Vec<u8>>>, CheckpointError> {
+    // `decode_meta` bounded the lengths: their sum cannot overflow.
+    let total: u64 = list.iter().map(|(_, len)| *len).sum();
+    if bytes.len() as u64 != total {
+        return Err(malformed(
+            name,
+            format!("{} bytes, meta says {total}", bytes.len()),
+        ));
+    }
+    let mut store = BTreeMap::new();
+    let mut at = 0usize;
+    for (hash, len) in list {
+        let chunk = &bytes[at..at + *len as usize];
+        if &sha256(chunk) != hash {
+            return Err(malformed(name, "a chunk does not hash to its key"));
+        }
+        store.insert(*hash, Arc::new(chunk.to_vec()));
+        at += *len as usize;
+    }
+    Ok(store)
+}
+
 /// Modules already read in this checkpoint, by SHA-256: canisters running the same module
 /// share its bytes and its compiled form.
 type Modules = BTreeMap<[u8; 32], (Arc<Vec<u8>>, Option<Arc<CompiledModule>>)>;
@@ -589,9 +655,10 @@ fn decode_canister(
 ) -> Result<(CanisterState, Option<[u8; 32]>), CheckpointError> {
     let dir = canister_dir(id);
     let meta_name = format!("{dir}{META_FILE}");
-    let meta = open(&meta_name, files.take(&meta_name)?)?;
+    let (version, meta) = open(&meta_name, files.take(&meta_name)?)?;
     let mut c = CanisterState::new(*id, Vec::new(), 0);
-    let raw = decode_meta(&mut Reader::new(meta), &mut c).map_err(|e| malformed(&meta_name, e))?;
+    let raw = decode_meta(&mut Reader::new(meta), version, &mut c)
+        .map_err(|e| malformed(&meta_name, e))?;
     if c.id != *id {
         return Err(malformed(
             &meta_name,
@@ -632,6 +699,10 @@ fn decode_canister(
     let stable_name = format!("{dir}{STABLE_FILE}");
     let stable = files.take(&stable_name)?;
     c.stable = decode_stable(&stable_name, stable, &raw, config)?;
+    let chunks_name = format!("{dir}{CHUNKS_FILE}");
+    if let Some(bytes) = files.take_if(&chunks_name, !raw.chunks.is_empty())? {
+        c.wasm_chunk_store = decode_chunks(&chunks_name, bytes, &raw.chunks)?;
+    }
     Ok((c, raw.wasm.map(|(_, sha)| sha)))
 }
 
@@ -658,6 +729,14 @@ impl StateMachine {
             if let Some(w) = &c.wasm {
                 files.push((format!("{dir}{WASM_FILE}"), w.to_vec()));
             }
+            if !c.wasm_chunk_store.is_empty() {
+                let chunks: Vec<u8> = c
+                    .wasm_chunk_store
+                    .values()
+                    .flat_map(|chunk| chunk.iter().copied())
+                    .collect();
+                files.push((format!("{dir}{CHUNKS_FILE}"), chunks));
+            }
         }
         files.push((SYSTEM_FILE.into(), seal(SYSTEM_FILE, encode_system(st))));
         files.sort_by(|a, b| a.0.cmp(&b.0));
@@ -681,7 +760,8 @@ impl StateMachine {
         }
         let mut files = Files { by_name };
         let mut state = ReplicatedState::default();
-        let system = open(SYSTEM_FILE, files.take(SYSTEM_FILE)?)?;
+        // `system` is the same in versions 1 and 2.
+        let (_, system) = open(SYSTEM_FILE, files.take(SYSTEM_FILE)?)?;
         let sys = decode_system(&mut Reader::new(system), &mut state)
             .map_err(|e| malformed(SYSTEM_FILE, e))?;
         let mut modules = Modules::new();

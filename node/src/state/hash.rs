@@ -221,6 +221,16 @@ fn canister(f: &mut Feed, c: &mut CanisterState) {
         None => f.u8(0),
     }
     f.u64(c.instructions_total);
+    // An empty chunk store adds nothing, so the hashes of states without one are as before
+    // the store existed. Chunks are keyed by their SHA-256: the keys stand for the bytes.
+    if !c.wasm_chunk_store.is_empty() {
+        f.0.update(b"wasm_chunk_store");
+        f.u64(c.wasm_chunk_store.len() as u64);
+        for (hash, chunk) in &c.wasm_chunk_store {
+            f.0.update(hash);
+            f.u64(chunk.len() as u64);
+        }
+    }
 }
 
 impl ReplicatedState {

@@ -182,6 +182,9 @@ pub struct CanisterState {
     pub wasm: Option<Arc<Vec<u8>>>,
     /// The compiled module (a cache: rebuilt from `wasm` after a restart).
     pub module: Option<Arc<CompiledModule>>,
+    /// Chunks of a large module uploaded with `upload_chunk`, by SHA-256, for
+    /// `install_chunked_code` (the management canister bounds their size and number).
+    pub wasm_chunk_store: BTreeMap<[u8; 32], Arc<Vec<u8>>>,
     pub heap: Option<HeapSnapshot>,
     /// Hash of `heap`, recomputed when it changes (None = stale).
     pub heap_hash: Option<[u8; 32]>,
@@ -216,6 +219,7 @@ impl CanisterState {
             memory_allocation: self.memory_allocation,
             wasm: self.wasm.clone(),
             module: self.module.clone(),
+            wasm_chunk_store: self.wasm_chunk_store.clone(),
             heap: self.heap.clone(),
             heap_hash: self.heap_hash,
             stable: self.stable.clone(),
@@ -246,6 +250,7 @@ impl CanisterState {
             memory_allocation: 0,
             wasm: None,
             module: None,
+            wasm_chunk_store: BTreeMap::new(),
             heap: None,
             heap_hash: None,
             stable: StableMemory::default(),
@@ -270,7 +275,12 @@ impl CanisterState {
             .map(|h| h.memory.len() as u64)
             .unwrap_or(0);
         let wasm = self.wasm.as_ref().map(|w| w.len() as u64).unwrap_or(0);
-        heap + self.stable.size_bytes() + wasm
+        heap + self.stable.size_bytes() + wasm + self.wasm_chunk_store_bytes()
+    }
+
+    /// Bytes held in the Wasm chunk store.
+    pub fn wasm_chunk_store_bytes(&self) -> u64 {
+        self.wasm_chunk_store.values().map(|c| c.len() as u64).sum()
     }
 
     pub fn module_hash(&self) -> Option<[u8; 32]> {
