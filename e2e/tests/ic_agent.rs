@@ -355,10 +355,21 @@ async fn chunked_flow(subnet: &e2e::Subnet) {
         .await
         .expect("stored_chunks");
     assert!(chunks.is_empty(), "{} chunks left", chunks.len());
-    let hash = agents[3 % nodes]
-        .read_state_canister_info(canister, "module_hash")
-        .await
-        .expect("read_state module_hash");
+    // Through a node that may not have executed the install yet (as on the IC): asked again
+    // for at most CATCH_UP_SECS.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(CATCH_UP_SECS);
+    let hash = loop {
+        let answer = agents[3 % nodes]
+            .read_state_canister_info(canister, "module_hash")
+            .await;
+        match answer {
+            Ok(hash) => break hash,
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                panic!("read_state module_hash: {e:?}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    };
     assert_eq!(hash, Sha256::digest(&wasm).to_vec());
     // The module runs: set(42), inc, get = 43 (Candid nat 43 = 0x2b).
     for (i, (method, arg)) in [

@@ -189,7 +189,8 @@ const STEPS: &[Step] = &[
     Step {
         name: "testnet-agent",
         what: "4-VM testnet: the unmodified ic-agent installs the Motoko counter and the ICRC-1 \
-               ledger and replays their scenarios through different nodes; certificates verify",
+               ledger and replays their scenarios through different nodes, and installs a 2.1 MiB \
+               module in chunks; certificates verify",
         needs: &["build"],
         run: crate::testnet_steps::testnet_agent,
     },

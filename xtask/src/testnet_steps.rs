@@ -212,7 +212,7 @@ pub fn testnet_agent(paths: &Paths) -> Result<String, String> {
         return Err(format!("{e}{}", net.console_tails()));
     }
     Ok(format!(
-        "ic-agent: Motoko counter and ICRC-1 ledger scenarios through {} VMs ({urls}) in \
+        "ic-agent: Motoko counter and ICRC-1 ledger scenarios and a chunked 2.1 MiB install through {} VMs ({urls}) in \
          {:.0} s; finalized heights {:?} → {:?}",
         NODES,
         started.elapsed().as_secs_f64(),
