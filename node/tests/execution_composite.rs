@@ -109,15 +109,7 @@ fn composite_canister() -> Vec<u8> {
     let f = m.func(&[], &[], vec![], vec![]);
     m.export("canister_composite_query cq_silent", f);
     let body = [
-        call(arg_size),
-        vec![0x21, 1],
-        i32c(200),
-        i32c(0),
-        vec![0x20, 1],
-        call(arg_copy),
-        i32c(200),
-        vec![0x20, 1],
-        call(append),
+        append_argument(arg_size, arg_copy, append, 200, 1),
         i32c(0),
         i32c(4),
         call(append),
@@ -125,16 +117,7 @@ fn composite_canister() -> Vec<u8> {
     ]
     .concat();
     let on_reply = m.func(&[I32], &[], vec![(1, I32)], body);
-    let body = [
-        i32c(500),
-        call(reject_code),
-        vec![0x36, 2, 0],
-        i32c(500),
-        i32c(4),
-        call(append),
-        call(reply),
-    ]
-    .concat();
+    let body = reply_reject_code(reject_code, append, reply, 500);
     let on_reject = m.func(&[I32], &[], vec![], body);
     m.table_funcs = vec![on_reply, on_reject];
     m.encode()

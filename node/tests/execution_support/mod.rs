@@ -520,6 +520,37 @@ pub mod wasm {
         leb(&mut v, f as u64);
         v
     }
+
+    /// Appends the whole message argument to the reply (through memory at `at`; the
+    /// function's local `len` holds its length). The functions are the imports' indices.
+    pub fn append_argument(arg_size: u32, arg_copy: u32, append: u32, at: i32, len: u8) -> Vec<u8> {
+        [
+            call(arg_size),
+            vec![0x21, len],
+            i32c(at),
+            i32c(0),
+            vec![0x20, len],
+            call(arg_copy),
+            i32c(at),
+            vec![0x20, len],
+            call(append),
+        ]
+        .concat()
+    }
+
+    /// Replies with the reject code, 4 bytes little-endian (through memory at `at`).
+    pub fn reply_reject_code(reject_code: u32, append: u32, reply: u32, at: i32) -> Vec<u8> {
+        [
+            i32c(at),
+            call(reject_code),
+            vec![0x36, 2, 0],
+            i32c(at),
+            i32c(4),
+            call(append),
+            call(reply),
+        ]
+        .concat()
+    }
 }
 
 /// The hand-written test canister every limit, call and determinism test uses.
@@ -642,30 +673,13 @@ pub fn test_canister() -> Vec<u8> {
     m.export("canister_update call_inc", f);
     // on_reply(env): reply with the callee's reply.
     let body = [
-        call(arg_size),
-        vec![0x21, 1],
-        i32c(200),
-        i32c(0),
-        vec![0x20, 1],
-        call(arg_copy),
-        i32c(200),
-        vec![0x20, 1],
-        call(append),
+        append_argument(arg_size, arg_copy, append, 200, 1),
         call(reply),
     ]
     .concat();
     let on_reply = m.func(&[I32], &[], vec![(1, I32)], body);
     // on_reject(env): reply with the reject code.
-    let body = [
-        i32c(500),
-        call(reject_code),
-        vec![0x36, 2, 0],
-        i32c(500),
-        i32c(4),
-        call(append),
-        call(reply),
-    ]
-    .concat();
+    let body = reply_reject_code(reject_code, append, reply, 500);
     let on_reject = m.func(&[I32], &[], vec![], body);
     // on_reply_refund(env): reply with the refunded cycles (16 bytes LE).
     let body = [
